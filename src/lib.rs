@@ -1,1 +1,22 @@
+//! HealthLake relay: an Envoy proxy-wasm filter that carries Smile CDR's FHIR REST-hook writes to
+//! Amazon HealthLake, signed with AWS SigV4.
+//!
+//! The crate is split in two:
+//! - a host-agnostic core (every module except [`filter`]) that never touches the proxy-wasm ABI
+//!   and is unit-tested on the host target;
+//! - [`filter`], the thin glue that is the only code talking to Envoy.
+//!
+//! The filter must never panic: a panic traps the Wasm VM and fails every later request on that
+//! worker. `unwrap`, `expect`, `panic!` and slice indexing are denied by clippy lints in Cargo.toml.
 
+pub mod config;
+pub mod credentials;
+pub mod fhir;
+pub mod headers;
+pub mod operation_outcome;
+pub mod outcome;
+pub mod plan;
+pub mod signing;
+
+#[cfg(target_arch = "wasm32")]
+pub mod filter;

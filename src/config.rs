@@ -1,0 +1,255 @@
+//! The plugin's configuration: the JSON in `envoy.yaml`'s `plugin_config.configuration`, parsed and
+//! validated once when the plugin starts. A bad value yields one error naming the field and what is
+//! expected; the glue logs it and refuses to start the plugin.
+
+use serde::Deserialize;
+use std::fmt;
+
+/// Default largest request body the relay accepts (8 MiB). HealthLake resources of several MiB
+/// (attachments inlined as base64) must pass; Envoy's buffer limits in `envoy.yaml` sit above it so
+/// that the relay, not Envoy, answers oversize bodies with an OperationOutcome.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
+
+/// What the plugin accepts in its JSON configuration. Unknown fields are rejected, so that a typo
+/// is an error rather than a silently ignored setting.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    region: Option<String>,
+    datastore_id: Option<String>,
+    healthlake_host: Option<String>,
+    #[serde(default)]
+    inbound_base_path: Option<String>,
+    #[serde(default)]
+    max_body_bytes: Option<u64>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// AWS region used in the SigV4 credential scope, e.g. `us-east-1`.
+    pub region: String,
+    /// The HealthLake data store id.
+    pub datastore_id: String,
+    /// The `:authority` sent to (and signed for) HealthLake, e.g.
+    /// `healthlake.us-east-1.amazonaws.com` or `127.0.0.1:8080` for a local emulator.
+    pub healthlake_host: String,
+    /// Path prefix under which Smile CDR's subscription endpoint points at the relay (e.g. `/fhir`);
+    /// empty when resources are addressed at the root. Never ends with `/`.
+    pub inbound_base_path: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: u64,
+    /// `/datastore/{datastore_id}/r4`, the upstream prefix every forwarded path starts with.
+    pub upstream_prefix: String,
+}
+
+/// A configuration error: which field, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid plugin configuration: field \"{}\": {}",
+            self.field, self.problem
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(field: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field,
+        problem: problem.into(),
+    }
+}
+
+fn required(field: &'static str, value: Option<String>) -> Result<String, ConfigError> {
+    match value {
+        Some(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
+        _ => Err(err(field, "is required and must be a non-empty string")),
+    }
+}
+
+impl Config {
+    /// Parses and validates the plugin configuration.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(err(
+                "configuration",
+                "is empty; expected a JSON object with region, datastore_id and healthlake_host",
+            ));
+        }
+        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| {
+            // serde names the unknown or mistyped field in its message.
+            err("configuration", format!("is not valid: {e}"))
+        })?;
+
+        let region = required("region", raw.region)?;
+        if !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(err(
+                "region",
+                format!("expected an AWS region name such as us-east-1, got {region:?}"),
+            ));
+        }
+
+        let datastore_id = required("datastore_id", raw.datastore_id)?;
+        if datastore_id.len() > 64
+            || !datastore_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(err(
+                "datastore_id",
+                "expected a HealthLake data store id (letters, digits and '-', at most 64)",
+            ));
+        }
+
+        let healthlake_host = required("healthlake_host", raw.healthlake_host)?;
+        if healthlake_host.contains(['/', ' ', '@', '?', '#']) {
+            return Err(err(
+                "healthlake_host",
+                format!(
+                    "expected a host name with an optional port (no scheme or path), got {healthlake_host:?}"
+                ),
+            ));
+        }
+
+        let inbound_base_path = normalise_base_path(raw.inbound_base_path.unwrap_or_default())?;
+
+        let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes == 0 {
+            return Err(err("max_body_bytes", "expected a positive number of bytes"));
+        }
+
+        let upstream_prefix = format!("/datastore/{datastore_id}/r4");
+        Ok(Config {
+            region,
+            datastore_id,
+            healthlake_host,
+            inbound_base_path,
+            max_body_bytes,
+            upstream_prefix,
+        })
+    }
+}
+
+fn normalise_base_path(path: String) -> Result<String, ConfigError> {
+    let trimmed = path.trim().trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    let valid = trimmed.starts_with('/')
+        && trimmed
+            .split('/')
+            .skip(1)
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && trimmed
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'));
+    if valid {
+        Ok(trimmed.to_owned())
+    } else {
+        Err(err(
+            "inbound_base_path",
+            format!("expected a path such as /fhir (letters, digits, '-', '_', '.'), got {path:?}"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Config, ConfigError> {
+        Config::from_json(json.as_bytes())
+    }
+
+    const GOOD: &str = r#"{"region":"us-east-1","datastore_id":"0123456789abcdef","healthlake_host":"healthlake.us-east-1.amazonaws.com"}"#;
+
+    #[test]
+    fn accepts_minimal_config_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.region, "us-east-1");
+        assert_eq!(c.inbound_base_path, "");
+        assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(c.upstream_prefix, "/datastore/0123456789abcdef/r4");
+    }
+
+    #[test]
+    fn base_path_is_normalised() {
+        let c = parse(
+            r#"{"region":"eu-west-1","datastore_id":"ds","healthlake_host":"127.0.0.1:8080","inbound_base_path":"/fhir/"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.inbound_base_path, "/fhir");
+        assert_eq!(c.healthlake_host, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            ("", "configuration"),
+            ("{", "configuration"),
+            (r#"{"datastore_id":"d","healthlake_host":"h"}"#, "region"),
+            (
+                r#"{"region":"US EAST","datastore_id":"d","healthlake_host":"h"}"#,
+                "region",
+            ),
+            (
+                r#"{"region":"us-east-1","healthlake_host":"h"}"#,
+                "datastore_id",
+            ),
+            (
+                r#"{"region":"us-east-1","datastore_id":"a/b","healthlake_host":"h"}"#,
+                "datastore_id",
+            ),
+            (
+                r#"{"region":"us-east-1","datastore_id":"d"}"#,
+                "healthlake_host",
+            ),
+            (
+                r#"{"region":"us-east-1","datastore_id":"d","healthlake_host":"https://x"}"#,
+                "healthlake_host",
+            ),
+            (
+                r#"{"region":"us-east-1","datastore_id":"d","healthlake_host":"h","inbound_base_path":"fhir"}"#,
+                "inbound_base_path",
+            ),
+            (
+                r#"{"region":"us-east-1","datastore_id":"d","healthlake_host":"h","inbound_base_path":"/a/../b"}"#,
+                "inbound_base_path",
+            ),
+            (
+                r#"{"region":"us-east-1","datastore_id":"d","healthlake_host":"h","max_body_bytes":0}"#,
+                "max_body_bytes",
+            ),
+            (
+                r#"{"region":"us-east-1","datastore_id":"d","healthlake_host":"h","regoin":"x"}"#,
+                "configuration",
+            ),
+        ];
+        for (json, field) in cases {
+            let e = parse(json).unwrap_err();
+            assert_eq!(e.field, field, "for {json}: {e}");
+            assert!(e.to_string().contains(field));
+        }
+    }
+
+    #[test]
+    fn unknown_field_message_names_it() {
+        let e = parse(
+            r#"{"region":"us-east-1","datastore_id":"d","healthlake_host":"h","regoin":"x"}"#,
+        )
+        .unwrap_err();
+        assert!(e.problem.contains("regoin"), "{e}");
+    }
+}

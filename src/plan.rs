@@ -1,0 +1,287 @@
+//! Request planning: from an inbound method and path to what the relay does with it.
+//!
+//! Pure and host-agnostic: the glue calls [`plan`] once per request, at its headers.
+
+use crate::config::Config;
+use crate::fhir;
+use crate::outcome::Outcome;
+
+/// The HealthLake write a forwarded request becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Put,
+    Delete,
+}
+
+impl Operation {
+    pub const fn method(self) -> &'static str {
+        match self {
+            Operation::Put => "PUT",
+            Operation::Delete => "DELETE",
+        }
+    }
+}
+
+/// A request to forward: the operation and the resource it addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub op: Operation,
+    pub resource_type: String,
+    pub id: String,
+    /// `/datastore/{id}/r4/{Type}/{id}`: the path sent to, and signed for, HealthLake.
+    pub upstream_path: String,
+}
+
+/// A request the relay answers itself, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    /// FHIR issue-type code for the OperationOutcome.
+    pub issue_code: &'static str,
+    pub diagnostics: String,
+    pub outcome: Outcome,
+    /// Whether to send `Allow: PUT, DELETE` (for 405 answers).
+    pub allow: bool,
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// A read: answered locally with 405, never forwarded.
+    Read,
+    /// Answered locally with an error, never forwarded.
+    Reject(Rejection),
+    /// Signed and forwarded to HealthLake.
+    Forward(Target),
+}
+
+/// The methods the relay forwards, for `Allow` headers.
+pub const ALLOWED_METHODS: &str = "PUT, DELETE";
+
+/// Diagnostics of the 405 answer to reads.
+pub const READ_DIAGNOSTICS: &str = "The HealthLake relay only carries writes (PUT, DELETE) from \
+Smile CDR to Amazon HealthLake; reads and searches are served by Smile CDR.";
+
+fn reject(status: u16, issue_code: &'static str, diagnostics: impl Into<String>) -> Plan {
+    Plan::Reject(Rejection {
+        status,
+        issue_code,
+        diagnostics: diagnostics.into(),
+        outcome: Outcome::InvalidRequest,
+        allow: status == 405,
+    })
+}
+
+/// Decides what to do with `method` on `path` (as received, query string included).
+pub fn plan(method: &str, path: &str, config: &Config) -> Plan {
+    let op = match method {
+        "GET" | "HEAD" => return Plan::Read,
+        "PUT" => Operation::Put,
+        "DELETE" => Operation::Delete,
+        other => {
+            return reject(
+                405,
+                "not-supported",
+                format!(
+                    "Method {} is not supported by the HealthLake relay; it accepts PUT and \
+                     DELETE of /{{type}}/{{id}} as sent by a Smile CDR REST-hook subscription.",
+                    printable(other)
+                ),
+            )
+        }
+    };
+
+    if path.contains(['?', '#']) {
+        return reject(
+            400,
+            "not-supported",
+            "Query strings (conditional writes, parameters) are not supported: the relay \
+             accepts PUT and DELETE of /{type}/{id} only.",
+        );
+    }
+
+    let base = config.inbound_base_path.as_str();
+    let rest = match path.strip_prefix(base).and_then(|r| r.strip_prefix('/')) {
+        Some(rest) => rest,
+        None => {
+            return reject(
+                404,
+                "not-found",
+                format!(
+                    "Path {} is not under the relay's base path {}/.",
+                    printable(path),
+                    if base.is_empty() { "" } else { base }
+                ),
+            )
+        }
+    };
+
+    let mut segments = rest.split('/');
+    let (resource_type, id) = match (segments.next(), segments.next(), segments.next()) {
+        (Some(t), Some(i), None) => (t, i),
+        _ => {
+            return reject(
+                400,
+                "invalid",
+                format!(
+                    "Path {} does not have the form {base}/{{type}}/{{id}}.",
+                    printable(path)
+                ),
+            )
+        }
+    };
+
+    if !fhir::is_r4_resource_type(resource_type) {
+        return reject(
+            400,
+            "invalid",
+            format!(
+                "{} is not a FHIR R4 resource type.",
+                printable(resource_type)
+            ),
+        );
+    }
+    if !fhir::is_valid_id(id) {
+        return reject(
+            400,
+            "invalid",
+            format!(
+                "{} is not a valid FHIR id ([A-Za-z0-9-.]{{1,64}}).",
+                printable(id)
+            ),
+        );
+    }
+
+    Plan::Forward(Target {
+        op,
+        resource_type: resource_type.to_owned(),
+        id: id.to_owned(),
+        upstream_path: format!("{}/{resource_type}/{id}", config.upstream_prefix),
+    })
+}
+
+/// Quotes untrusted text for a diagnostics message: control characters escaped, length bounded.
+fn printable(s: &str) -> String {
+    const MAX: usize = 80;
+    let mut out = String::with_capacity(s.len().min(MAX) + 2);
+    out.push('"');
+    for (n, c) in s.chars().enumerate() {
+        if n == MAX {
+            out.push('…');
+            break;
+        }
+        out.extend(c.escape_debug());
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(base: &str) -> Config {
+        Config::from_json(
+            format!(
+                r#"{{"region":"us-east-1","datastore_id":"ds1","healthlake_host":"h","inbound_base_path":"{base}"}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn rejected(p: Plan) -> Rejection {
+        match p {
+            Plan::Reject(r) => r,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn put_and_delete_map_to_datastore_paths() {
+        let c = config("");
+        assert_eq!(
+            plan("PUT", "/Patient/example", &c),
+            Plan::Forward(Target {
+                op: Operation::Put,
+                resource_type: "Patient".into(),
+                id: "example".into(),
+                upstream_path: "/datastore/ds1/r4/Patient/example".into(),
+            })
+        );
+        match plan("DELETE", "/Observation/a.b-1", &c) {
+            Plan::Forward(t) => {
+                assert_eq!(t.op, Operation::Delete);
+                assert_eq!(t.upstream_path, "/datastore/ds1/r4/Observation/a.b-1");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn base_path_is_required_and_stripped() {
+        let c = config("/fhir");
+        match plan("PUT", "/fhir/Patient/p1", &c) {
+            Plan::Forward(t) => assert_eq!(t.upstream_path, "/datastore/ds1/r4/Patient/p1"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(rejected(plan("PUT", "/Patient/p1", &c)).status, 404);
+        assert_eq!(rejected(plan("PUT", "/fhirX/Patient/p1", &c)).status, 404);
+        assert_eq!(rejected(plan("PUT", "/fhir", &c)).status, 404);
+    }
+
+    #[test]
+    fn reads_are_never_forwarded() {
+        let c = config("");
+        assert_eq!(plan("GET", "/Patient/example", &c), Plan::Read);
+        assert_eq!(plan("HEAD", "/anything?x=1", &c), Plan::Read);
+    }
+
+    #[test]
+    fn other_methods_get_405_with_allow() {
+        let c = config("");
+        for m in ["POST", "PATCH", "OPTIONS", "TRACE", "put"] {
+            let r = rejected(plan(m, "/Patient/example", &c));
+            assert_eq!(r.status, 405, "{m}");
+            assert!(r.allow);
+            assert_eq!(r.outcome, Outcome::InvalidRequest);
+        }
+    }
+
+    #[test]
+    fn malformed_paths_are_rejected_before_signing() {
+        let c = config("");
+        for p in [
+            "/Patient",
+            "/Patient/",
+            "/Patient//x",
+            "//Patient/x",
+            "/Patient/x/_history/1",
+            "/Patient/..",
+            "/Patient/.",
+            "/Patient/a%2Fb",
+            "/Patient/a?b=c",
+            "/Patient?identifier=x",
+            "/patient/x",
+            "/NotAType/x",
+            "/Patient/$validate",
+            "/../Patient/x",
+            "",
+        ] {
+            let r = rejected(plan("PUT", p, &c));
+            assert!((400..500).contains(&r.status), "{p}: {r:?}");
+            assert_eq!(r.outcome, Outcome::InvalidRequest);
+        }
+        let long = format!("/Patient/{}", "x".repeat(65));
+        assert_eq!(rejected(plan("PUT", &long, &c)).status, 400);
+    }
+
+    #[test]
+    fn diagnostics_quote_untrusted_text_safely() {
+        let c = config("");
+        let r = rejected(plan("PUT", "/Pat\nient/x", &c));
+        assert!(r.diagnostics.contains("\\n"), "{}", r.diagnostics);
+        let r = rejected(plan("PUT", &format!("/{}/x", "A".repeat(500)), &c));
+        assert!(r.diagnostics.len() < 200);
+    }
+}
