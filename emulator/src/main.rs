@@ -1,1 +1,297 @@
-fn main() {}
+//! `healthlake-emulator`: a local Amazon HealthLake FHIR data-plane emulator that verifies AWS
+//! SigV4 signatures independently of the relay's signer.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use http::StatusCode;
+use tokio::net::TcpListener;
+
+use healthlake_emulator::{serve, App, Config, Credential};
+
+/// The environment variable holding extra credential sets, `,`-separated.
+const CREDENTIALS_ENV: &str = "EMULATOR_CREDENTIALS";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "healthlake-emulator",
+    version,
+    about = "A local Amazon HealthLake FHIR data-plane emulator that verifies AWS SigV4 signatures",
+    after_help = "Credential sets may also be given in the EMULATOR_CREDENTIALS environment variable \
+                  (AKID:SECRET[:TOKEN], several separated by ','). Secrets and tokens are never printed."
+)]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:0")]
+    listen: String,
+
+    /// After binding, write the bound port number (digits and a newline) to this file, atomically.
+    #[arg(long, value_name = "PATH")]
+    port_file: Option<PathBuf>,
+
+    /// The AWS region requests must be scoped to.
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+
+    /// The HealthLake datastore id served under /datastore/{id}/r4/.
+    #[arg(long, default_value = "0123456789abcdef0123456789abcdef")]
+    datastore_id: String,
+
+    /// An accepted credential set, AKID:SECRET or AKID:SECRET:SESSIONTOKEN (repeatable).
+    #[arg(long = "credential", value_name = "AKID:SECRET[:TOKEN]")]
+    credentials: Vec<String>,
+
+    /// How far x-amz-date may be from the emulator's clock, in seconds, either way.
+    #[arg(long, default_value_t = 300)]
+    max_skew_seconds: u64,
+
+    /// Status for a DELETE of a resource that does not exist: 204 or 404.
+    #[arg(long, default_value_t = 204, value_parser = parse_delete_status)]
+    delete_absent_status: u16,
+
+    /// Do not print one line per request to stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_delete_status(s: &str) -> Result<u16, String> {
+    match s.trim() {
+        "204" => Ok(204),
+        "404" => Ok(404),
+        other => Err(format!("must be 204 or 404, not '{other}'")),
+    }
+}
+
+/// Collects and validates every credential set. Errors name the position and the access key
+/// id at most, never the secret or the token.
+fn collect_credentials(flags: &[String], env: Option<&str>) -> Result<Vec<Credential>, String> {
+    let mut specs: Vec<(String, &str)> = flags
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (format!("--credential #{}", i + 1), s.as_str()))
+        .collect();
+    if let Some(env) = env {
+        specs.extend(
+            env.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .enumerate()
+                .map(|(i, s)| (format!("{CREDENTIALS_ENV} entry #{}", i + 1), s)),
+        );
+    }
+    let mut out: Vec<Credential> = Vec::new();
+    for (origin, spec) in specs {
+        let cred = Credential::parse(spec).map_err(|e| format!("{origin}: {e}"))?;
+        if out.iter().any(|c| c.access_key_id == cred.access_key_id) {
+            return Err(format!(
+                "{origin}: access key id {} is given more than once",
+                cred.access_key_id
+            ));
+        }
+        out.push(cred);
+    }
+    Ok(out)
+}
+
+/// Writes `port\n` to a temporary file next to `path`, then renames it over `path`.
+fn write_port_file(path: &Path, port: u16) -> std::io::Result<()> {
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(format!("{port}\n").as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let env = std::env::var(CREDENTIALS_ENV).ok();
+    let credentials = collect_credentials(&cli.credentials, env.as_deref())?;
+    let delete_absent_status = StatusCode::from_u16(cli.delete_absent_status)
+        .map_err(|e| format!("--delete-absent-status: {e}"))?;
+    let config = Config {
+        region: cli.region,
+        datastore_id: cli.datastore_id,
+        credentials,
+        max_skew: Duration::from_secs(cli.max_skew_seconds),
+        delete_absent_status,
+        log_requests: !cli.quiet,
+    };
+
+    let listener = TcpListener::bind(&cli.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cli.listen))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    if let Some(path) = &cli.port_file {
+        write_port_file(path, addr.port())
+            .map_err(|e| format!("cannot write port file {}: {e}", path.display()))?;
+    }
+
+    let keys: Vec<String> = config
+        .credentials
+        .iter()
+        .map(|c| {
+            if c.session_token.is_some() {
+                format!("{} (with session token)", c.access_key_id)
+            } else {
+                c.access_key_id.clone()
+            }
+        })
+        .collect();
+    eprintln!(
+        "healthlake-emulator: region {}, service healthlake, datastore {}, max skew {} s, DELETE of absent resource -> {}, access keys: [{}]",
+        config.region,
+        config.datastore_id,
+        config.max_skew.as_secs(),
+        config.delete_absent_status.as_u16(),
+        keys.join(", ")
+    );
+    if config.credentials.is_empty() {
+        eprintln!(
+            "healthlake-emulator: warning: no credentials configured (--credential or {CREDENTIALS_ENV}); every data-plane request will be rejected"
+        );
+    }
+
+    let shown_ip = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "healthlake-emulator listening on http://{shown_ip}:{}",
+            addr.port()
+        )
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("cannot write to stdout: {e}"))?;
+    }
+
+    let app = Arc::new(App::new(config));
+    tokio::select! {
+        () = serve(listener, app) => {}
+        () = shutdown_signal() => {
+            eprintln!("healthlake-emulator: shutting down");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("healthlake-emulator: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("healthlake-emulator: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collects_credentials_from_flags_and_env() {
+        let creds = collect_credentials(
+            &["AKID1:secret1".to_string()],
+            Some(" AKID2:secret2:token2 , ,AKID3:s3"),
+        )
+        .unwrap();
+        let ids: Vec<_> = creds.iter().map(|c| c.access_key_id.as_str()).collect();
+        assert_eq!(ids, ["AKID1", "AKID2", "AKID3"]);
+        assert_eq!(creds[1].session_token.as_deref(), Some("token2"));
+
+        let e = collect_credentials(&["AKID1:topsecret".into(), "AKID1:other".into()], None)
+            .unwrap_err();
+        assert!(
+            e.contains("more than once") && !e.contains("topsecret"),
+            "{e}"
+        );
+        let e = collect_credentials(&[], Some("AKID9")).unwrap_err();
+        assert!(e.contains(CREDENTIALS_ENV), "{e}");
+    }
+
+    #[test]
+    fn delete_status_values() {
+        assert_eq!(parse_delete_status("204"), Ok(204));
+        assert_eq!(parse_delete_status("404"), Ok(404));
+        assert!(parse_delete_status("200").is_err());
+    }
+
+    #[test]
+    fn port_file_is_digits_and_newline() {
+        let dir = std::env::temp_dir().join(format!("hle-port-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("port");
+        write_port_file(&path, 4321).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "4321\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cli_parses() {
+        let cli = Cli::try_parse_from([
+            "healthlake-emulator",
+            "--listen",
+            "127.0.0.1:8080",
+            "--credential",
+            "A:B",
+            "--credential",
+            "C:D:E",
+            "--delete-absent-status",
+            "404",
+        ])
+        .unwrap();
+        assert_eq!(cli.credentials.len(), 2);
+        assert_eq!(cli.delete_absent_status, 404);
+        assert!(Cli::try_parse_from(["x", "--delete-absent-status", "500"]).is_err());
+    }
+}

@@ -1,0 +1,778 @@
+//! The HTTP side: routing, the data-plane handlers (`/datastore/{ds}/r4/{Type}/{id}`), the
+//! inspection endpoints (`/_emulator/...`) and the hyper HTTP/1.1 accept loop.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::fhir::{self, FHIR_JSON};
+use crate::sigv4::{self, Credential, Policy, Request as SignedRequest};
+use crate::store::Store;
+use crate::timefmt;
+
+/// The SigV4 service name HealthLake signs with.
+pub const SERVICE: &str = "healthlake";
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// The content type of AWS JSON error bodies.
+pub const AWS_JSON: &str = "application/x-amz-json-1.1";
+
+/// Emulator settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub region: String,
+    pub datastore_id: String,
+    pub credentials: Vec<Credential>,
+    pub max_skew: Duration,
+    /// Status for a DELETE of an absent resource: 204 or 404.
+    pub delete_absent_status: StatusCode,
+    /// Print one line per request to stderr.
+    pub log_requests: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            region: "us-east-1".into(),
+            datastore_id: "0123456789abcdef0123456789abcdef".into(),
+            credentials: Vec::new(),
+            max_skew: Duration::from_secs(300),
+            delete_absent_status: StatusCode::NO_CONTENT,
+            log_requests: false,
+        }
+    }
+}
+
+/// One data-plane request as recorded for `GET /_emulator/requests`. Header values other than
+/// `content-type`, `host` and `x-amz-date` are never recorded.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub seq: u64,
+    pub request_id: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub verified: bool,
+    pub error: Option<String>,
+    pub error_code: Option<String>,
+    pub access_key_id: Option<String>,
+    pub signed_headers: Option<Vec<String>>,
+    pub header_names: Vec<String>,
+    pub content_type: Option<String>,
+    pub host: Option<String>,
+    pub body_size: usize,
+    pub body_sha256: String,
+    pub has_security_token: bool,
+    pub x_amz_date: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    store: Store,
+    requests: Vec<RequestRecord>,
+    seq: u64,
+}
+
+/// The emulator: configuration plus shared mutable state.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    state: Mutex<State>,
+    request_counter: AtomicU64,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+/// Replaces the value of an `X-Amz-Security-Token` query parameter (a presigned URL) so it is
+/// never logged or recorded.
+fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("X-Amz-Security-Token") => {
+                format!("{k}=REDACTED")
+            }
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The canonical request with the session token's value replaced: the 403 body goes back to the
+/// caller, which may log it.
+fn redact_token_line(canonical_request: &str) -> String {
+    canonical_request
+        .split('\n')
+        .map(|line| {
+            if line.starts_with("x-amz-security-token:") {
+                "x-amz-security-token:<redacted>"
+            } else {
+                line
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn path_with_query(uri: &Uri) -> String {
+    match uri.query() {
+        Some(q) => format!("{}?{}", uri.path(), redact_query(q)),
+        None => uri.path().to_string(),
+    }
+}
+
+/// Builds a response; header values that cannot be represented are skipped (they are all built
+/// from validated text, so this does not happen in practice).
+fn response(status: StatusCode, headers: &[(&str, String)], body: impl Into<Bytes>) -> Resp {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    for (name, value) in headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            resp.headers_mut().append(n, v);
+        }
+    }
+    resp
+}
+
+fn outcome_response(status: StatusCode, code: &str, diagnostics: &str) -> Resp {
+    response(
+        status,
+        &[("content-type", FHIR_JSON.to_string())],
+        fhir::operation_outcome(code, diagnostics),
+    )
+}
+
+/// What the data-plane routing made of a path.
+enum Route<'a> {
+    Resource { resource_type: &'a str, id: &'a str },
+    UnknownDatastore(&'a str),
+    NoMatch,
+}
+
+fn route<'a>(path: &'a str, datastore_id: &str) -> Route<'a> {
+    let Some(rest) = path.strip_prefix("/datastore/") else {
+        return Route::NoMatch;
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    let ds = segments.first().copied().unwrap_or_default();
+    if ds.is_empty() {
+        return Route::NoMatch;
+    }
+    if ds != datastore_id {
+        return Route::UnknownDatastore(ds);
+    }
+    match segments.as_slice() {
+        [_, "r4", t, id] if fhir::is_valid_resource_type(t) && fhir::is_valid_id(id) => {
+            Route::Resource {
+                resource_type: t,
+                id,
+            }
+        }
+        _ => Route::NoMatch,
+    }
+}
+
+/// The fields of a request the recorder needs, before a response exists.
+struct Observed {
+    request_id: String,
+    method: String,
+    path: String,
+    header_names: Vec<String>,
+    content_type: Option<String>,
+    host: Option<String>,
+    body_size: usize,
+    body_sha256: String,
+    has_security_token: bool,
+    x_amz_date: Option<String>,
+}
+
+impl Observed {
+    fn new(request_id: &str, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Self {
+        Observed {
+            request_id: request_id.to_string(),
+            method: method.as_str().to_string(),
+            path: path_with_query(uri),
+            header_names: headers
+                .iter()
+                .map(|(n, _)| n.as_str().to_string())
+                .collect(),
+            content_type: header_str(headers, "content-type"),
+            host: header_str(headers, "host"),
+            body_size: body.len(),
+            body_sha256: sigv4::sha256_hex(body),
+            has_security_token: headers.contains_key("x-amz-security-token"),
+            x_amz_date: header_str(headers, "x-amz-date"),
+        }
+    }
+}
+
+/// How a request fared, for the request log.
+struct Verdict {
+    status: StatusCode,
+    verified: bool,
+    access_key_id: Option<String>,
+    signed_headers: Option<Vec<String>>,
+    error: Option<String>,
+    error_code: Option<String>,
+}
+
+impl Verdict {
+    fn new(status: StatusCode, v: &sigv4::Verification) -> Self {
+        Verdict {
+            status,
+            verified: v.is_verified(),
+            access_key_id: v.access_key_id.clone(),
+            signed_headers: v.signed_headers.clone(),
+            error: None,
+            error_code: None,
+        }
+    }
+}
+
+impl App {
+    pub fn new(config: Config) -> Self {
+        App {
+            config,
+            state: Mutex::new(State::default()),
+            request_counter: AtomicU64::new(0),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-written in a way that
+        // matters for an emulator, so recover from poisoning instead of failing every request.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn next_request_id(&self) -> String {
+        let n = self.request_counter.fetch_add(1, Ordering::Relaxed);
+        // A random UUID, with the low bits replaced by a counter so ids are unique even if the
+        // random source repeats.
+        let mut bytes = *uuid::Uuid::new_v4().as_bytes();
+        if let Some(tail) = bytes.get_mut(10..16) {
+            tail.copy_from_slice(n.to_be_bytes().get(2..8).unwrap_or(&[0; 6]));
+        }
+        uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .hyphenated()
+            .to_string()
+    }
+
+    /// A snapshot of the request log.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.lock().requests.clone()
+    }
+
+    /// The exact stored bytes of a resource.
+    pub fn stored(&self, resource_type: &str, id: &str) -> Option<Bytes> {
+        self.lock()
+            .store
+            .get(resource_type, id)
+            .map(|r| r.body.clone())
+    }
+
+    /// Handles a fully received request at the current time.
+    pub fn handle(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Resp {
+        self.handle_at(method, uri, headers, body, SystemTime::now())
+    }
+
+    /// Handles a fully received request as if the clock read `now`.
+    pub fn handle_at(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: Bytes,
+        now: SystemTime,
+    ) -> Resp {
+        let request_id = self.next_request_id();
+        let path = uri.path();
+        let mut resp = if path == "/_emulator" || path.starts_with("/_emulator/") {
+            let resp = self.inspect(method, path);
+            self.log_line(method, uri, resp.status(), "inspection");
+            resp
+        } else {
+            self.data_plane(method, uri, headers, body, now, &request_id)
+        };
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert("x-amzn-requestid", v);
+        }
+        resp
+    }
+
+    fn log_line(&self, method: &Method, uri: &Uri, status: StatusCode, what: &str) {
+        if self.config.log_requests {
+            let query = if uri.query().is_some() { "?…" } else { "" };
+            eprintln!(
+                "healthlake-emulator: {method} {}{query} -> {} {what}",
+                uri.path(),
+                status.as_u16()
+            );
+        }
+    }
+
+    fn data_plane(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: Bytes,
+        now: SystemTime,
+        request_id: &str,
+    ) -> Resp {
+        let observed = Observed::new(request_id, method, uri, headers, &body);
+
+        let header_list: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        let signed = SignedRequest {
+            method: method.as_str(),
+            path: uri.path(),
+            query: uri.query().unwrap_or_default(),
+            headers: &header_list,
+            body: &body,
+        };
+        let policy = Policy {
+            region: &self.config.region,
+            service: SERVICE,
+            credentials: &self.config.credentials,
+            now,
+            max_skew: self.config.max_skew,
+            normalize_path: true,
+        };
+        let verification = sigv4::verify(&signed, &policy);
+
+        if let Some(e) = verification.error() {
+            let mut body = serde_json::Map::new();
+            body.insert("__type".into(), json!(e.reason.error_type()));
+            body.insert("message".into(), json!(e.message));
+            if let Some(c) = &verification.canonical_request {
+                body.insert("canonicalRequest".into(), json!(redact_token_line(c)));
+            }
+            if let Some(s) = &verification.string_to_sign {
+                body.insert("stringToSign".into(), json!(s));
+            }
+            let resp = response(
+                StatusCode::FORBIDDEN,
+                &[
+                    ("content-type", AWS_JSON.to_string()),
+                    ("x-amzn-errortype", e.reason.error_type().to_string()),
+                ],
+                serde_json::to_vec(&body).unwrap_or_default(),
+            );
+            let reason = e.to_string();
+            self.log_line(
+                method,
+                uri,
+                resp.status(),
+                &format!("rejected ({}): {reason}", e.reason.code()),
+            );
+            self.record(
+                observed,
+                Verdict {
+                    error: Some(reason),
+                    error_code: Some(e.reason.code().to_string()),
+                    ..Verdict::new(resp.status(), &verification)
+                },
+            );
+            return resp;
+        }
+
+        let (resp, problem) = self.dispatch(method, uri.path(), &body, now);
+        self.log_line(
+            method,
+            uri,
+            resp.status(),
+            &format!(
+                "verified (access key {})",
+                verification.access_key_id.as_deref().unwrap_or("-")
+            ),
+        );
+        self.record(
+            observed,
+            Verdict {
+                error: problem,
+                ..Verdict::new(resp.status(), &verification)
+            },
+        );
+        resp
+    }
+
+    fn record(&self, o: Observed, verdict: Verdict) {
+        let mut state = self.lock();
+        state.seq = state.seq.saturating_add(1);
+        let record = RequestRecord {
+            seq: state.seq,
+            request_id: o.request_id,
+            method: o.method,
+            path: o.path,
+            status: verdict.status.as_u16(),
+            verified: verdict.verified,
+            error: verdict.error,
+            error_code: verdict.error_code,
+            access_key_id: verdict.access_key_id,
+            signed_headers: verdict.signed_headers,
+            header_names: o.header_names,
+            content_type: o.content_type,
+            host: o.host,
+            body_size: o.body_size,
+            body_sha256: o.body_sha256,
+            has_security_token: o.has_security_token,
+            x_amz_date: o.x_amz_date,
+        };
+        state.requests.push(record);
+    }
+
+    /// Routes a verified data-plane request. Returns the response and, for a failure, the
+    /// diagnostics to record.
+    fn dispatch(
+        &self,
+        method: &Method,
+        path: &str,
+        body: &Bytes,
+        now: SystemTime,
+    ) -> (Resp, Option<String>) {
+        let fail = |status: StatusCode, code: &str, msg: String| {
+            (outcome_response(status, code, &msg), Some(msg))
+        };
+        let (resource_type, id) = match route(path, &self.config.datastore_id) {
+            Route::Resource { resource_type, id } => (resource_type, id),
+            Route::UnknownDatastore(ds) => {
+                return fail(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    format!(
+                        "Datastore {ds} not found (this emulator serves datastore {})",
+                        self.config.datastore_id
+                    ),
+                )
+            }
+            Route::NoMatch => {
+                return fail(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    format!(
+                        "no such endpoint: {path} (expected /datastore/{}/r4/{{Type}}/{{id}})",
+                        self.config.datastore_id
+                    ),
+                )
+            }
+        };
+        match *method {
+            Method::PUT => self.put(resource_type, id, body, now),
+            Method::GET => self.get(resource_type, id),
+            Method::DELETE => self.delete(resource_type, id),
+            _ => {
+                let msg = format!("method {method} is not supported on {resource_type}/{id}; use GET, PUT or DELETE");
+                let mut resp =
+                    outcome_response(StatusCode::METHOD_NOT_ALLOWED, "not-supported", &msg);
+                resp.headers_mut()
+                    .insert("allow", HeaderValue::from_static("GET, PUT, DELETE"));
+                (resp, Some(msg))
+            }
+        }
+    }
+
+    fn resource_headers(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: u64,
+        at: SystemTime,
+    ) -> Vec<(&'static str, String)> {
+        vec![
+            ("content-type", FHIR_JSON.to_string()),
+            ("etag", format!("W/\"{version}\"")),
+            (
+                "location",
+                format!(
+                    "/datastore/{}/r4/{resource_type}/{id}/_history/{version}",
+                    self.config.datastore_id
+                ),
+            ),
+            ("last-modified", timefmt::format_http_date(at)),
+        ]
+    }
+
+    fn put(
+        &self,
+        resource_type: &str,
+        id: &str,
+        body: &Bytes,
+        now: SystemTime,
+    ) -> (Resp, Option<String>) {
+        let resource = match fhir::validate_put(body, resource_type, id) {
+            Ok(r) => r,
+            Err(rej) => {
+                return (
+                    outcome_response(StatusCode::BAD_REQUEST, rej.code, &rej.diagnostics),
+                    Some(rej.diagnostics),
+                )
+            }
+        };
+        let outcome = self.lock().store.put(resource_type, id, body.clone(), now);
+        let echoed = fhir::with_meta(
+            resource,
+            outcome.version,
+            &timefmt::format_rfc3339_millis(now),
+        );
+        let status = if outcome.created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        let headers = self.resource_headers(resource_type, id, outcome.version, now);
+        (response(status, &headers, echoed), None)
+    }
+
+    fn get(&self, resource_type: &str, id: &str) -> (Resp, Option<String>) {
+        let found = self
+            .lock()
+            .store
+            .get(resource_type, id)
+            .map(|r| (r.body.clone(), r.version, r.last_updated));
+        match found {
+            Some((body, version, at)) => {
+                let headers = self.resource_headers(resource_type, id, version, at);
+                (response(StatusCode::OK, &headers, body), None)
+            }
+            None => {
+                let msg = format!("Resource {resource_type}/{id} is not known");
+                (
+                    outcome_response(StatusCode::NOT_FOUND, "not-found", &msg),
+                    Some(msg),
+                )
+            }
+        }
+    }
+
+    fn delete(&self, resource_type: &str, id: &str) -> (Resp, Option<String>) {
+        if self.lock().store.delete(resource_type, id) {
+            return (response(StatusCode::NO_CONTENT, &[], Bytes::new()), None);
+        }
+        if self.config.delete_absent_status == StatusCode::NOT_FOUND {
+            let msg = format!("Resource {resource_type}/{id} is not known");
+            (
+                outcome_response(StatusCode::NOT_FOUND, "not-found", &msg),
+                Some(msg),
+            )
+        } else {
+            (
+                response(self.config.delete_absent_status, &[], Bytes::new()),
+                None,
+            )
+        }
+    }
+
+    /// The unsigned `/_emulator/...` endpoints.
+    fn inspect(&self, method: &Method, path: &str) -> Resp {
+        let text = |status: StatusCode, body: &'static str| {
+            response(
+                status,
+                &[("content-type", "text/plain; charset=utf-8".to_string())],
+                body,
+            )
+        };
+        let json_resp = |value: &serde_json::Value| {
+            response(
+                StatusCode::OK,
+                &[("content-type", "application/json".to_string())],
+                serde_json::to_vec(value).unwrap_or_default(),
+            )
+        };
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let (expected, resp) = match segments.as_slice() {
+            ["_emulator", "health"] => (Method::GET, None),
+            ["_emulator", "resources"] => (Method::GET, None),
+            ["_emulator", "resources", _, _] => (Method::GET, None),
+            ["_emulator", "requests"] => (Method::GET, None),
+            ["_emulator", "reset"] => (Method::POST, None),
+            _ => (
+                Method::GET,
+                Some(outcome_response(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    &format!("no such emulator endpoint: {path}"),
+                )),
+            ),
+        };
+        if let Some(resp) = resp {
+            return resp;
+        }
+        if *method != expected {
+            let mut resp = outcome_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "not-supported",
+                &format!("{path} only supports {expected}"),
+            );
+            if let Ok(v) = HeaderValue::from_str(expected.as_str()) {
+                resp.headers_mut().insert("allow", v);
+            }
+            return resp;
+        }
+        match segments.as_slice() {
+            ["_emulator", "health"] => text(StatusCode::OK, "ok"),
+            ["_emulator", "reset"] => {
+                let mut state = self.lock();
+                state.store.clear();
+                state.requests.clear();
+                state.seq = 0;
+                text(StatusCode::OK, "ok")
+            }
+            ["_emulator", "requests"] => {
+                let state = self.lock();
+                json_resp(&serde_json::to_value(&state.requests).unwrap_or_default())
+            }
+            ["_emulator", "resources"] => {
+                let state = self.lock();
+                let list: Vec<serde_json::Value> = state
+                    .store
+                    .iter()
+                    .map(|((t, id), r)| {
+                        json!({
+                            "resourceType": t,
+                            "id": id,
+                            "versionId": r.version.to_string(),
+                            "size": r.body.len(),
+                            "sha256": sigv4::sha256_hex(&r.body),
+                        })
+                    })
+                    .collect();
+                json_resp(&serde_json::Value::Array(list))
+            }
+            ["_emulator", "resources", t, id] => {
+                let found = self.lock().store.get(t, id).map(|r| r.body.clone());
+                match found {
+                    Some(body) => response(
+                        StatusCode::OK,
+                        &[("content-type", FHIR_JSON.to_string())],
+                        body,
+                    ),
+                    None => outcome_response(
+                        StatusCode::NOT_FOUND,
+                        "not-found",
+                        &format!("Resource {t}/{id} is not stored"),
+                    ),
+                }
+            }
+            _ => outcome_response(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                &format!("no such emulator endpoint: {path}"),
+            ),
+        }
+    }
+
+    /// Reads a hyper request's body (bounded) and handles it.
+    pub async fn handle_hyper(&self, req: hyper::Request<Incoming>) -> Resp {
+        let (parts, body) = req.into_parts();
+        match Limited::new(body, MAX_BODY_BYTES).collect().await {
+            Ok(collected) => self.handle(
+                &parts.method,
+                &parts.uri,
+                &parts.headers,
+                collected.to_bytes(),
+            ),
+            Err(e) => {
+                let too_large = e
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some();
+                let (status, code, msg) = if too_large {
+                    (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too-costly",
+                        format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+                    )
+                } else {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        "invalid",
+                        format!("could not read the request body: {e}"),
+                    )
+                };
+                self.log_line(&parts.method, &parts.uri, status, &msg);
+                let request_id = self.next_request_id();
+                let mut resp = outcome_response(status, code, &msg);
+                if let Ok(v) = HeaderValue::from_str(&request_id) {
+                    resp.headers_mut().insert("x-amzn-requestid", v);
+                }
+                let path = parts.uri.path();
+                if !(path == "/_emulator" || path.starts_with("/_emulator/")) {
+                    let observed =
+                        Observed::new(&request_id, &parts.method, &parts.uri, &parts.headers, &[]);
+                    self.record(
+                        observed,
+                        Verdict {
+                            status,
+                            verified: false,
+                            access_key_id: None,
+                            signed_headers: None,
+                            error: Some(msg),
+                            error_code: Some("body_unreadable".to_string()),
+                        },
+                    );
+                }
+                resp
+            }
+        }
+    }
+}
+
+/// Accepts connections forever, serving HTTP/1.1 with keep-alive and `TCP_NODELAY`.
+pub async fn serve(listener: TcpListener, app: Arc<App>) {
+    loop {
+        let (stream, _peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                eprintln!("healthlake-emulator: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            eprintln!("healthlake-emulator: could not set TCP_NODELAY: {e}");
+        }
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let app = Arc::clone(&app);
+                async move { Ok::<_, Infallible>(app.handle_hyper(req).await) }
+            });
+            let conn = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                if !e.is_incomplete_message() {
+                    eprintln!("healthlake-emulator: connection error: {e}");
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,585 @@
+//! Handler tests: requests signed with aws-sigv4, handed straight to `App::handle_at` (no
+//! network), checking statuses, headers, bodies, the store and the request log.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use common::*;
+use healthlake_emulator::{App, Config};
+use http::{HeaderMap, StatusCode, Uri};
+use http_body_util::BodyExt;
+use serde_json::Value;
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} header"))
+            .to_str()
+            .unwrap()
+    }
+}
+
+fn app_with(delete_absent: StatusCode) -> App {
+    App::new(Config {
+        credentials: accepted(),
+        delete_absent_status: delete_absent,
+        ..Config::default()
+    })
+}
+
+fn app() -> App {
+    app_with(StatusCode::NO_CONTENT)
+}
+
+fn send_at(app: &App, req: &http::Request<Vec<u8>>, now: SystemTime) -> Reply {
+    let resp = app.handle_at(
+        req.method(),
+        req.uri(),
+        req.headers(),
+        Bytes::from(req.body().clone()),
+        now,
+    );
+    let (parts, body) = resp.into_parts();
+    let body = futures_block_on(body.collect()).unwrap().to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+fn send(app: &App, req: &http::Request<Vec<u8>>) -> Reply {
+    send_at(app, req, SystemTime::now())
+}
+
+/// `Full` bodies are ready immediately; poll once on a tiny runtime.
+fn futures_block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn unsigned(method: &str, uri: &str) -> http::Request<Vec<u8>> {
+    http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", "localhost")
+        .body(Vec::new())
+        .unwrap()
+}
+
+fn signed(method: &str, type_: &str, id: &str) -> http::Request<Vec<u8>> {
+    signed_request(
+        method,
+        &format!("/datastore/{DATASTORE}/r4/{type_}/{id}"),
+        &[("host", HOST)],
+        b"",
+        &SignOpts::temporary(),
+    )
+}
+
+fn issue(v: &Value) -> (&str, &str) {
+    assert_eq!(v["resourceType"], "OperationOutcome");
+    let i = &v["issue"][0];
+    assert_eq!(i["severity"], "error");
+    (
+        i["code"].as_str().unwrap(),
+        i["diagnostics"].as_str().unwrap(),
+    )
+}
+
+#[test]
+fn put_creates_then_updates_and_stores_exact_bytes() {
+    let app = app();
+    let body = patient("example");
+    let r = send(
+        &app,
+        &signed_put("Patient", "example", &body, &SignOpts::long_term()),
+    );
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.header("content-type"), "application/fhir+json");
+    assert_eq!(r.header("etag"), "W/\"1\"");
+    assert_eq!(
+        r.header("location"),
+        format!("/datastore/{DATASTORE}/r4/Patient/example/_history/1")
+    );
+    assert!(r.header("last-modified").ends_with(" GMT"));
+    assert!(!r.header("x-amzn-requestid").is_empty());
+    let echoed = r.json();
+    assert_eq!(echoed["meta"]["versionId"], "1");
+    let last_updated = echoed["meta"]["lastUpdated"].as_str().unwrap();
+    assert_eq!(
+        last_updated.len(),
+        "2024-01-01T00:00:00.000Z".len(),
+        "{last_updated}"
+    );
+    assert!(last_updated.ends_with('Z'));
+    // Key order of the echoed resource is the order sent, meta appended.
+    let keys: Vec<&str> = echoed
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, ["resourceType", "id", "active", "name", "meta"]);
+    // The store holds the exact bytes.
+    assert_eq!(
+        app.stored("Patient", "example").unwrap(),
+        Bytes::from(body.clone())
+    );
+
+    // Update: 200, version 2, new bytes.
+    let body2 = br#"{"resourceType":"Patient","id":"example","active":false}"#;
+    let r = send(
+        &app,
+        &signed_put("Patient", "example", body2, &SignOpts::temporary()),
+    );
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("etag"), "W/\"2\"");
+    assert_eq!(r.json()["meta"]["versionId"], "2");
+    assert_eq!(
+        app.stored("Patient", "example").unwrap(),
+        Bytes::from_static(body2)
+    );
+
+    // GET returns the exact stored bytes.
+    let r = send(&app, &signed("GET", "Patient", "example"));
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, Bytes::from_static(body2));
+    assert_eq!(r.header("etag"), "W/\"2\"");
+
+    // DELETE, then DELETE again (absent: 204 by default), GET 404.
+    assert_eq!(
+        send(&app, &signed("DELETE", "Patient", "example")).status,
+        StatusCode::NO_CONTENT
+    );
+    let r = send(&app, &signed("DELETE", "Patient", "example"));
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(r.body.is_empty());
+    let r = send(&app, &signed("GET", "Patient", "example"));
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.header("content-type"), "application/fhir+json");
+    assert_eq!(issue(&r.json()).0, "not-found");
+
+    // Re-create: 201 with the version history continuing.
+    let r = send(
+        &app,
+        &signed_put("Patient", "example", &body, &SignOpts::long_term()),
+    );
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.header("etag"), "W/\"3\"");
+}
+
+#[test]
+fn delete_absent_can_be_404() {
+    let app = app_with(StatusCode::NOT_FOUND);
+    let r = send(&app, &signed("DELETE", "Patient", "nope"));
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(issue(&r.json()).0, "not-found");
+}
+
+#[test]
+fn put_body_problems_are_400_operation_outcomes() {
+    let app = app();
+    let cases: &[(&[u8], &str, &str)] = &[
+        (b"", "invalid", "empty"),
+        (b"not json", "invalid", "not valid JSON"),
+        (b"[1,2]", "invalid", "JSON object"),
+        (br#"{"id":"example"}"#, "invalid", "resourceType"),
+        (
+            br#"{"resourceType":"Observation","id":"example"}"#,
+            "processing",
+            "resourceType 'Observation'",
+        ),
+        (br#"{"resourceType":"Patient"}"#, "processing", "no id"),
+        (
+            br#"{"resourceType":"Patient","id":"other"}"#,
+            "processing",
+            "id 'other'",
+        ),
+    ];
+    for (body, code, needle) in cases {
+        let r = send(
+            &app,
+            &signed_put("Patient", "example", body, &SignOpts::long_term()),
+        );
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+        let v = r.json();
+        let (c, diag) = issue(&v);
+        assert_eq!(c, *code);
+        assert!(diag.contains(needle), "{diag}");
+    }
+    assert!(app.stored("Patient", "example").is_none());
+    let log = app.requests();
+    assert!(log
+        .iter()
+        .all(|r| r.verified && r.status == 400 && r.error.is_some()));
+}
+
+#[test]
+fn routing_errors() {
+    let app = app();
+    let opts = SignOpts::long_term();
+    let req = |method: &str, uri: &str| signed_request(method, uri, &[("host", HOST)], b"", &opts);
+
+    let r = send(
+        &app,
+        &req(
+            "GET",
+            "/datastore/ffffffffffffffffffffffffffffffff/r4/Patient/x",
+        ),
+    );
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let v = r.json();
+    let (code, diag) = issue(&v);
+    assert_eq!(code, "not-found");
+    assert!(diag.contains("ffffffffffffffffffffffffffffffff"), "{diag}");
+
+    for uri in [
+        format!("/datastore/{DATASTORE}/r4/Patient"),
+        format!("/datastore/{DATASTORE}/r4/Patient/x/_history/1"),
+        format!("/datastore/{DATASTORE}/r5/Patient/x"),
+        "/r4/Patient/x".to_string(),
+        "/".to_string(),
+    ] {
+        let r = send(&app, &req("GET", &uri));
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{uri}");
+        assert_eq!(issue(&r.json()).0, "not-found");
+    }
+
+    let r = send(
+        &app,
+        &req("POST", &format!("/datastore/{DATASTORE}/r4/Patient/x")),
+    );
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.header("content-type"), "application/fhir+json");
+    assert!(!issue(&r.json()).1.is_empty());
+
+    // Routing happens only after verification: an unsigned request to a bad path is a 403.
+    let r = send(&app, &unsigned("GET", "/nowhere"));
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+#[test]
+fn forbidden_bodies() {
+    let app = app();
+    // Missing Authorization: IncompleteSignatureException without a canonical request.
+    let r = send(
+        &app,
+        &unsigned("PUT", &format!("/datastore/{DATASTORE}/r4/Patient/x")),
+    );
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.header("x-amzn-errortype"), "IncompleteSignatureException");
+    assert_eq!(r.header("content-type"), "application/x-amz-json-1.1");
+    assert!(!r.header("x-amzn-requestid").is_empty());
+    let v = r.json();
+    assert_eq!(v["__type"], "IncompleteSignatureException");
+    assert!(v["message"].as_str().unwrap().contains("authorization"));
+    assert!(v.get("canonicalRequest").is_none() && v.get("stringToSign").is_none());
+
+    // Tampered body: the canonical request and string to sign are reported.
+    let mut o = SignOpts::long_term();
+    o.content_sha256 = false;
+    let mut req = signed_put(
+        "Patient",
+        "x",
+        br#"{"resourceType":"Patient","id":"x"}"#,
+        &o,
+    );
+    req.body_mut().push(b'\n');
+    let r = send(&app, &req);
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.header("x-amzn-errortype"), "InvalidSignatureException");
+    let v = r.json();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["__type", "message", "canonicalRequest", "stringToSign"]
+    );
+    let canonical = v["canonicalRequest"].as_str().unwrap();
+    assert!(
+        canonical.starts_with(&format!("PUT\n/datastore/{DATASTORE}/r4/Patient/x\n\n")),
+        "{canonical}"
+    );
+    assert!(v["stringToSign"]
+        .as_str()
+        .unwrap()
+        .starts_with("AWS4-HMAC-SHA256\n"));
+    assert!(!String::from_utf8_lossy(&r.body).contains(SECRET));
+    assert!(app.stored("Patient", "x").is_none());
+
+    // Unknown key; wrong token.
+    let mut o = SignOpts::long_term();
+    o.access_key_id = "AKIDNOBODY".into();
+    let r = send(&app, &signed_put("Patient", "x", b"{}", &o));
+    assert_eq!(r.header("x-amzn-errortype"), "UnrecognizedClientException");
+    let mut o = SignOpts::temporary();
+    o.token = Some("bad".into());
+    let r = send(&app, &signed_put("Patient", "x", b"{}", &o));
+    assert_eq!(r.header("x-amzn-errortype"), "InvalidClientTokenId");
+
+    // Outside the skew window.
+    let req = signed_put("Patient", "x", b"{}", &SignOpts::long_term());
+    let r = send_at(&app, &req, SystemTime::now() + Duration::from_secs(600));
+    assert_eq!(r.header("x-amzn-errortype"), "InvalidSignatureException");
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("Signature expired"));
+}
+
+#[test]
+fn request_log_records_metadata_but_no_secrets() {
+    let app = app();
+    let body = patient("p1");
+    let req = signed_put("Patient", "p1", &body, &SignOpts::temporary());
+    assert_eq!(send(&app, &req).status, StatusCode::CREATED);
+    let mut bad = signed_put("Patient", "p1", &body, &SignOpts::long_term());
+    bad.body_mut()[3] ^= 1;
+    assert_eq!(send(&app, &bad).status, StatusCode::FORBIDDEN);
+    // Inspection requests are not logged.
+    send(&app, &unsigned("GET", "/_emulator/health"));
+
+    let r = send(&app, &unsigned("GET", "/_emulator/requests"));
+    assert_eq!(r.status, StatusCode::OK);
+    let raw = String::from_utf8(r.body.to_vec()).unwrap();
+    assert!(!raw.contains(SECRET) && !raw.contains(TEMP_SECRET) && !raw.contains(TOKEN));
+    assert!(!raw.contains("Signature="));
+    let log = r.json();
+    let log = log.as_array().unwrap();
+    assert_eq!(log.len(), 2);
+
+    let first = &log[0];
+    let keys: Vec<&str> = first
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for k in [
+        "seq",
+        "method",
+        "path",
+        "status",
+        "verified",
+        "error",
+        "access_key_id",
+        "signed_headers",
+        "header_names",
+        "content_type",
+        "host",
+        "body_size",
+        "body_sha256",
+        "has_security_token",
+        "x_amz_date",
+    ] {
+        assert!(keys.contains(&k), "missing {k}: {keys:?}");
+    }
+    assert_eq!(first["seq"], 1);
+    assert_eq!(first["method"], "PUT");
+    assert_eq!(
+        first["path"],
+        format!("/datastore/{DATASTORE}/r4/Patient/p1")
+    );
+    assert_eq!(first["status"], 201);
+    assert_eq!(first["verified"], true);
+    assert_eq!(first["error"], Value::Null);
+    assert_eq!(first["access_key_id"], TEMP_AKID);
+    let signed: Vec<&str> = first["signed_headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(signed.contains(&"x-amz-security-token") && signed.contains(&"host"));
+    let names: Vec<&str> = first["header_names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"authorization") && names.contains(&"x-amz-security-token"));
+    assert!(names.iter().all(|n| *n == n.to_lowercase()));
+    assert_eq!(first["content_type"], "application/fhir+json");
+    assert_eq!(first["host"], HOST);
+    assert_eq!(first["body_size"], body.len());
+    assert_eq!(
+        first["body_sha256"],
+        healthlake_emulator::sigv4::sha256_hex(&body)
+    );
+    assert_eq!(first["has_security_token"], true);
+    assert_eq!(first["x_amz_date"].as_str().unwrap().len(), 16);
+
+    let second = &log[1];
+    assert_eq!(second["seq"], 2);
+    assert_eq!(second["status"], 403);
+    assert_eq!(second["verified"], false);
+    assert_eq!(second["access_key_id"], AKID);
+    assert_eq!(second["has_security_token"], false);
+    assert!(second["error"]
+        .as_str()
+        .unwrap()
+        .contains("body does not match x-amz-content-sha256"));
+    assert_eq!(second["error_code"], "payload_hash_mismatch");
+}
+
+#[test]
+fn inspection_endpoints() {
+    let app = app();
+    let r = send(&app, &unsigned("GET", "/_emulator/health"));
+    assert_eq!(
+        (r.status, r.body.as_ref()),
+        (StatusCode::OK, b"ok".as_ref())
+    );
+    assert!(!r.header("x-amzn-requestid").is_empty());
+
+    let opts = SignOpts::long_term();
+    send(&app, &signed_put("Patient", "b", &patient("b"), &opts));
+    send(&app, &signed_put("Patient", "a", &patient("a"), &opts));
+    send(&app, &signed_put("Patient", "a", &patient("a"), &opts));
+    let obs = br#"{"resourceType":"Observation","id":"z","status":"final"}"#;
+    send(&app, &signed_put("Observation", "z", obs, &opts));
+
+    let r = send(&app, &unsigned("GET", "/_emulator/resources"));
+    assert_eq!(r.status, StatusCode::OK);
+    let list = r.json();
+    let list = list.as_array().unwrap();
+    let ids: Vec<(&str, &str, &str)> = list
+        .iter()
+        .map(|e| {
+            (
+                e["resourceType"].as_str().unwrap(),
+                e["id"].as_str().unwrap(),
+                e["versionId"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("Observation", "z", "1"),
+            ("Patient", "a", "2"),
+            ("Patient", "b", "1")
+        ]
+    );
+    assert_eq!(list[0]["size"], obs.len());
+    assert_eq!(
+        list[0]["sha256"],
+        healthlake_emulator::sigv4::sha256_hex(obs)
+    );
+
+    let r = send(&app, &unsigned("GET", "/_emulator/resources/Observation/z"));
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.as_ref(), obs.as_ref());
+    let r = send(
+        &app,
+        &unsigned("GET", "/_emulator/resources/Observation/nope"),
+    );
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    assert_eq!(
+        send(&app, &unsigned("POST", "/_emulator/health")).status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(
+        send(&app, &unsigned("GET", "/_emulator/reset")).status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(
+        send(&app, &unsigned("GET", "/_emulator/nothing")).status,
+        StatusCode::NOT_FOUND
+    );
+
+    let r = send(&app, &unsigned("POST", "/_emulator/reset"));
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        send(&app, &unsigned("GET", "/_emulator/resources")).json(),
+        Value::Array(vec![])
+    );
+    assert_eq!(
+        send(&app, &unsigned("GET", "/_emulator/requests")).json(),
+        Value::Array(vec![])
+    );
+    // After a reset, versions and sequence numbers start again.
+    let r = send(&app, &signed_put("Patient", "a", &patient("a"), &opts));
+    assert_eq!(
+        (r.status, r.header("etag")),
+        (StatusCode::CREATED, "W/\"1\"")
+    );
+    assert_eq!(app.requests()[0].seq, 1);
+}
+
+#[test]
+fn request_ids_are_unique() {
+    let app = app();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..200 {
+        let r = send(&app, &unsigned("GET", "/_emulator/health"));
+        assert!(seen.insert(r.header("x-amzn-requestid").to_string()));
+    }
+}
+
+#[test]
+fn query_is_kept_in_the_log_path() {
+    let app = app();
+    let opts = SignOpts::long_term();
+    let uri = format!("/datastore/{DATASTORE}/r4/Patient/q?_format=json");
+    let req = signed_request("GET", &uri, &[("host", HOST)], b"", &opts);
+    assert_eq!(send(&app, &req).status, StatusCode::NOT_FOUND);
+    assert_eq!(app.requests()[0].path, uri);
+    // Sanity: Uri parsing keeps the raw query.
+    let u: Uri = uri.parse().unwrap();
+    assert_eq!(u.query(), Some("_format=json"));
+}
+
+#[test]
+fn forbidden_body_never_echoes_the_session_token() {
+    let app = app();
+    let mut req = signed_put(
+        "Patient",
+        "t",
+        br#"{"resourceType":"Patient","id":"t"}"#,
+        &SignOpts::temporary(),
+    );
+    req.body_mut().push(b' ');
+    let r = send(&app, &req);
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let v = r.json();
+    let canonical = v["canonicalRequest"].as_str().unwrap();
+    assert!(
+        canonical.contains("\nx-amz-security-token:<redacted>\n"),
+        "{canonical}"
+    );
+    assert!(!String::from_utf8_lossy(&r.body).contains(TOKEN));
+}
