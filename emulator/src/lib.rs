@@ -4,14 +4,20 @@
 //! - [`sigv4`]: an independent AWS SigV4 verifier, written from the specification.
 //! - [`store`]: the in-memory resource store (exact bytes, per-resource versions).
 //! - [`fhir`]: OperationOutcome bodies and `PUT` body checks.
-//! - [`server`]: routing, handlers, the request log and the hyper HTTP/1.1 server.
+//! - [`faults`]: fault injection (errors, resets, throttling, delays, unsupported types).
+//! - [`server`]: routing, handlers, the request log and the inspection endpoints.
+//! - [`net`]: the hyper HTTP/1.1 accept loop and abortive closes.
 //! - [`timefmt`]: the few UTC date formats involved.
 
+pub mod faults;
 pub mod fhir;
+pub mod net;
 pub mod server;
 pub mod sigv4;
 pub mod store;
 pub mod timefmt;
 
-pub use server::{serve, App, Config, RequestRecord};
+pub use faults::{Fault, FaultSettings};
+pub use net::serve;
+pub use server::{Answer, App, Config, RequestRecord};
 pub use sigv4::Credential;

@@ -11,7 +11,7 @@ use clap::Parser;
 use http::StatusCode;
 use tokio::net::TcpListener;
 
-use healthlake_emulator::{serve, App, Config, Credential};
+use healthlake_emulator::{serve, App, Config, Credential, FaultSettings};
 
 /// The environment variable holding extra credential sets, `,`-separated.
 const CREDENTIALS_ENV: &str = "EMULATOR_CREDENTIALS";
@@ -56,6 +56,16 @@ struct Cli {
     /// Do not print one line per request to stderr.
     #[arg(long)]
     quiet: bool,
+
+    /// Start with these fault settings: a JSON file in the format of PUT /_emulator/faults.
+    /// They are restored by DELETE /_emulator/faults and POST /_emulator/reset.
+    #[arg(long, value_name = "FILE")]
+    faults: Option<PathBuf>,
+
+    /// Resource types answered with HealthLake's 400 "ResourceType X is not supported."
+    /// (comma-separated; added to the unsupported_types of --faults).
+    #[arg(long, value_name = "TYPE,TYPE,...", value_delimiter = ',')]
+    unsupported_types: Vec<String>,
 }
 
 fn parse_delete_status(s: &str) -> Result<u16, String> {
@@ -95,6 +105,28 @@ fn collect_credentials(flags: &[String], env: Option<&str>) -> Result<Vec<Creden
         out.push(cred);
     }
     Ok(out)
+}
+
+/// The startup fault settings: `--faults FILE`, plus `--unsupported-types`.
+fn load_faults(file: Option<&Path>, unsupported_types: &[String]) -> Result<FaultSettings, String> {
+    let mut settings = match file {
+        Some(path) => {
+            let text = std::fs::read(path)
+                .map_err(|e| format!("--faults: cannot read {}: {e}", path.display()))?;
+            FaultSettings::from_json(&text)
+                .map_err(|e| format!("--faults {}: {e}", path.display()))?
+        }
+        None => FaultSettings::default(),
+    };
+    settings
+        .add_unsupported_types(
+            unsupported_types
+                .iter()
+                .map(|t| t.trim())
+                .filter(|t| !t.is_empty()),
+        )
+        .map_err(|e| format!("--unsupported-types: {e}"))?;
+    Ok(settings)
 }
 
 /// Writes `port\n` to a temporary file next to `path`, then renames it over `path`.
@@ -139,6 +171,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let credentials = collect_credentials(&cli.credentials, env.as_deref())?;
     let delete_absent_status = StatusCode::from_u16(cli.delete_absent_status)
         .map_err(|e| format!("--delete-absent-status: {e}"))?;
+    let faults = load_faults(cli.faults.as_deref(), &cli.unsupported_types)?;
     let config = Config {
         region: cli.region,
         datastore_id: cli.datastore_id,
@@ -146,6 +179,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         max_skew: Duration::from_secs(cli.max_skew_seconds),
         delete_absent_status,
         log_requests: !cli.quiet,
+        faults,
     };
 
     let listener = TcpListener::bind(&cli.listen)
@@ -178,6 +212,12 @@ async fn run(cli: Cli) -> Result<(), String> {
         config.delete_absent_status.as_u16(),
         keys.join(", ")
     );
+    if !config.faults.is_off() {
+        eprintln!(
+            "healthlake-emulator: faults at start: {}",
+            serde_json::to_string(&config.faults).unwrap_or_default()
+        );
+    }
     if config.credentials.is_empty() {
         eprintln!(
             "healthlake-emulator: warning: no credentials configured (--credential or {CREDENTIALS_ENV}); every data-plane request will be rejected"
@@ -277,6 +317,33 @@ mod tests {
     }
 
     #[test]
+    fn loads_startup_faults() {
+        assert!(load_faults(None, &[]).unwrap().is_off());
+        let s = load_faults(None, &["Basic".into(), " Subscription ".into(), "".into()]).unwrap();
+        assert_eq!(s.unsupported_types, ["Basic", "Subscription"]);
+        let e = load_faults(None, &["basic".into()]).unwrap_err();
+        assert!(e.starts_with("--unsupported-types:"), "{e}");
+
+        let dir = std::env::temp_dir().join(format!("hle-faults-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("faults.json");
+        std::fs::write(
+            &file,
+            r#"{"unsupported_types":["Basic"],"next":["503"],"seed":1}"#,
+        )
+        .unwrap();
+        let s = load_faults(Some(&file), &["Subscription".into(), "Basic".into()]).unwrap();
+        assert_eq!(s.unsupported_types, ["Basic", "Subscription"]);
+        assert_eq!(s.next.len(), 1);
+        std::fs::write(&file, r#"{"nxt":["503"]}"#).unwrap();
+        let e = load_faults(Some(&file), &[]).unwrap_err();
+        assert!(e.contains("unknown field `nxt`"), "{e}");
+        let e = load_faults(Some(&dir.join("absent.json")), &[]).unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn cli_parses() {
         let cli = Cli::try_parse_from([
             "healthlake-emulator",
@@ -293,5 +360,15 @@ mod tests {
         assert_eq!(cli.credentials.len(), 2);
         assert_eq!(cli.delete_absent_status, 404);
         assert!(Cli::try_parse_from(["x", "--delete-absent-status", "500"]).is_err());
+        let cli = Cli::try_parse_from([
+            "x",
+            "--unsupported-types",
+            "Basic,Subscription",
+            "--faults",
+            "f.json",
+        ])
+        .unwrap();
+        assert_eq!(cli.unsupported_types, ["Basic", "Subscription"]);
+        assert_eq!(cli.faults, Some(PathBuf::from("f.json")));
     }
 }

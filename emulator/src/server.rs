@@ -1,23 +1,19 @@
-//! The HTTP side: routing, the data-plane handlers (`/datastore/{ds}/r4/{Type}/{id}`), the
-//! inspection endpoints (`/_emulator/...`) and the hyper HTTP/1.1 accept loop.
+//! The HTTP side: routing, the data-plane handlers (`/datastore/{ds}/r4/{Type}/{id}`), fault
+//! injection into them, the request log and the inspection endpoints (`/_emulator/...`).
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde_json::json;
-use tokio::net::TcpListener;
 
+use crate::faults::{self, Fault, FaultInjector, FaultReply, FaultSettings};
 use crate::fhir::{self, FHIR_JSON};
 use crate::sigv4::{self, Credential, Policy, Request as SignedRequest};
 use crate::store::Store;
@@ -41,6 +37,9 @@ pub struct Config {
     pub delete_absent_status: StatusCode,
     /// Print one line per request to stderr.
     pub log_requests: bool,
+    /// The faults in force at start, and again after `DELETE /_emulator/faults` or
+    /// `POST /_emulator/reset`.
+    pub faults: FaultSettings,
 }
 
 impl Default for Config {
@@ -52,6 +51,7 @@ impl Default for Config {
             max_skew: Duration::from_secs(300),
             delete_absent_status: StatusCode::NO_CONTENT,
             log_requests: false,
+            faults: FaultSettings::default(),
         }
     }
 }
@@ -64,10 +64,14 @@ pub struct RequestRecord {
     pub request_id: String,
     pub method: String,
     pub path: String,
+    /// The status answered; 0 when the connection was reset instead.
     pub status: u16,
     pub verified: bool,
     pub error: Option<String>,
     pub error_code: Option<String>,
+    /// The injected fault that shaped the answer (`"503"`, `"reset"`, `"throttle-429"`,
+    /// `"delay"`, `"unsupported-type"`, ...), or null.
+    pub fault: Option<String>,
     pub access_key_id: Option<String>,
     pub signed_headers: Option<Vec<String>>,
     pub header_names: Vec<String>,
@@ -84,6 +88,7 @@ struct State {
     store: Store,
     requests: Vec<RequestRecord>,
     seq: u64,
+    faults: FaultInjector,
 }
 
 /// The emulator: configuration plus shared mutable state.
@@ -95,6 +100,25 @@ pub struct App {
 }
 
 type Resp = Response<Full<Bytes>>;
+
+/// What the server does with a request.
+#[derive(Debug)]
+pub enum Answer {
+    /// Send this response.
+    Respond(Resp),
+    /// Close the connection without answering (an injected `reset`).
+    Reset,
+}
+
+impl Answer {
+    /// The response, or `None` for a reset.
+    pub fn into_response(self) -> Option<Resp> {
+        match self {
+            Answer::Respond(resp) => Some(resp),
+            Answer::Reset => None,
+        }
+    }
+}
 
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
@@ -164,6 +188,36 @@ fn outcome_response(status: StatusCode, code: &str, diagnostics: &str) -> Resp {
     )
 }
 
+/// An AWS JSON error: `{"__type", "message"}` with `x-amzn-ErrorType`.
+fn aws_error_response(
+    status: StatusCode,
+    error_type: &str,
+    message: &str,
+    retry_after_seconds: Option<u32>,
+) -> Resp {
+    let mut headers = vec![
+        ("content-type", AWS_JSON.to_string()),
+        ("x-amzn-errortype", error_type.to_string()),
+    ];
+    if let Some(seconds) = retry_after_seconds {
+        headers.push(("retry-after", seconds.to_string()));
+    }
+    let body = json!({ "__type": error_type, "message": message });
+    response(
+        status,
+        &headers,
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+}
+
+fn json_response(status: StatusCode, value: &impl Serialize) -> Resp {
+    response(
+        status,
+        &[("content-type", "application/json".to_string())],
+        serde_json::to_vec(value).unwrap_or_default(),
+    )
+}
+
 /// What the data-plane routing made of a path.
 enum Route<'a> {
     Resource { resource_type: &'a str, id: &'a str },
@@ -230,16 +284,18 @@ impl Observed {
 
 /// How a request fared, for the request log.
 struct Verdict {
-    status: StatusCode,
+    /// The status answered; 0 for a reset.
+    status: u16,
     verified: bool,
     access_key_id: Option<String>,
     signed_headers: Option<Vec<String>>,
     error: Option<String>,
     error_code: Option<String>,
+    fault: Option<Fault>,
 }
 
 impl Verdict {
-    fn new(status: StatusCode, v: &sigv4::Verification) -> Self {
+    fn new(status: u16, v: &sigv4::Verification) -> Self {
         Verdict {
             status,
             verified: v.is_verified(),
@@ -247,15 +303,53 @@ impl Verdict {
             signed_headers: v.signed_headers.clone(),
             error: None,
             error_code: None,
+            fault: None,
         }
     }
 }
 
+/// What the normal handling of a verified request produced.
+struct Handled {
+    resp: Resp,
+    /// For a failure, the diagnostics to record.
+    problem: Option<String>,
+    /// `Fault::UnsupportedType` when that setting shaped the answer.
+    fault: Option<Fault>,
+}
+
+impl Handled {
+    fn plain((resp, problem): (Resp, Option<String>)) -> Self {
+        Handled {
+            resp,
+            problem,
+            fault: None,
+        }
+    }
+}
+
+/// Recorded as the `error` of a request answered with a reset.
+const RESET_DIAGNOSTICS: &str = "connection reset without an answer (injected fault)";
+
+/// Waits, without blocking the runtime; no timer for a zero delay.
+async fn wait(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+}
+
+fn is_inspection(path: &str) -> bool {
+    path == "/_emulator" || path.starts_with("/_emulator/")
+}
+
 impl App {
     pub fn new(config: Config) -> Self {
+        let state = State {
+            faults: FaultInjector::new(config.faults.clone()),
+            ..State::default()
+        };
         App {
             config,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             request_counter: AtomicU64::new(0),
         }
     }
@@ -297,57 +391,77 @@ impl App {
             .map(|r| r.body.clone())
     }
 
-    /// Handles a fully received request at the current time.
-    pub fn handle(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Resp {
-        self.handle_at(method, uri, headers, body, SystemTime::now())
+    /// The fault settings in force (`next` holding what is left) and the counters.
+    pub fn faults(&self) -> faults::FaultStatus {
+        self.lock().faults.status()
     }
 
-    /// Handles a fully received request as if the clock read `now`.
-    pub fn handle_at(
+    /// A `500` OperationOutcome for a failure of the emulator itself.
+    pub fn internal_error(diagnostics: &str) -> Resp {
+        outcome_response(StatusCode::INTERNAL_SERVER_ERROR, "exception", diagnostics)
+    }
+
+    /// Handles a fully received request at the current time.
+    pub async fn handle(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Answer {
+        self.handle_at(method, uri, headers, body, SystemTime::now())
+            .await
+    }
+
+    /// Handles a fully received request as if the clock read `now` when it arrived. Injected
+    /// delays are waited for (with `tokio::time::sleep`); the normal handling after them sees
+    /// the clock moved on by the delay.
+    pub async fn handle_at(
         &self,
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
         body: Bytes,
         now: SystemTime,
-    ) -> Resp {
+    ) -> Answer {
         let request_id = self.next_request_id();
-        let path = uri.path();
-        let mut resp = if path == "/_emulator" || path.starts_with("/_emulator/") {
-            let resp = self.inspect(method, path);
-            self.log_line(method, uri, resp.status(), "inspection");
-            resp
+        let answer = if is_inspection(uri.path()) {
+            let resp = self.inspect(method, uri.path(), &body);
+            self.log_line(method, uri, resp.status().as_str(), "inspection");
+            Answer::Respond(resp)
         } else {
             self.data_plane(method, uri, headers, body, now, &request_id)
+                .await
         };
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            resp.headers_mut().insert("x-amzn-requestid", v);
+        match answer {
+            Answer::Respond(mut resp) => {
+                if let Ok(v) = HeaderValue::from_str(&request_id) {
+                    resp.headers_mut().insert("x-amzn-requestid", v);
+                }
+                Answer::Respond(resp)
+            }
+            Answer::Reset => Answer::Reset,
         }
-        resp
     }
 
-    fn log_line(&self, method: &Method, uri: &Uri, status: StatusCode, what: &str) {
+    fn log_line(&self, method: &Method, uri: &Uri, status: &str, what: &str) {
         if self.config.log_requests {
             let query = if uri.query().is_some() { "?…" } else { "" };
             eprintln!(
-                "healthlake-emulator: {method} {}{query} -> {} {what}",
+                "healthlake-emulator: {method} {}{query} -> {status} {what}",
                 uri.path(),
-                status.as_u16()
             );
         }
     }
 
-    fn data_plane(
+    fn verify(
         &self,
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
-        body: Bytes,
+        body: &[u8],
         now: SystemTime,
-        request_id: &str,
-    ) -> Resp {
-        let observed = Observed::new(request_id, method, uri, headers, &body);
-
+    ) -> sigv4::Verification {
         let header_list: Vec<(&str, &[u8])> = headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_bytes()))
@@ -357,7 +471,7 @@ impl App {
             path: uri.path(),
             query: uri.query().unwrap_or_default(),
             headers: &header_list,
-            body: &body,
+            body,
         };
         let policy = Policy {
             region: &self.config.region,
@@ -367,7 +481,20 @@ impl App {
             max_skew: self.config.max_skew,
             normalize_path: true,
         };
-        let verification = sigv4::verify(&signed, &policy);
+        sigv4::verify(&signed, &policy)
+    }
+
+    async fn data_plane(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: Bytes,
+        now: SystemTime,
+        request_id: &str,
+    ) -> Answer {
+        let observed = Observed::new(request_id, method, uri, headers, &body);
+        let verification = self.verify(method, uri, headers, &body, now);
 
         if let Some(e) = verification.error() {
             let mut body = serde_json::Map::new();
@@ -387,11 +514,14 @@ impl App {
                 ],
                 serde_json::to_vec(&body).unwrap_or_default(),
             );
+            // A rejected request consumes no fault, but `latency_ms` applies to every answer.
+            let latency = self.lock().faults.latency();
+            wait(latency).await;
             let reason = e.to_string();
             self.log_line(
                 method,
                 uri,
-                resp.status(),
+                resp.status().as_str(),
                 &format!("rejected ({}): {reason}", e.reason.code()),
             );
             self.record(
@@ -399,44 +529,106 @@ impl App {
                 Verdict {
                     error: Some(reason),
                     error_code: Some(e.reason.code().to_string()),
-                    ..Verdict::new(resp.status(), &verification)
+                    ..Verdict::new(resp.status().as_u16(), &verification)
                 },
             );
-            return resp;
+            return Answer::Respond(resp);
         }
 
-        let (resp, problem) = self.dispatch(method, uri.path(), &body, now);
-        self.log_line(
-            method,
-            uri,
-            resp.status(),
-            &format!(
-                "verified (access key {})",
-                verification.access_key_id.as_deref().unwrap_or("-")
-            ),
+        let decision = self.lock().faults.decide(Instant::now());
+        wait(decision.delay).await;
+        let now = now.checked_add(decision.delay).unwrap_or(now);
+        let verified = format!(
+            "verified (access key {})",
+            verification.access_key_id.as_deref().unwrap_or("-")
         );
+
+        let handled = match decision.fault.map(|f| (f, f.reply())) {
+            Some((fault, FaultReply::Reset)) => {
+                self.log_line(
+                    method,
+                    uri,
+                    "(no answer)",
+                    &format!(
+                        "{verified}, injected fault {}: connection reset",
+                        fault.kind()
+                    ),
+                );
+                self.record(
+                    observed,
+                    Verdict {
+                        error: Some(RESET_DIAGNOSTICS.to_string()),
+                        fault: Some(fault),
+                        ..Verdict::new(0, &verification)
+                    },
+                );
+                return Answer::Reset;
+            }
+            Some((
+                fault,
+                FaultReply::Outcome {
+                    status,
+                    code,
+                    diagnostics,
+                },
+            )) => Handled {
+                resp: outcome_response(status, code, &diagnostics),
+                problem: Some(diagnostics),
+                fault: Some(fault),
+            },
+            Some((
+                fault,
+                FaultReply::AwsError {
+                    status,
+                    error_type,
+                    message,
+                    retry_after_seconds,
+                },
+            )) => Handled {
+                resp: aws_error_response(status, error_type, message, retry_after_seconds),
+                problem: Some(format!("{error_type}: {message}")),
+                fault: Some(fault),
+            },
+            Some((_, FaultReply::Proceed)) | None => {
+                let mut handled = self.dispatch(method, uri.path(), &body, now);
+                // A delay is recorded unless a fault of the normal handling shaped the answer.
+                handled.fault = handled.fault.or(decision.fault);
+                handled
+            }
+        };
+
+        let what = match &handled.fault {
+            Some(fault) => format!("{verified}, injected fault {}", fault.kind()),
+            None => verified,
+        };
+        self.log_line(method, uri, handled.resp.status().as_str(), &what);
         self.record(
             observed,
             Verdict {
-                error: problem,
-                ..Verdict::new(resp.status(), &verification)
+                error: handled.problem,
+                fault: handled.fault,
+                ..Verdict::new(handled.resp.status().as_u16(), &verification)
             },
         );
-        resp
+        Answer::Respond(handled.resp)
     }
 
     fn record(&self, o: Observed, verdict: Verdict) {
         let mut state = self.lock();
         state.seq = state.seq.saturating_add(1);
+        if let Some(fault) = &verdict.fault {
+            state.faults.count(fault);
+        }
         let record = RequestRecord {
             seq: state.seq,
             request_id: o.request_id,
             method: o.method,
             path: o.path,
-            status: verdict.status.as_u16(),
+            status: verdict.status,
             verified: verdict.verified,
             error: verdict.error,
             error_code: verdict.error_code,
+            fault: verdict.fault.map(|f| f.kind()),
             access_key_id: verdict.access_key_id,
             signed_headers: verdict.signed_headers,
             header_names: o.header_names,
@@ -450,17 +642,10 @@ impl App {
         state.requests.push(record);
     }
 
-    /// Routes a verified data-plane request. Returns the response and, for a failure, the
-    /// diagnostics to record.
-    fn dispatch(
-        &self,
-        method: &Method,
-        path: &str,
-        body: &Bytes,
-        now: SystemTime,
-    ) -> (Resp, Option<String>) {
+    /// Routes a verified data-plane request.
+    fn dispatch(&self, method: &Method, path: &str, body: &Bytes, now: SystemTime) -> Handled {
         let fail = |status: StatusCode, code: &str, msg: String| {
-            (outcome_response(status, code, &msg), Some(msg))
+            Handled::plain((outcome_response(status, code, &msg), Some(msg)))
         };
         let (resource_type, id) = match route(path, &self.config.datastore_id) {
             Route::Resource { resource_type, id } => (resource_type, id),
@@ -485,7 +670,16 @@ impl App {
                 )
             }
         };
-        match *method {
+        let resource_method = matches!(*method, Method::PUT | Method::GET | Method::DELETE);
+        if resource_method && self.lock().faults.is_unsupported(resource_type) {
+            let diagnostics = faults::unsupported_type_diagnostics(resource_type);
+            return Handled {
+                resp: outcome_response(StatusCode::BAD_REQUEST, "not-supported", &diagnostics),
+                problem: Some(diagnostics),
+                fault: Some(Fault::UnsupportedType),
+            };
+        }
+        Handled::plain(match *method {
             Method::PUT => self.put(resource_type, id, body, now),
             Method::GET => self.get(resource_type, id),
             Method::DELETE => self.delete(resource_type, id),
@@ -497,7 +691,7 @@ impl App {
                     .insert("allow", HeaderValue::from_static("GET, PUT, DELETE"));
                 (resp, Some(msg))
             }
-        }
+        })
     }
 
     fn resource_headers(
@@ -592,7 +786,7 @@ impl App {
     }
 
     /// The unsigned `/_emulator/...` endpoints.
-    fn inspect(&self, method: &Method, path: &str) -> Resp {
+    fn inspect(&self, method: &Method, path: &str, body: &Bytes) -> Resp {
         let text = |status: StatusCode, body: &'static str| {
             response(
                 status,
@@ -600,57 +794,67 @@ impl App {
                 body,
             )
         };
-        let json_resp = |value: &serde_json::Value| {
-            response(
-                StatusCode::OK,
-                &[("content-type", "application/json".to_string())],
-                serde_json::to_vec(value).unwrap_or_default(),
-            )
-        };
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let (expected, resp) = match segments.as_slice() {
-            ["_emulator", "health"] => (Method::GET, None),
-            ["_emulator", "resources"] => (Method::GET, None),
-            ["_emulator", "resources", _, _] => (Method::GET, None),
-            ["_emulator", "requests"] => (Method::GET, None),
-            ["_emulator", "reset"] => (Method::POST, None),
-            _ => (
-                Method::GET,
-                Some(outcome_response(
+        let allowed: Vec<Method> = match segments.as_slice() {
+            ["_emulator", "health"]
+            | ["_emulator", "resources"]
+            | ["_emulator", "resources", _, _]
+            | ["_emulator", "requests"] => vec![Method::GET],
+            ["_emulator", "reset"] => vec![Method::POST],
+            ["_emulator", "faults"] => vec![Method::GET, Method::PUT, Method::DELETE],
+            _ => {
+                return outcome_response(
                     StatusCode::NOT_FOUND,
                     "not-found",
                     &format!("no such emulator endpoint: {path}"),
-                )),
-            ),
+                )
+            }
         };
-        if let Some(resp) = resp {
-            return resp;
-        }
-        if *method != expected {
+        if !allowed.contains(method) {
+            let allowed: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+            let allowed = allowed.join(", ");
             let mut resp = outcome_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "not-supported",
-                &format!("{path} only supports {expected}"),
+                &format!("{path} only supports {allowed}"),
             );
-            if let Ok(v) = HeaderValue::from_str(expected.as_str()) {
+            if let Ok(v) = HeaderValue::from_str(&allowed) {
                 resp.headers_mut().insert("allow", v);
             }
             return resp;
         }
-        match segments.as_slice() {
-            ["_emulator", "health"] => text(StatusCode::OK, "ok"),
-            ["_emulator", "reset"] => {
+        match (segments.as_slice(), method) {
+            (["_emulator", "health"], _) => text(StatusCode::OK, "ok"),
+            (["_emulator", "reset"], _) => {
                 let mut state = self.lock();
                 state.store.clear();
                 state.requests.clear();
                 state.seq = 0;
+                state.faults.reset(self.config.faults.clone());
                 text(StatusCode::OK, "ok")
             }
-            ["_emulator", "requests"] => {
-                let state = self.lock();
-                json_resp(&serde_json::to_value(&state.requests).unwrap_or_default())
+            (["_emulator", "faults"], &Method::PUT) => match FaultSettings::from_json(body) {
+                Ok(settings) => {
+                    let mut state = self.lock();
+                    state.faults.replace(settings);
+                    json_response(StatusCode::OK, &state.faults.status())
+                }
+                Err(e) => outcome_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    &format!("invalid fault settings: {e}"),
+                ),
+            },
+            (["_emulator", "faults"], &Method::DELETE) => {
+                let mut state = self.lock();
+                state.faults.reset(self.config.faults.clone());
+                json_response(StatusCode::OK, &state.faults.status())
             }
-            ["_emulator", "resources"] => {
+            (["_emulator", "faults"], _) => {
+                json_response(StatusCode::OK, &self.lock().faults.status())
+            }
+            (["_emulator", "requests"], _) => json_response(StatusCode::OK, &self.lock().requests),
+            (["_emulator", "resources"], _) => {
                 let state = self.lock();
                 let list: Vec<serde_json::Value> = state
                     .store
@@ -665,9 +869,9 @@ impl App {
                         })
                     })
                     .collect();
-                json_resp(&serde_json::Value::Array(list))
+                json_response(StatusCode::OK, &list)
             }
-            ["_emulator", "resources", t, id] => {
+            (["_emulator", "resources", t, id], _) => {
                 let found = self.lock().store.get(t, id).map(|r| r.body.clone());
                 match found {
                     Some(body) => response(
@@ -691,15 +895,18 @@ impl App {
     }
 
     /// Reads a hyper request's body (bounded) and handles it.
-    pub async fn handle_hyper(&self, req: hyper::Request<Incoming>) -> Resp {
+    pub async fn handle_hyper(&self, req: hyper::Request<Incoming>) -> Answer {
         let (parts, body) = req.into_parts();
         match Limited::new(body, MAX_BODY_BYTES).collect().await {
-            Ok(collected) => self.handle(
-                &parts.method,
-                &parts.uri,
-                &parts.headers,
-                collected.to_bytes(),
-            ),
+            Ok(collected) => {
+                self.handle(
+                    &parts.method,
+                    &parts.uri,
+                    &parts.headers,
+                    collected.to_bytes(),
+                )
+                .await
+            }
             Err(e) => {
                 let too_large = e
                     .downcast_ref::<http_body_util::LengthLimitError>()
@@ -717,62 +924,30 @@ impl App {
                         format!("could not read the request body: {e}"),
                     )
                 };
-                self.log_line(&parts.method, &parts.uri, status, &msg);
+                self.log_line(&parts.method, &parts.uri, status.as_str(), &msg);
                 let request_id = self.next_request_id();
                 let mut resp = outcome_response(status, code, &msg);
                 if let Ok(v) = HeaderValue::from_str(&request_id) {
                     resp.headers_mut().insert("x-amzn-requestid", v);
                 }
-                let path = parts.uri.path();
-                if !(path == "/_emulator" || path.starts_with("/_emulator/")) {
+                if !is_inspection(parts.uri.path()) {
                     let observed =
                         Observed::new(&request_id, &parts.method, &parts.uri, &parts.headers, &[]);
                     self.record(
                         observed,
                         Verdict {
-                            status,
+                            status: status.as_u16(),
                             verified: false,
                             access_key_id: None,
                             signed_headers: None,
                             error: Some(msg),
                             error_code: Some("body_unreadable".to_string()),
+                            fault: None,
                         },
                     );
                 }
-                resp
+                Answer::Respond(resp)
             }
         }
-    }
-}
-
-/// Accepts connections forever, serving HTTP/1.1 with keep-alive and `TCP_NODELAY`.
-pub async fn serve(listener: TcpListener, app: Arc<App>) {
-    loop {
-        let (stream, _peer) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                eprintln!("healthlake-emulator: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            eprintln!("healthlake-emulator: could not set TCP_NODELAY: {e}");
-        }
-        let app = Arc::clone(&app);
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let app = Arc::clone(&app);
-                async move { Ok::<_, Infallible>(app.handle_hyper(req).await) }
-            });
-            let conn = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                if !e.is_incomplete_message() {
-                    eprintln!("healthlake-emulator: connection error: {e}");
-                }
-            }
-        });
     }
 }

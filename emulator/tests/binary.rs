@@ -1,5 +1,6 @@
 //! End-to-end: the real binary, started the way the Python integration tests start it, spoken to
-//! over a keep-alive HTTP/1.1 connection on loopback.
+//! over keep-alive HTTP/1.1 connections on loopback; including fault injection that only a real
+//! socket shows (a reset connection).
 
 #![allow(
     clippy::unwrap_used,
@@ -13,6 +14,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -33,14 +35,20 @@ impl Drop for Emulator {
     }
 }
 
+/// A fresh directory per call: tests run in parallel in one process.
 fn temp_dir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("hle-{tag}-{}", std::process::id()));
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("hle-{tag}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
 fn start(extra: &[&str]) -> (Emulator, String) {
-    let dir = temp_dir("bin");
+    start_in(temp_dir("bin"), extra)
+}
+
+fn start_in(dir: std::path::PathBuf, extra: &[&str]) -> (Emulator, String) {
     let port_file = dir.join("port");
     let _ = std::fs::remove_file(&port_file);
     let mut child = Command::new(BIN)
@@ -88,6 +96,11 @@ impl HttpResponse {
 
 /// Writes one request and reads one response (Content-Length framed) on a kept-alive connection.
 fn exchange(stream: &mut BufReader<TcpStream>, req: &http::Request<Vec<u8>>) -> HttpResponse {
+    write_request(stream, req);
+    read_response(stream)
+}
+
+fn write_request(stream: &mut BufReader<TcpStream>, req: &http::Request<Vec<u8>>) {
     let mut head = format!("{} {} HTTP/1.1\r\n", req.method(), req.uri());
     for (n, v) in req.headers() {
         head.push_str(&format!("{}: {}\r\n", n, v.to_str().unwrap()));
@@ -96,7 +109,9 @@ fn exchange(stream: &mut BufReader<TcpStream>, req: &http::Request<Vec<u8>>) -> 
     let s = stream.get_mut();
     s.write_all(head.as_bytes()).unwrap();
     s.write_all(req.body()).unwrap();
+}
 
+fn read_response(stream: &mut BufReader<TcpStream>) -> HttpResponse {
     let mut status_line = String::new();
     stream.read_line(&mut status_line).unwrap();
     let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
@@ -240,4 +255,225 @@ fn bad_credentials_fail_without_echoing_secrets() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("AKIDBAD"), "{stderr}");
     assert!(!stderr.contains("verysecretvalue"), "{stderr}");
+}
+
+fn connect(port: u16) -> BufReader<TcpStream> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    BufReader::new(stream)
+}
+
+fn put_json(uri: &str, body: &str, port: u16) -> http::Request<Vec<u8>> {
+    http::Request::builder()
+        .method("PUT")
+        .uri(uri)
+        .header("host", format!("127.0.0.1:{port}"))
+        .header("content-type", "application/json")
+        .body(body.as_bytes().to_vec())
+        .unwrap()
+}
+
+fn json_of(r: &HttpResponse) -> serde_json::Value {
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+fn signed_patient_put(id: &str, port: u16) -> http::Request<Vec<u8>> {
+    signed_request(
+        "PUT",
+        &format!("/datastore/{DATASTORE}/r4/Patient/{id}"),
+        &[
+            ("host", &format!("127.0.0.1:{port}")),
+            ("content-type", "application/fhir+json"),
+        ],
+        &patient(id),
+        &SignOpts::long_term(),
+    )
+}
+
+#[test]
+fn a_reset_fault_drops_the_connection_without_an_answer_and_serving_goes_on() {
+    let (mut emu, _) = start(&[]);
+    let port = emu.port;
+    // A control connection, kept alive across the reset of another one.
+    let mut ctl = connect(port);
+    let r = exchange(
+        &mut ctl,
+        &put_json("/_emulator/faults", r#"{"next":["reset"]}"#, port),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    // The victim: a complete, well-signed request, then nothing but a reset.
+    let mut victim = connect(port);
+    write_request(&mut victim, &signed_patient_put("gone", port));
+    let mut buf = [0u8; 256];
+    match victim.read(&mut buf) {
+        Ok(0) if !cfg!(target_os = "linux") => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!(
+            "expected a connection reset and no answer, got {other:?}: {:?}",
+            {
+                let n = *other.as_ref().unwrap_or(&0);
+                String::from_utf8_lossy(&buf[..n]).into_owned()
+            }
+        ),
+    }
+
+    // The server goes on: on the old connection and on new ones.
+    let r = exchange(&mut ctl, &plain("GET", "/_emulator/health", port));
+    assert_eq!((r.status, r.body.as_slice()), (200, b"ok".as_slice()));
+    let mut fresh = connect(port);
+    let r = exchange(&mut fresh, &signed_patient_put("kept", port));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let r = exchange(&mut fresh, &signed_patient_put("kept", port));
+    assert_eq!(r.status, 200);
+
+    // Nothing stored for the reset request; the log says what happened.
+    let r = exchange(
+        &mut ctl,
+        &plain("GET", "/_emulator/resources/Patient/gone", port),
+    );
+    assert_eq!(r.status, 404);
+    let r = exchange(&mut ctl, &plain("GET", "/_emulator/requests", port));
+    let log = json_of(&r);
+    let got: Vec<(u64, serde_json::Value)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["status"].as_u64().unwrap(), e["fault"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (0, serde_json::json!("reset")),
+            (201, serde_json::Value::Null),
+            (200, serde_json::Value::Null)
+        ]
+    );
+    let r = exchange(&mut ctl, &plain("GET", "/_emulator/faults", port));
+    assert_eq!(json_of(&r)["injected"], serde_json::json!({ "reset": 1 }));
+
+    // The reset is logged as such, not as a connection error.
+    drop((ctl, fresh, victim));
+    emu.child.kill().unwrap();
+    emu.child.wait().unwrap();
+    let mut stderr = String::new();
+    emu.child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "PUT /datastore/{DATASTORE}/r4/Patient/gone -> (no answer)"
+        )) && stderr.contains("injected fault reset"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("connection error"), "{stderr}");
+}
+
+#[test]
+fn a_request_whose_client_leaves_during_a_delay_is_still_processed() {
+    let (emu, _) = start(&[]);
+    let port = emu.port;
+    let mut ctl = connect(port);
+    let r = exchange(
+        &mut ctl,
+        &put_json("/_emulator/faults", r#"{"next":["delay:300"]}"#, port),
+    );
+    assert_eq!(r.status, 200);
+    let mut impatient = connect(port);
+    write_request(&mut impatient, &signed_patient_put("late", port));
+    std::thread::sleep(Duration::from_millis(50));
+    drop(impatient);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = exchange(&mut ctl, &plain("GET", "/_emulator/requests", port));
+        let log = json_of(&r);
+        if let Some(entry) = log.as_array().unwrap().first() {
+            assert_eq!(entry["status"], 201);
+            assert_eq!(entry["fault"], "delay");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never recorded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = exchange(
+        &mut ctl,
+        &plain("GET", "/_emulator/resources/Patient/late", port),
+    );
+    assert_eq!(r.status, 200);
+    drop(emu);
+}
+
+#[test]
+fn faults_can_be_set_at_start() {
+    let dir = temp_dir("faults");
+    let file = dir.join("faults.json");
+    std::fs::write(&file, r#"{"next":["throttle-429"],"seed":5}"#).unwrap();
+    let (emu, _) = start_in(
+        dir,
+        &[
+            "--faults",
+            file.to_str().unwrap(),
+            "--unsupported-types",
+            "Basic,Subscription",
+        ],
+    );
+    let port = emu.port;
+    let mut conn = connect(port);
+    let r = exchange(&mut conn, &plain("GET", "/_emulator/faults", port));
+    let v = json_of(&r);
+    assert_eq!(
+        v["settings"]["unsupported_types"],
+        serde_json::json!(["Basic", "Subscription"])
+    );
+    assert_eq!(v["settings"]["next"], serde_json::json!(["throttle-429"]));
+    assert_eq!(v["settings"]["seed"], 5);
+
+    let r = exchange(&mut conn, &signed_patient_put("p", port));
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("x-amzn-errortype"), Some("ThrottlingException"));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(r.header("x-amzn-requestid").is_some());
+
+    let get_basic = signed_request(
+        "GET",
+        &format!("/datastore/{DATASTORE}/r4/Basic/b"),
+        &[("host", &format!("127.0.0.1:{port}"))],
+        b"",
+        &SignOpts::long_term(),
+    );
+    let r = exchange(&mut conn, &get_basic);
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.body,
+        br#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-supported","diagnostics":"ResourceType Basic is not supported."}]}"#
+    );
+}
+
+#[test]
+fn bad_fault_files_are_a_configuration_error() {
+    let dir = temp_dir("badfaults");
+    let file = dir.join("faults.json");
+    std::fs::write(&file, r#"{"error_rate":3}"#).unwrap();
+    let out = Command::new(BIN)
+        .args(["--faults", file.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("error_rate must be between"), "{stderr}");
+    let out = Command::new(BIN)
+        .args(["--unsupported-types", "Basic,not_a_type"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--unsupported-types"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

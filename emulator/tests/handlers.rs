@@ -1,5 +1,6 @@
 //! Handler tests: requests signed with aws-sigv4, handed straight to `App::handle_at` (no
-//! network), checking statuses, headers, bodies, the store and the request log.
+//! network), checking statuses, headers, bodies, the store and the request log. Fault
+//! injection has its own file, `tests/faults.rs`.
 
 #![allow(
     clippy::unwrap_used,
@@ -13,101 +14,10 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use common::app::*;
 use common::*;
-use healthlake_emulator::{App, Config};
-use http::{HeaderMap, StatusCode, Uri};
-use http_body_util::BodyExt;
+use http::{StatusCode, Uri};
 use serde_json::Value;
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .unwrap_or_else(|| panic!("no {name} header"))
-            .to_str()
-            .unwrap()
-    }
-}
-
-fn app_with(delete_absent: StatusCode) -> App {
-    App::new(Config {
-        credentials: accepted(),
-        delete_absent_status: delete_absent,
-        ..Config::default()
-    })
-}
-
-fn app() -> App {
-    app_with(StatusCode::NO_CONTENT)
-}
-
-fn send_at(app: &App, req: &http::Request<Vec<u8>>, now: SystemTime) -> Reply {
-    let resp = app.handle_at(
-        req.method(),
-        req.uri(),
-        req.headers(),
-        Bytes::from(req.body().clone()),
-        now,
-    );
-    let (parts, body) = resp.into_parts();
-    let body = futures_block_on(body.collect()).unwrap().to_bytes();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
-}
-
-fn send(app: &App, req: &http::Request<Vec<u8>>) -> Reply {
-    send_at(app, req, SystemTime::now())
-}
-
-/// `Full` bodies are ready immediately; poll once on a tiny runtime.
-fn futures_block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
-
-fn unsigned(method: &str, uri: &str) -> http::Request<Vec<u8>> {
-    http::Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("host", "localhost")
-        .body(Vec::new())
-        .unwrap()
-}
-
-fn signed(method: &str, type_: &str, id: &str) -> http::Request<Vec<u8>> {
-    signed_request(
-        method,
-        &format!("/datastore/{DATASTORE}/r4/{type_}/{id}"),
-        &[("host", HOST)],
-        b"",
-        &SignOpts::temporary(),
-    )
-}
-
-fn issue(v: &Value) -> (&str, &str) {
-    assert_eq!(v["resourceType"], "OperationOutcome");
-    let i = &v["issue"][0];
-    assert_eq!(i["severity"], "error");
-    (
-        i["code"].as_str().unwrap(),
-        i["diagnostics"].as_str().unwrap(),
-    )
-}
 
 #[test]
 fn put_creates_then_updates_and_stores_exact_bytes() {
@@ -415,6 +325,7 @@ fn request_log_records_metadata_but_no_secrets() {
     assert_eq!(first["status"], 201);
     assert_eq!(first["verified"], true);
     assert_eq!(first["error"], Value::Null);
+    assert_eq!(first["fault"], Value::Null);
     assert_eq!(first["access_key_id"], TEMP_AKID);
     let signed: Vec<&str> = first["signed_headers"]
         .as_array()

@@ -18,6 +18,8 @@ use aws_sigv4::http_request::{
 use aws_sigv4::sign::v4;
 use healthlake_emulator::sigv4::{self, Credential, Policy, Request};
 
+pub mod app;
+
 pub const AKID: &str = "AKIDEMULATORTEST";
 pub const SECRET: &str = "emulator/test+secret/KEYEXAMPLEKEYEXAMPLE";
 pub const TEMP_AKID: &str = "ASIAEMULATORTEST";

@@ -1,0 +1,302 @@
+//! The faults the emulator can inject: their names (as written in `next` and as recorded in the
+//! request log) and what each one answers.
+
+use std::fmt;
+
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+/// The longest delay a `delay:N` entry or `latency_ms` may ask for, in milliseconds.
+pub const MAX_DELAY_MS: u64 = 600_000;
+
+/// AWS's message for a signature mismatch.
+const INVALID_SIGNATURE_MESSAGE: &str = "The request signature we calculated does not match the \
+     signature you provided. Check your AWS Secret Access Key and signing method. Consult the \
+     service documentation for details.";
+
+/// Which of the two forms AWS uses for a throttling error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThrottleForm {
+    /// `429 Too Many Requests`.
+    TooManyRequests,
+    /// `400 Bad Request` (AWS's common-error convention for `ThrottlingException`).
+    BadRequest,
+}
+
+impl ThrottleForm {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ThrottleForm::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ThrottleForm::BadRequest => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// One injected fault.
+///
+/// Written as text (in `next` and in the request log's `fault` field) as `"400"`..`"599"`,
+/// `"reset"`, `"throttle-429"`, `"throttle-400"`, `"expired-token"`, `"invalid-signature"`,
+/// `"delay:N"` (recorded as `"delay"`) and `"unsupported-type"` (recorded only; it comes from
+/// `unsupported_types`, not from `next`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Fault {
+    /// That 4xx or 5xx status with an OperationOutcome (`processing` for 4xx, `exception` for
+    /// 5xx); nothing stored.
+    ServerError(StatusCode),
+    /// The connection is closed without an answer; nothing stored.
+    Reset,
+    /// A `ThrottlingException`.
+    Throttle(ThrottleForm),
+    /// A 403 `ExpiredTokenException`.
+    ExpiredToken,
+    /// A 403 `InvalidSignatureException`.
+    InvalidSignature,
+    /// Wait this many milliseconds, then handle the request normally.
+    Delay(u64),
+    /// The resource type is configured as not supported.
+    UnsupportedType,
+}
+
+/// What a fault makes the server answer, before any normal handling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FaultReply {
+    /// A FHIR OperationOutcome error.
+    Outcome {
+        status: StatusCode,
+        code: &'static str,
+        diagnostics: String,
+    },
+    /// An AWS JSON error: `{"__type": error_type, "message": message}` with
+    /// `x-amzn-ErrorType: error_type` (and `retry-after` when set).
+    AwsError {
+        status: StatusCode,
+        error_type: &'static str,
+        message: &'static str,
+        retry_after_seconds: Option<u32>,
+    },
+    /// Close the connection without answering.
+    Reset,
+    /// Handle the request normally.
+    Proceed,
+}
+
+impl Fault {
+    /// Parses a `next` entry.
+    pub fn parse(s: &str) -> Result<Fault, String> {
+        let expected = "expected \"400\"..\"599\", \"reset\", \"throttle-429\", \"throttle-400\", \
+                        \"expired-token\", \"invalid-signature\" or \"delay:<milliseconds>\"";
+        match s {
+            "reset" => return Ok(Fault::Reset),
+            "throttle-429" => return Ok(Fault::Throttle(ThrottleForm::TooManyRequests)),
+            "throttle-400" => return Ok(Fault::Throttle(ThrottleForm::BadRequest)),
+            "expired-token" => return Ok(Fault::ExpiredToken),
+            "invalid-signature" => return Ok(Fault::InvalidSignature),
+            "unsupported-type" => {
+                return Err(
+                    "\"unsupported-type\" is not a `next` entry; list the resource types in \
+                     `unsupported_types` instead"
+                        .to_string(),
+                )
+            }
+            _ => {}
+        }
+        if let Some(ms) = s.strip_prefix("delay:") {
+            let ms = parse_digits(ms).ok_or_else(|| {
+                format!("\"{s}\": the delay must be a whole number of milliseconds")
+            })?;
+            if ms > MAX_DELAY_MS {
+                return Err(format!(
+                    "\"{s}\": the delay must be at most {MAX_DELAY_MS} milliseconds"
+                ));
+            }
+            return Ok(Fault::Delay(ms));
+        }
+        if s.len() == 3 {
+            if let Some(code) = parse_digits(s) {
+                return u16::try_from(code)
+                    .ok()
+                    .filter(|c| (400..=599).contains(c))
+                    .and_then(|c| StatusCode::from_u16(c).ok())
+                    .map(Fault::ServerError)
+                    .ok_or_else(|| format!("\"{s}\": a status must be 400..599"));
+            }
+        }
+        Err(format!("unknown fault \"{s}\": {expected}"))
+    }
+
+    /// The kind recorded in the request log and counted: `"503"`, `"reset"`, `"delay"`, ...
+    pub fn kind(&self) -> String {
+        match self {
+            Fault::Delay(_) => "delay".to_string(),
+            other => other.to_string(),
+        }
+    }
+
+    /// What this fault answers in place of the normal handling.
+    pub fn reply(&self) -> FaultReply {
+        match *self {
+            Fault::ServerError(status) => FaultReply::Outcome {
+                status,
+                code: if status.is_client_error() {
+                    "processing"
+                } else {
+                    "exception"
+                },
+                diagnostics: format!(
+                    "{} (fault injected by the HealthLake emulator)",
+                    status.canonical_reason().unwrap_or("Server error")
+                ),
+            },
+            Fault::Reset => FaultReply::Reset,
+            Fault::Throttle(form) => FaultReply::AwsError {
+                status: form.status(),
+                error_type: "ThrottlingException",
+                message: "Rate exceeded",
+                retry_after_seconds: Some(1),
+            },
+            Fault::ExpiredToken => FaultReply::AwsError {
+                status: StatusCode::FORBIDDEN,
+                error_type: "ExpiredTokenException",
+                message: "The security token included in the request is expired",
+                retry_after_seconds: None,
+            },
+            Fault::InvalidSignature => FaultReply::AwsError {
+                status: StatusCode::FORBIDDEN,
+                error_type: "InvalidSignatureException",
+                message: INVALID_SIGNATURE_MESSAGE,
+                retry_after_seconds: None,
+            },
+            Fault::Delay(_) | Fault::UnsupportedType => FaultReply::Proceed,
+        }
+    }
+}
+
+/// The diagnostics HealthLake gives for a resource type it does not support.
+pub fn unsupported_type_diagnostics(resource_type: &str) -> String {
+    format!("ResourceType {resource_type} is not supported.")
+}
+
+/// A non-empty run of ASCII digits as a number (no sign, no spaces).
+fn parse_digits(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// The `next` entry form: `"503"`, `"delay:1500"`, ...
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::ServerError(status) => write!(f, "{}", status.as_u16()),
+            Fault::Reset => f.write_str("reset"),
+            Fault::Throttle(ThrottleForm::TooManyRequests) => f.write_str("throttle-429"),
+            Fault::Throttle(ThrottleForm::BadRequest) => f.write_str("throttle-400"),
+            Fault::ExpiredToken => f.write_str("expired-token"),
+            Fault::InvalidSignature => f.write_str("invalid-signature"),
+            Fault::Delay(ms) => write!(f, "delay:{ms}"),
+            Fault::UnsupportedType => f.write_str("unsupported-type"),
+        }
+    }
+}
+
+impl TryFrom<String> for Fault {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Fault::parse(&s)
+    }
+}
+
+impl From<Fault> for String {
+    fn from(f: Fault) -> String {
+        f.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_next_entries() {
+        for s in [
+            "500",
+            "503",
+            "599",
+            "reset",
+            "throttle-429",
+            "throttle-400",
+            "expired-token",
+            "invalid-signature",
+            "delay:0",
+            "delay:1500",
+        ] {
+            assert_eq!(Fault::parse(s).unwrap().to_string(), s);
+        }
+        assert_eq!(
+            Fault::parse("503").unwrap(),
+            Fault::ServerError(StatusCode::SERVICE_UNAVAILABLE)
+        );
+        assert_eq!(Fault::parse("delay:1500").unwrap(), Fault::Delay(1500));
+        assert_eq!(Fault::parse("delay:1500").unwrap().kind(), "delay");
+        assert_eq!(Fault::parse("throttle-400").unwrap().kind(), "throttle-400");
+        assert_eq!(
+            Fault::parse(&format!("delay:{MAX_DELAY_MS}")).unwrap(),
+            Fault::Delay(MAX_DELAY_MS)
+        );
+    }
+
+    #[test]
+    fn rejects_bad_next_entries() {
+        for (s, needle) in [
+            ("399", "400..599"),
+            ("600", "400..599"),
+            ("5030", "unknown fault"),
+            ("50", "unknown fault"),
+            ("+50", "unknown fault"),
+            ("", "unknown fault"),
+            ("RESET", "unknown fault"),
+            ("throttle", "unknown fault"),
+            ("delay:", "whole number"),
+            ("delay:-1", "whole number"),
+            ("delay:1.5", "whole number"),
+            ("delay: 5", "whole number"),
+            ("delay:600001", "at most 600000"),
+            ("delay:99999999999999999999999", "whole number"),
+            ("unsupported-type", "unsupported_types"),
+        ] {
+            let e = Fault::parse(s).unwrap_err();
+            assert!(e.contains(needle), "{s}: {e}");
+        }
+    }
+
+    #[test]
+    fn replies() {
+        assert_eq!(
+            Fault::ServerError(StatusCode::SERVICE_UNAVAILABLE).reply(),
+            FaultReply::Outcome {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "exception",
+                diagnostics: "Service Unavailable (fault injected by the HealthLake emulator)"
+                    .into(),
+            }
+        );
+        assert!(matches!(
+            Fault::Throttle(ThrottleForm::BadRequest).reply(),
+            FaultReply::AwsError {
+                status: StatusCode::BAD_REQUEST,
+                error_type: "ThrottlingException",
+                retry_after_seconds: Some(1),
+                ..
+            }
+        ));
+        assert_eq!(Fault::Reset.reply(), FaultReply::Reset);
+        assert_eq!(Fault::Delay(5).reply(), FaultReply::Proceed);
+        assert_eq!(
+            unsupported_type_diagnostics("Basic"),
+            "ResourceType Basic is not supported."
+        );
+    }
+}
