@@ -10,6 +10,13 @@ use std::fmt;
 /// that the relay, not Envoy, answers oversize bodies with an OperationOutcome.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Default time a resource type HealthLake called unsupported is answered locally (1 hour), after
+/// which the next write of that type asks HealthLake again.
+pub const DEFAULT_UNSUPPORTED_TYPE_TTL_SECONDS: u64 = 3600;
+
+/// Default `Retry-After` (seconds) on `throttled` answers when HealthLake sent none.
+pub const DEFAULT_RETRY_AFTER_SECONDS: u64 = 5;
+
 /// What the plugin accepts in its JSON configuration. Unknown fields are rejected, so that a typo
 /// is an error rather than a silently ignored setting.
 #[derive(Debug, Deserialize)]
@@ -22,6 +29,12 @@ struct RawConfig {
     inbound_base_path: Option<String>,
     #[serde(default)]
     max_body_bytes: Option<u64>,
+    #[serde(default)]
+    unsupported_types: Option<Vec<String>>,
+    #[serde(default)]
+    unsupported_type_ttl_seconds: Option<u64>,
+    #[serde(default)]
+    retry_after_seconds: Option<u64>,
 }
 
 /// The validated configuration.
@@ -39,8 +52,23 @@ pub struct Config {
     pub inbound_base_path: String,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: u64,
+    /// Resource types answered `unsupported-type` without asking HealthLake (sorted).
+    pub unsupported_types: Vec<String>,
+    /// How long a type HealthLake called unsupported is answered locally.
+    pub unsupported_type_ttl_seconds: u64,
+    /// `Retry-After` on `throttled` answers when HealthLake sent none.
+    pub retry_after_seconds: u64,
     /// `/datastore/{datastore_id}/r4`, the upstream prefix every forwarded path starts with.
     pub upstream_prefix: String,
+}
+
+impl Config {
+    /// Whether the configuration presets `resource_type` as unsupported.
+    pub fn is_preset_unsupported(&self, resource_type: &str) -> bool {
+        self.unsupported_types
+            .binary_search_by(|t| t.as_str().cmp(resource_type))
+            .is_ok()
+    }
 }
 
 /// A configuration error: which field, and what was expected.
@@ -130,6 +158,38 @@ impl Config {
             return Err(err("max_body_bytes", "expected a positive number of bytes"));
         }
 
+        let mut unsupported_types = raw.unsupported_types.unwrap_or_default();
+        if let Some(bad) = unsupported_types
+            .iter()
+            .find(|t| !crate::fhir::is_r4_resource_type(t))
+        {
+            return Err(err(
+                "unsupported_types",
+                format!("expected FHIR R4 resource type names, got {bad:?}"),
+            ));
+        }
+        unsupported_types.sort();
+        unsupported_types.dedup();
+
+        let unsupported_type_ttl_seconds = raw
+            .unsupported_type_ttl_seconds
+            .unwrap_or(DEFAULT_UNSUPPORTED_TYPE_TTL_SECONDS);
+        if !(1..=7 * 24 * 3600).contains(&unsupported_type_ttl_seconds) {
+            return Err(err(
+                "unsupported_type_ttl_seconds",
+                "expected a number of seconds from 1 to 604800 (7 days)",
+            ));
+        }
+        let retry_after_seconds = raw
+            .retry_after_seconds
+            .unwrap_or(DEFAULT_RETRY_AFTER_SECONDS);
+        if !(1..=3600).contains(&retry_after_seconds) {
+            return Err(err(
+                "retry_after_seconds",
+                "expected a number of seconds from 1 to 3600",
+            ));
+        }
+
         let upstream_prefix = format!("/datastore/{datastore_id}/r4");
         Ok(Config {
             region,
@@ -137,6 +197,9 @@ impl Config {
             healthlake_host,
             inbound_base_path,
             max_body_bytes,
+            unsupported_types,
+            unsupported_type_ttl_seconds,
+            retry_after_seconds,
             upstream_prefix,
         })
     }
@@ -182,6 +245,24 @@ mod tests {
         assert_eq!(c.inbound_base_path, "");
         assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert_eq!(c.upstream_prefix, "/datastore/0123456789abcdef/r4");
+        assert!(c.unsupported_types.is_empty());
+        assert_eq!(
+            c.unsupported_type_ttl_seconds,
+            DEFAULT_UNSUPPORTED_TYPE_TTL_SECONDS
+        );
+        assert_eq!(c.retry_after_seconds, DEFAULT_RETRY_AFTER_SECONDS);
+    }
+
+    #[test]
+    fn unsupported_types_are_validated_sorted_and_found() {
+        let c = parse(
+            r#"{"region":"us-east-1","datastore_id":"d","healthlake_host":"h","unsupported_types":["TestScript","Basic","Basic"],"unsupported_type_ttl_seconds":60}"#,
+        )
+        .unwrap();
+        assert_eq!(c.unsupported_types, ["Basic", "TestScript"]);
+        assert!(c.is_preset_unsupported("Basic"));
+        assert!(!c.is_preset_unsupported("Patient"));
+        assert_eq!(c.unsupported_type_ttl_seconds, 60);
     }
 
     #[test]

@@ -152,7 +152,12 @@ pub const R4_RESOURCE_TYPES: &[&str] = &[
 
 /// Whether `name` is a FHIR R4 resource type (case-sensitive, as FHIR is).
 pub fn is_r4_resource_type(name: &str) -> bool {
-    R4_RESOURCE_TYPES.binary_search(&name).is_ok()
+    type_index(name).is_some()
+}
+
+/// Position of `name` in [`R4_RESOURCE_TYPES`], for per-type tables.
+pub fn type_index(name: &str) -> Option<usize> {
+    R4_RESOURCE_TYPES.binary_search(&name).ok()
 }
 
 /// The FHIR R4 id rule: `[A-Za-z0-9\-\.]{1,64}`. The dot segments `.` and `..` match the rule's

@@ -17,6 +17,8 @@ pub mod operation_outcome;
 pub mod outcome;
 pub mod plan;
 pub mod signing;
+pub mod text;
+pub mod unsupported_types;
 
 #[cfg(target_arch = "wasm32")]
 pub mod filter;

@@ -1,5 +1,10 @@
-//! The relay's verdict on each request: one fixed string per outcome, used in the access log
-//! (`outcome`), the `x-healthlake-outcome` response header and the stats.
+//! The relay's verdict on each request, and how HealthLake's answers are classified.
+//!
+//! Every request gets exactly one [`Outcome`], a fixed string used in the access log (`outcome`),
+//! the `x-healthlake-outcome` response header and the stats. Smile CDR retries every delivery that
+//! does not get a 2xx and never re-sends one that did, so the answer the relay gives Smile CDR
+//! decides what is retried: `unsupported-type` and `already-absent` are 2xx (done, nothing to
+//! retry), throttling, authentication failures and HealthLake errors are 429/5xx (retry later).
 
 use crate::plan::Operation;
 
@@ -10,12 +15,10 @@ pub enum Outcome {
     Delivered,
     /// HealthLake accepted a DELETE.
     Deleted,
-    /// A read (GET/HEAD) answered locally: reads are served by Smile CDR.
-    ReadDropped,
-    /// No usable credentials: nothing was forwarded.
-    NoCredentials,
-    /// The request was refused before anything was signed.
-    InvalidRequest,
+    /// HealthLake did not have the resource a DELETE named: the mirror already agrees.
+    AlreadyAbsent,
+    /// HealthLake does not support the resource type: handled, never retried.
+    UnsupportedType,
     /// HealthLake throttled the request.
     Throttled,
     /// HealthLake refused the signature or the credentials.
@@ -24,20 +27,28 @@ pub enum Outcome {
     UpstreamError,
     /// HealthLake refused the request with another 4xx.
     Rejected,
+    /// A read (GET/HEAD) answered locally: reads are served by Smile CDR.
+    ReadDropped,
+    /// No usable credentials: nothing was forwarded.
+    NoCredentials,
+    /// The request was refused before anything was signed.
+    InvalidRequest,
 }
 
 impl Outcome {
     /// Every outcome, for defining one stat each.
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Delivered,
         Outcome::Deleted,
-        Outcome::ReadDropped,
-        Outcome::NoCredentials,
-        Outcome::InvalidRequest,
+        Outcome::AlreadyAbsent,
+        Outcome::UnsupportedType,
         Outcome::Throttled,
         Outcome::AuthFailed,
         Outcome::UpstreamError,
         Outcome::Rejected,
+        Outcome::ReadDropped,
+        Outcome::NoCredentials,
+        Outcome::InvalidRequest,
     ];
 
     /// The fixed string operators see.
@@ -45,13 +56,32 @@ impl Outcome {
         match self {
             Outcome::Delivered => "delivered",
             Outcome::Deleted => "deleted",
-            Outcome::ReadDropped => "read-dropped",
-            Outcome::NoCredentials => "no-credentials",
-            Outcome::InvalidRequest => "invalid-request",
+            Outcome::AlreadyAbsent => "already-absent",
+            Outcome::UnsupportedType => "unsupported-type",
             Outcome::Throttled => "throttled",
             Outcome::AuthFailed => "auth-failed",
             Outcome::UpstreamError => "upstream-error",
             Outcome::Rejected => "rejected",
+            Outcome::ReadDropped => "read-dropped",
+            Outcome::NoCredentials => "no-credentials",
+            Outcome::InvalidRequest => "invalid-request",
+        }
+    }
+
+    /// The same with `_` for `-`, for stat names.
+    pub const fn stat_name(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Deleted => "deleted",
+            Outcome::AlreadyAbsent => "already_absent",
+            Outcome::UnsupportedType => "unsupported_type",
+            Outcome::Throttled => "throttled",
+            Outcome::AuthFailed => "auth_failed",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::Rejected => "rejected",
+            Outcome::ReadDropped => "read_dropped",
+            Outcome::NoCredentials => "no_credentials",
+            Outcome::InvalidRequest => "invalid_request",
         }
     }
 
@@ -61,44 +91,509 @@ impl Outcome {
     }
 }
 
-/// Classifies HealthLake's answer to a forwarded write by its status.
-pub fn classify(op: Operation, status: u16) -> Outcome {
-    match (status, op) {
-        (200..=299, Operation::Put) => Outcome::Delivered,
-        (200..=299, Operation::Delete) => Outcome::Deleted,
-        (429, _) => Outcome::Throttled,
-        (401 | 403, _) => Outcome::AuthFailed,
-        (400..=499, _) => Outcome::Rejected,
-        _ => Outcome::UpstreamError,
+/// How much of an error body the relay reads to classify it. HealthLake's error bodies are a few
+/// hundred bytes; anything past this is passed on unread.
+pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// What Smile CDR receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// HealthLake's answer, unchanged.
+    PassThrough,
+    /// HealthLake's body with another status (and `Retry-After` when `retry_after`).
+    Status { status: u16, retry_after: bool },
+    /// The relay's own answer: this status, and an OperationOutcome unless `body` is `None`
+    /// (then no body at all, as for 204).
+    Replace { status: u16, body: Option<Vec<u8>> },
+}
+
+/// The classification of one HealthLake answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    pub reply: Reply,
+    /// HealthLake's error type (`ThrottlingException`, ...) or OperationOutcome issue code.
+    pub error_code: Option<String>,
+    /// HealthLake's own explanation (`message` or OperationOutcome diagnostics), for the logs.
+    pub diagnostics: Option<String>,
+}
+
+impl Verdict {
+    fn new(outcome: Outcome, reply: Reply) -> Verdict {
+        Verdict {
+            outcome,
+            reply,
+            error_code: None,
+            diagnostics: None,
+        }
     }
+}
+
+/// The classification possible from the status line and headers alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AtHeaders {
+    Final(Verdict),
+    /// The body (at most [`MAX_ERROR_BODY_BYTES`]) decides: call [`classify_body`].
+    NeedBody,
+}
+
+/// AWS error type without its namespace or suffix: `aws.protocols#ThrottlingException` and
+/// `ThrottlingException:http://internal...` both give `ThrottlingException`.
+pub fn normalise_error_type(raw: &str) -> &str {
+    let raw = raw.trim();
+    let raw = raw.rsplit('#').next().unwrap_or(raw);
+    raw.split(':').next().unwrap_or(raw).trim()
+}
+
+/// Whether an AWS error type means "slow down".
+pub fn is_throttling(error_type: &str) -> bool {
+    matches!(
+        normalise_error_type(error_type),
+        "ThrottlingException"
+            | "Throttling"
+            | "ThrottledException"
+            | "TooManyRequestsException"
+            | "RequestLimitExceeded"
+            | "RequestThrottled"
+            | "RequestThrottledException"
+            | "ProvisionedThroughputExceededException"
+            | "SlowDown"
+    )
+}
+
+/// The status Smile CDR gets for a HealthLake (or Envoy) 5xx or otherwise unusable answer.
+fn gateway_status(status: u16) -> u16 {
+    match status {
+        503 => 503,
+        504 | 408 => 504,
+        _ => 502,
+    }
+}
+
+/// First classification, from the status and HealthLake's `x-amzn-ErrorType` header.
+pub fn classify_headers(op: Operation, status: u16, error_type: Option<&str>) -> AtHeaders {
+    let throttled_header = error_type.is_some_and(is_throttling);
+    let code = error_type.map(|e| normalise_error_type(e).to_owned());
+    let verdict = match (status, op) {
+        (200..=299, Operation::Put) => Verdict::new(Outcome::Delivered, Reply::PassThrough),
+        (200..=299, Operation::Delete) => Verdict::new(Outcome::Deleted, Reply::PassThrough),
+        (404 | 410, Operation::Delete) => Verdict::new(
+            Outcome::AlreadyAbsent,
+            Reply::Replace {
+                status: 204,
+                body: None,
+            },
+        ),
+        (429, _) => throttled(),
+        (_, _) if throttled_header => throttled(),
+        (400..=499, _) if status != 408 => return AtHeaders::NeedBody,
+        _ => Verdict::new(
+            Outcome::UpstreamError,
+            Reply::Status {
+                status: gateway_status(status),
+                retry_after: false,
+            },
+        ),
+    };
+    AtHeaders::Final(Verdict {
+        error_code: verdict.error_code.or(code),
+        ..verdict
+    })
+}
+
+fn throttled() -> Verdict {
+    Verdict::new(
+        Outcome::Throttled,
+        Reply::Status {
+            status: 429,
+            retry_after: true,
+        },
+    )
+}
+
+/// What an error body says: AWS JSON (`__type`, `message`) or a FHIR OperationOutcome.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ErrorBody {
+    aws_type: Option<String>,
+    message: Option<String>,
+    issue_codes: Vec<String>,
+    diagnostics: Option<String>,
+}
+
+fn parse_error_body(body: &[u8]) -> ErrorBody {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body)
+    else {
+        return ErrorBody::default();
+    };
+    let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_owned);
+    let mut out = ErrorBody {
+        aws_type: text(map.get("__type")).or_else(|| text(map.get("code"))),
+        message: text(map.get("message")).or_else(|| text(map.get("Message"))),
+        ..ErrorBody::default()
+    };
+    if map.get("resourceType").and_then(|v| v.as_str()) == Some("OperationOutcome") {
+        if let Some(issues) = map.get("issue").and_then(|v| v.as_array()) {
+            for issue in issues {
+                if let Some(code) = text(issue.get("code")) {
+                    out.issue_codes.push(code);
+                }
+                if out.diagnostics.is_none() {
+                    out.diagnostics = text(issue.get("diagnostics"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Final classification of a 4xx from its body (at most [`MAX_ERROR_BODY_BYTES`] of it).
+/// `resource` names the resource (`Patient/123`) for the relay's own OperationOutcomes.
+pub fn classify_body(
+    op: Operation,
+    status: u16,
+    error_type: Option<&str>,
+    body: &[u8],
+    resource_type: &str,
+    resource: &str,
+) -> Verdict {
+    let parsed = parse_error_body(body);
+    let error_type = error_type
+        .map(normalise_error_type)
+        .map(str::to_owned)
+        .or_else(|| {
+            parsed
+                .aws_type
+                .as_deref()
+                .map(normalise_error_type)
+                .map(str::to_owned)
+        });
+    let diagnostics = parsed.diagnostics.clone().or(parsed.message.clone());
+
+    let mut verdict = if error_type.as_deref().is_some_and(is_throttling) {
+        throttled()
+    } else if status == 400 && parsed.issue_codes.iter().any(|c| c == "not-supported") {
+        unsupported_verdict(resource_type, resource)
+    } else if status == 401 || status == 403 {
+        Verdict::new(
+            Outcome::AuthFailed,
+            Reply::Replace {
+                status: 503,
+                body: Some(crate::operation_outcome::body(
+                    crate::operation_outcome::Severity::Error,
+                    "transient",
+                    &format!(
+                        "HealthLake refused the relay's credentials or signature for {resource} \
+                         ({}: {}). The relay answers 503 so that Smile CDR retries the delivery; \
+                         check the relay's credentials and clock.",
+                        error_type.as_deref().unwrap_or("no error type"),
+                        diagnostics.as_deref().unwrap_or("no message")
+                    ),
+                )),
+            },
+        )
+    } else if status == 404 && op == Operation::Delete {
+        Verdict::new(
+            Outcome::AlreadyAbsent,
+            Reply::Replace {
+                status: 204,
+                body: None,
+            },
+        )
+    } else {
+        Verdict::new(Outcome::Rejected, Reply::PassThrough)
+    };
+    verdict.error_code = error_type.or_else(|| parsed.issue_codes.into_iter().next());
+    verdict.diagnostics = diagnostics;
+    verdict
+}
+
+/// The answer for a resource type HealthLake does not support: 200, so Smile CDR considers the
+/// delivery done, with a warning OperationOutcome naming the type.
+pub fn unsupported_verdict(resource_type: &str, resource: &str) -> Verdict {
+    Verdict {
+        outcome: Outcome::UnsupportedType,
+        reply: Reply::Replace {
+            status: 200,
+            body: Some(unsupported_body(resource_type, resource)),
+        },
+        error_code: Some("not-supported".to_owned()),
+        diagnostics: None,
+    }
+}
+
+/// The OperationOutcome of an `unsupported-type` answer.
+pub fn unsupported_body(resource_type: &str, resource: &str) -> Vec<u8> {
+    crate::operation_outcome::body(
+        crate::operation_outcome::Severity::Warning,
+        "not-supported",
+        &format!(
+            "Amazon HealthLake does not support resource type {resource_type}: {resource} was not \
+             stored in HealthLake. This is expected and will not be retried."
+        ),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn strings_are_fixed_and_distinct() {
-        let names: Vec<_> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
-        let mut sorted = names.clone();
-        sorted.sort();
-        sorted.dedup();
-        assert_eq!(sorted.len(), names.len());
-        for (i, o) in Outcome::ALL.iter().enumerate() {
-            assert_eq!(o.index(), i);
+    const SEED_NOT_SUPPORTED: &str = r#"{
+ "resourceType": "OperationOutcome",
+ "issue": [
+    {
+      "severity": "error",
+      "code": "not-supported",
+      "diagnostics": "ResourceType Basic is not supported."
+    }
+  ]
+}"#;
+
+    fn at_headers(op: Operation, status: u16, et: Option<&str>) -> Verdict {
+        match classify_headers(op, status, et) {
+            AtHeaders::Final(v) => v,
+            AtHeaders::NeedBody => panic!("{status} {et:?} needs the body"),
         }
-        assert_eq!(Outcome::ReadDropped.as_str(), "read-dropped");
+    }
+
+    fn body(status: u16, et: Option<&str>, body: &str) -> Verdict {
+        classify_body(
+            Operation::Put,
+            status,
+            et,
+            body.as_bytes(),
+            "Basic",
+            "Basic/b1",
+        )
     }
 
     #[test]
-    fn classification_by_status() {
-        assert_eq!(classify(Operation::Put, 200), Outcome::Delivered);
-        assert_eq!(classify(Operation::Put, 201), Outcome::Delivered);
-        assert_eq!(classify(Operation::Delete, 204), Outcome::Deleted);
-        assert_eq!(classify(Operation::Put, 429), Outcome::Throttled);
-        assert_eq!(classify(Operation::Put, 403), Outcome::AuthFailed);
-        assert_eq!(classify(Operation::Put, 400), Outcome::Rejected);
-        assert_eq!(classify(Operation::Delete, 503), Outcome::UpstreamError);
-        assert_eq!(classify(Operation::Put, 302), Outcome::UpstreamError);
+    fn strings_are_fixed_and_distinct() {
+        let mut names: Vec<_> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Outcome::ALL.len());
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(o.index(), i);
+            assert_eq!(o.stat_name(), o.as_str().replace('-', "_"));
+        }
+    }
+
+    #[test]
+    fn success_passes_through() {
+        let v = at_headers(Operation::Put, 201, None);
+        assert_eq!(
+            (v.outcome, v.reply),
+            (Outcome::Delivered, Reply::PassThrough)
+        );
+        let v = at_headers(Operation::Put, 200, None);
+        assert_eq!(v.outcome, Outcome::Delivered);
+        let v = at_headers(Operation::Delete, 204, None);
+        assert_eq!((v.outcome, v.reply), (Outcome::Deleted, Reply::PassThrough));
+    }
+
+    #[test]
+    fn delete_of_absent_resource_is_204() {
+        for status in [404, 410] {
+            let v = at_headers(Operation::Delete, status, None);
+            assert_eq!(v.outcome, Outcome::AlreadyAbsent);
+            assert_eq!(
+                v.reply,
+                Reply::Replace {
+                    status: 204,
+                    body: None
+                }
+            );
+        }
+        // A 404 to a PUT is a real problem (e.g. an unknown data store).
+        assert_eq!(
+            classify_headers(Operation::Put, 404, None),
+            AtHeaders::NeedBody
+        );
+        assert_eq!(
+            classify_body(Operation::Put, 404, None, b"{}", "Patient", "Patient/x").outcome,
+            Outcome::Rejected
+        );
+    }
+
+    #[test]
+    fn throttling_as_429_or_as_400_with_error_type() {
+        let v = at_headers(Operation::Put, 429, None);
+        assert_eq!(v.outcome, Outcome::Throttled);
+        assert_eq!(
+            v.reply,
+            Reply::Status {
+                status: 429,
+                retry_after: true
+            }
+        );
+        let v = at_headers(
+            Operation::Put,
+            400,
+            Some("ThrottlingException:http://internal.amazon.com/coral/com.amazon.coral.availability/"),
+        );
+        assert_eq!(v.outcome, Outcome::Throttled);
+        assert_eq!(v.error_code.as_deref(), Some("ThrottlingException"));
+        // Only in the body, as AWS JSON.
+        let v = body(
+            400,
+            None,
+            r#"{"__type":"com.amazonaws.healthlake#ThrottlingException","message":"Rate exceeded"}"#,
+        );
+        assert_eq!(v.outcome, Outcome::Throttled);
+        assert_eq!(v.error_code.as_deref(), Some("ThrottlingException"));
+        assert_eq!(v.diagnostics.as_deref(), Some("Rate exceeded"));
+    }
+
+    #[test]
+    fn not_supported_is_handled_with_200_warning() {
+        assert_eq!(
+            classify_headers(Operation::Put, 400, None),
+            AtHeaders::NeedBody
+        );
+        let v = body(400, None, SEED_NOT_SUPPORTED);
+        assert_eq!(v.outcome, Outcome::UnsupportedType);
+        assert_eq!(v.error_code.as_deref(), Some("not-supported"));
+        assert_eq!(
+            v.diagnostics.as_deref(),
+            Some("ResourceType Basic is not supported.")
+        );
+        let Reply::Replace {
+            status: 200,
+            body: Some(b),
+        } = v.reply
+        else {
+            panic!("{:?}", v.reply)
+        };
+        let oo: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(oo["issue"][0]["severity"], "warning");
+        assert_eq!(oo["issue"][0]["code"], "not-supported");
+        assert!(oo["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("Basic"));
+    }
+
+    #[test]
+    fn not_supported_needs_status_400_and_the_issue_code() {
+        // Another 400: rejected, passed through.
+        let v = body(
+            400,
+            None,
+            r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"invalid","diagnostics":"bad date"}]}"#,
+        );
+        assert_eq!(v.outcome, Outcome::Rejected);
+        assert_eq!(v.reply, Reply::PassThrough);
+        assert_eq!(v.error_code.as_deref(), Some("invalid"));
+        assert_eq!(v.diagnostics.as_deref(), Some("bad date"));
+        // not-supported on a 422 is not HealthLake's unsupported-type answer.
+        assert_eq!(
+            body(422, None, SEED_NOT_SUPPORTED).outcome,
+            Outcome::Rejected
+        );
+        // Unparseable bodies are rejected, not unsupported.
+        assert_eq!(body(400, None, "<html>").outcome, Outcome::Rejected);
+        assert_eq!(body(400, None, "").outcome, Outcome::Rejected);
+    }
+
+    #[test]
+    fn auth_failures_become_503() {
+        for (et, b) in [
+            (
+                Some("ExpiredTokenException"),
+                r#"{"__type":"ExpiredTokenException","message":"The security token included in the request is expired"}"#,
+            ),
+            (
+                None,
+                r#"{"__type":"InvalidSignatureException","message":"Signature expired: 20200101T000000Z is now earlier than ..."}"#,
+            ),
+            (Some("AccessDeniedException"), "{}"),
+            (None, ""),
+        ] {
+            let v = classify_body(
+                Operation::Put,
+                403,
+                et,
+                b.as_bytes(),
+                "Patient",
+                "Patient/p",
+            );
+            assert_eq!(v.outcome, Outcome::AuthFailed, "{et:?} {b}");
+            let Reply::Replace {
+                status: 503,
+                body: Some(oo),
+            } = &v.reply
+            else {
+                panic!("{:?}", v.reply)
+            };
+            let oo: serde_json::Value = serde_json::from_slice(oo).unwrap();
+            assert_eq!(oo["issue"][0]["code"], "transient");
+        }
+        let v = body(
+            403,
+            None,
+            r#"{"__type":"ExpiredTokenException","message":"expired"}"#,
+        );
+        assert_eq!(v.error_code.as_deref(), Some("ExpiredTokenException"));
+    }
+
+    #[test]
+    fn server_errors_map_to_gateway_statuses() {
+        for (upstream, answer) in [
+            (500, 502),
+            (502, 502),
+            (503, 503),
+            (504, 504),
+            (408, 504),
+            (302, 502),
+            (0, 502),
+        ] {
+            let v = at_headers(Operation::Put, upstream, None);
+            assert_eq!(v.outcome, Outcome::UpstreamError, "{upstream}");
+            assert_eq!(
+                v.reply,
+                Reply::Status {
+                    status: answer,
+                    retry_after: false
+                },
+                "{upstream}"
+            );
+        }
+        let v = at_headers(Operation::Delete, 500, Some("InternalServerException"));
+        assert_eq!(v.error_code.as_deref(), Some("InternalServerException"));
+    }
+
+    #[test]
+    fn other_4xx_are_rejected_and_passed_through() {
+        for status in [400, 409, 412, 413, 415, 422] {
+            assert_eq!(
+                classify_headers(Operation::Put, status, None),
+                AtHeaders::NeedBody
+            );
+            let v = body(
+                status,
+                None,
+                r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing","diagnostics":"x"}]}"#,
+            );
+            assert_eq!(v.outcome, Outcome::Rejected);
+            assert_eq!(v.reply, Reply::PassThrough);
+        }
+    }
+
+    #[test]
+    fn error_type_normalisation() {
+        assert_eq!(
+            normalise_error_type("ThrottlingException"),
+            "ThrottlingException"
+        );
+        assert_eq!(
+            normalise_error_type("aws#ThrottlingException"),
+            "ThrottlingException"
+        );
+        assert_eq!(
+            normalise_error_type(" ExpiredTokenException:http://x "),
+            "ExpiredTokenException"
+        );
+        assert!(is_throttling("TooManyRequestsException"));
+        assert!(!is_throttling("ValidationException"));
     }
 }

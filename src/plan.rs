@@ -160,20 +160,9 @@ pub fn plan(method: &str, path: &str, config: &Config) -> Plan {
     })
 }
 
-/// Quotes untrusted text for a diagnostics message: control characters escaped, length bounded.
+/// Quotes untrusted text for a diagnostics message.
 fn printable(s: &str) -> String {
-    const MAX: usize = 80;
-    let mut out = String::with_capacity(s.len().min(MAX) + 2);
-    out.push('"');
-    for (n, c) in s.chars().enumerate() {
-        if n == MAX {
-            out.push('…');
-            break;
-        }
-        out.extend(c.escape_debug());
-    }
-    out.push('"');
-    out
+    crate::text::quoted(s, 80)
 }
 
 #[cfg(test)]

@@ -134,6 +134,91 @@ pub fn sign_request(
         .collect())
 }
 
+/// What was signed, kept for the troubleshooting log of an `auth-failed` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    pub amz_date: String,
+    pub payload_sha256: String,
+    pub with_session_token: bool,
+}
+
+impl Signed {
+    /// Picks what the log needs out of the headers [`sign_request`] returned.
+    pub fn from_headers(headers: &[(String, String)], payload_sha256: &str) -> Signed {
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        Signed {
+            amz_date: get("x-amz-date").unwrap_or_default().to_owned(),
+            payload_sha256: payload_sha256.to_owned(),
+            with_session_token: get("x-amz-security-token").is_some(),
+        }
+    }
+}
+
+/// The SigV4 canonical request the relay signed, rebuilt for the troubleshooting log with the
+/// session token's value replaced by `<redacted>`: compare it with the canonical request
+/// HealthLake's error (or the emulator's) says it expected. It holds no secret.
+pub fn canonical_request_for_log(input: &SigningInput<'_>, signed: &Signed) -> String {
+    canonical_request(
+        input,
+        &signed.amz_date,
+        signed.with_session_token.then_some("<redacted>"),
+    )
+}
+
+/// The canonical request for the relay's fixed header set (AWS SigV4 specification: method,
+/// URI-encoded path, empty query, sorted lowercase headers, signed-header list, payload hash).
+fn canonical_request(input: &SigningInput<'_>, amz_date: &str, token: Option<&str>) -> String {
+    let mut headers: Vec<(&str, &str)> = Vec::with_capacity(5);
+    if let Some(ct) = input.content_type {
+        headers.push(("content-type", ct));
+    }
+    headers.push(("host", input.host));
+    headers.push(("x-amz-content-sha256", input.payload_sha256));
+    headers.push(("x-amz-date", amz_date));
+    if let Some(t) = token {
+        headers.push(("x-amz-security-token", t));
+    }
+    let mut out = String::with_capacity(256);
+    out.push_str(input.method);
+    out.push('\n');
+    for (i, segment) in input.path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        uri_encode_into(&mut out, segment);
+    }
+    out.push_str("\n\n");
+    for (name, value) in &headers {
+        out.push_str(name);
+        out.push(':');
+        out.push_str(value.trim());
+        out.push('\n');
+    }
+    out.push('\n');
+    let names: Vec<&str> = headers.iter().map(|(n, _)| *n).collect();
+    out.push_str(&names.join(";"));
+    out.push('\n');
+    out.push_str(input.payload_sha256);
+    out
+}
+
+/// SigV4 URI encoding of one path segment, applied to the already-encoded path (AWS services
+/// other than S3 encode the path twice).
+fn uri_encode_into(out: &mut String, segment: &str) {
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +295,42 @@ mod tests {
         assert!(header(&h, "authorization")
             .unwrap()
             .contains("x-amz-date;x-amz-security-token,"));
+    }
+
+    #[test]
+    fn logged_canonical_request_is_what_was_signed_without_the_token() {
+        let hash = hex::encode(Sha256::digest(b"{}"));
+        for token in [None, Some("TOKEN-VALUE")] {
+            let i = input(&hash, "/datastore/ds/r4/Patient/a.b-1");
+            let c = creds(token);
+            let h = sign_request(&i, &c).unwrap();
+            let signed = Signed::from_headers(&h, &hash);
+            assert_eq!(signed.with_session_token, token.is_some());
+
+            // The canonical request with the real token reproduces aws-sigv4's signature.
+            let creq = canonical_request(&i, &signed.amz_date, token);
+            let string_to_sign = format!(
+                "AWS4-HMAC-SHA256\n{}\n20150830/us-east-1/healthlake/aws4_request\n{}",
+                signed.amz_date,
+                hex::encode(Sha256::digest(creq.as_bytes()))
+            );
+            let key =
+                v4::generate_signing_key(&c.secret_access_key, i.time, "us-east-1", "healthlake");
+            let signature = v4::calculate_signature(key, string_to_sign.as_bytes());
+            let auth = header(&h, "authorization").unwrap();
+            assert!(
+                auth.ends_with(&format!("Signature={signature}")),
+                "{creq}\n{auth}"
+            );
+
+            let logged = canonical_request_for_log(&i, &signed);
+            assert!(!logged.contains("TOKEN-VALUE"));
+            assert_eq!(
+                logged.contains("x-amz-security-token:<redacted>"),
+                token.is_some()
+            );
+            assert!(logged.starts_with("PUT\n/datastore/ds/r4/Patient/a.b-1\n\ncontent-type:"));
+        }
     }
 
     #[test]
