@@ -85,3 +85,43 @@ pub fn send_local_response(status: u16, headers: Vec<(&str, &str)>, body: &[u8])
         }
     }
 }
+
+pub fn remove_response_header(name: &str) {
+    if let Err(s) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, None) {
+        log_error(&format!(
+            "healthlake-relay: cannot remove response header {name}: {s:?}"
+        ));
+    }
+}
+
+/// Bytes `start..start+len` of the buffered response body.
+pub fn response_body(start: usize, len: usize) -> Option<Vec<u8>> {
+    match hostcalls::get_buffer(BufferType::HttpResponseBody, start, len) {
+        Ok(b) => Some(b.unwrap_or_default()),
+        Err(s) => {
+            log_error(&format!(
+                "healthlake-relay: cannot read the response body: {s:?}"
+            ));
+            None
+        }
+    }
+}
+
+/// Replaces the whole buffered response body (`old_len` bytes) with `new`.
+pub fn replace_response_body(old_len: usize, new: &[u8]) {
+    if let Err(s) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, old_len, new) {
+        log_error(&format!(
+            "healthlake-relay: cannot replace the response body: {s:?}"
+        ));
+    }
+}
+
+/// A shared-data value (shared by every worker of this plugin) and its CAS token.
+pub fn shared_data(key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+    hostcalls::get_shared_data(key).unwrap_or((None, None))
+}
+
+/// Stores a shared-data value if `cas` still matches; false if another worker got there first.
+pub fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> bool {
+    hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+}

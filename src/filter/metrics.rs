@@ -1,28 +1,70 @@
-//! Envoy stats defined by the relay. Envoy prefixes Wasm stats with `wasmcustom.`; the Prometheus
-//! endpoint shows `healthlake_relay.outcome.delivered` as
-//! `envoy_wasmcustom_healthlake_relay_outcome_delivered`.
+//! Envoy stats defined by the relay (Envoy prefixes Wasm stats with `wasmcustom.`):
+//! - `healthlake_relay.outcome.<outcome>`: one counter per outcome;
+//! - `healthlake_relay.type.<Type>.outcome.<outcome>`: per resource type and outcome, defined
+//!   the first time a type meets an outcome (types are checked FHIR R4 names, so the set is
+//!   bounded).
+//!
+//! `envoy.yaml`'s `stats_tags` turn the type and outcome into Prometheus labels:
+//! `healthlake_relay_outcome{outcome="delivered"}`,
+//! `healthlake_relay_type_outcome{resource_type="Patient",outcome="delivered"}`.
 
+use crate::fhir;
 use crate::outcome::Outcome;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
+use std::cell::RefCell;
+
+const OUTCOMES: usize = Outcome::ALL.len();
 
 pub struct Metrics {
-    outcome: [Option<u32>; Outcome::ALL.len()],
+    outcome: [Option<u32>; OUTCOMES],
+    /// Per (type, outcome): `None` not defined yet, `Some(None)` definition failed.
+    by_type: RefCell<Vec<Option<Option<u32>>>>,
+}
+
+fn define(name: &str) -> Option<u32> {
+    hostcalls::define_metric(MetricType::Counter, name).ok()
 }
 
 impl Metrics {
     pub fn define() -> Metrics {
-        let mut outcome = [None; Outcome::ALL.len()];
+        let mut outcome = [None; OUTCOMES];
         for (slot, o) in outcome.iter_mut().zip(Outcome::ALL) {
-            let name = format!("healthlake_relay.outcome.{}", o.as_str().replace('-', "_"));
-            *slot = hostcalls::define_metric(MetricType::Counter, &name).ok();
+            *slot = define(&format!("healthlake_relay.outcome.{}", o.stat_name()));
         }
-        Metrics { outcome }
+        Metrics {
+            outcome,
+            by_type: RefCell::new(vec![None; fhir::R4_RESOURCE_TYPES.len() * OUTCOMES]),
+        }
     }
 
-    pub fn count(&self, outcome: Outcome) {
+    /// Counts one request with `outcome`, and per type when the type is known.
+    pub fn count(&self, outcome: Outcome, resource_type: Option<&str>) {
         if let Some(Some(id)) = self.outcome.get(outcome.index()) {
             let _ = hostcalls::increment_metric(*id, 1);
+        }
+        let Some(index) = resource_type.and_then(fhir::type_index) else {
+            return;
+        };
+        let slot = index * OUTCOMES + outcome.index();
+        let Ok(mut table) = self.by_type.try_borrow_mut() else {
+            return;
+        };
+        let Some(entry) = table.get_mut(slot) else {
+            return;
+        };
+        let id = *entry.get_or_insert_with(|| {
+            let name = fhir::R4_RESOURCE_TYPES
+                .get(index)
+                .copied()
+                .unwrap_or("unknown");
+            define(&format!(
+                "healthlake_relay.type.{name}.outcome.{}",
+                outcome.stat_name()
+            ))
+        });
+        if let Some(id) = id {
+            let _ = hostcalls::increment_metric(id, 1);
         }
     }
 }

@@ -6,6 +6,7 @@
 mod host;
 mod http;
 mod metrics;
+mod response;
 
 use crate::config::Config;
 use crate::credentials::{Credentials, Unavailable};

@@ -1,0 +1,245 @@
+//! The response side: classify HealthLake's answer, rewrite it for Smile CDR when the verdict
+//! calls for it, and make the verdict visible (header, access log, stats, troubleshooting log).
+
+use super::host;
+use super::http::{
+    signing_input, state_key, unix_now, Forwarded, Phase, RelayHttp, OUTCOME_HEADER,
+};
+use crate::operation_outcome::FHIR_JSON;
+use crate::outcome::{
+    classify_body, classify_headers, AtHeaders, Outcome, Reply, Verdict, MAX_ERROR_BODY_BYTES,
+};
+use crate::signing::canonical_request_for_log;
+use crate::text::quoted;
+use crate::unsupported_types;
+use proxy_wasm::types::Action;
+use std::time::SystemTime;
+
+impl RelayHttp {
+    pub(super) fn response_headers(&mut self, end_of_stream: bool) -> Action {
+        let forwarded = match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Forwarded(f) => f,
+            other => {
+                // A local answer of the relay's own, or a response after a reset: nothing to do.
+                self.phase = other;
+                return Action::Continue;
+            }
+        };
+        let status = host::response_header(":status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
+        let error_type = host::response_header("x-amzn-errortype");
+        match classify_headers(forwarded.target.op, status, error_type.as_deref()) {
+            AtHeaders::Final(verdict) => {
+                if matches!(verdict.reply, Reply::Replace { .. }) && !end_of_stream {
+                    // HealthLake's body is replaced at its end.
+                    self.phase = Phase::Replacing {
+                        forwarded,
+                        status,
+                        verdict,
+                    };
+                    return Action::Pause;
+                }
+                self.conclude(&forwarded, status, verdict, None);
+                Action::Continue
+            }
+            AtHeaders::NeedBody if end_of_stream => {
+                let verdict = self.classify_error_body(&forwarded, status, error_type, b"");
+                self.conclude(&forwarded, status, verdict, None);
+                Action::Continue
+            }
+            AtHeaders::NeedBody => {
+                self.phase = Phase::ReadingError {
+                    forwarded,
+                    status,
+                    error_type,
+                };
+                Action::Pause
+            }
+        }
+    }
+
+    pub(super) fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        match &self.phase {
+            Phase::ReadingError { .. } | Phase::Replacing { .. } if !end_of_stream => {
+                // Envoy keeps buffering; the headers are held.
+                return Action::Pause;
+            }
+            Phase::ReadingError { .. } | Phase::Replacing { .. } => {}
+            _ => return Action::Continue,
+        }
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::ReadingError {
+                forwarded,
+                status,
+                error_type,
+            } => {
+                let body =
+                    host::response_body(0, body_size.min(MAX_ERROR_BODY_BYTES)).unwrap_or_default();
+                let verdict = self.classify_error_body(&forwarded, status, error_type, &body);
+                self.conclude(&forwarded, status, verdict, Some(body_size));
+            }
+            Phase::Replacing {
+                forwarded,
+                status,
+                verdict,
+            } => self.conclude(&forwarded, status, verdict, Some(body_size)),
+            _ => {}
+        }
+        Action::Continue
+    }
+
+    fn classify_error_body(
+        &self,
+        forwarded: &Forwarded,
+        status: u16,
+        error_type: Option<String>,
+        body: &[u8],
+    ) -> Verdict {
+        let target = &forwarded.target;
+        classify_body(
+            target.op,
+            status,
+            error_type.as_deref(),
+            body,
+            &target.resource_type,
+            &format!("{}/{}", target.resource_type, target.id),
+        )
+    }
+
+    /// Applies the verdict to the response Smile CDR receives and records it. `body_size` is the
+    /// size of HealthLake's buffered body when the verdict is applied at its end.
+    fn conclude(
+        &mut self,
+        forwarded: &Forwarded,
+        upstream_status: u16,
+        verdict: Verdict,
+        body_size: Option<usize>,
+    ) {
+        let retry_after = self
+            .shared
+            .as_ref()
+            .map_or(5, |s| s.config.retry_after_seconds)
+            .to_string();
+        match &verdict.reply {
+            Reply::PassThrough => {}
+            Reply::Status {
+                status,
+                retry_after: wants_retry_after,
+            } => {
+                host::set_response_header(":status", &status.to_string());
+                if *wants_retry_after && host::response_header("retry-after").is_none() {
+                    host::set_response_header("retry-after", &retry_after);
+                }
+            }
+            Reply::Replace { status, body } => {
+                host::set_response_header(":status", &status.to_string());
+                match (body, body_size) {
+                    (Some(new), Some(old_len)) => {
+                        host::replace_response_body(old_len, new);
+                        host::set_response_header("content-type", FHIR_JSON);
+                        host::set_response_header("content-length", &new.len().to_string());
+                    }
+                    (None, old) => {
+                        if let Some(old_len) = old {
+                            host::replace_response_body(old_len, b"");
+                        }
+                        host::remove_response_header("content-length");
+                        host::remove_response_header("content-type");
+                    }
+                    // HealthLake sent no body to replace: the status alone tells Smile CDR.
+                    (Some(_), None) => {}
+                }
+                host::remove_response_header("etag");
+                host::remove_response_header("location");
+            }
+        }
+        host::set_response_header(OUTCOME_HEADER, verdict.outcome.as_str());
+        host::set_filter_state(state_key::UPSTREAM_STATUS, &upstream_status.to_string());
+        if let Some(code) = &verdict.error_code {
+            host::set_filter_state(state_key::ERROR_CODE, code);
+        }
+        self.record(verdict.outcome);
+        self.explain(forwarded, upstream_status, &verdict);
+    }
+
+    /// The troubleshooting log line for a verdict, and learning unsupported types.
+    fn explain(&self, forwarded: &Forwarded, upstream_status: u16, verdict: &Verdict) {
+        let target = &forwarded.target;
+        let resource = format!("{}/{}", target.resource_type, target.id);
+        let diagnostics = verdict
+            .diagnostics
+            .as_deref()
+            .map_or_else(|| "(none)".to_owned(), |d| quoted(d, 500));
+        let code = verdict.error_code.as_deref().unwrap_or("-");
+        let request_id = host::response_header("x-amzn-requestid").unwrap_or_default();
+        match verdict.outcome {
+            Outcome::UnsupportedType => self.learn_unsupported(target, &diagnostics),
+            Outcome::AuthFailed => {
+                let canonical = self.shared.as_ref().map(|shared| {
+                    let input = signing_input(
+                        shared,
+                        target,
+                        &forwarded.signed.payload_sha256,
+                        SystemTime::UNIX_EPOCH,
+                    );
+                    canonical_request_for_log(&input, &forwarded.signed)
+                });
+                log::warn!(
+                    "healthlake-relay: auth-failed {resource}: HealthLake answered {upstream_status} \
+                     {code}: {diagnostics} (x-amzn-RequestId {request_id}); answered 503 so Smile CDR \
+                     retries. Canonical request signed (x-amz-date {}):\n{}",
+                    forwarded.signed.amz_date,
+                    canonical.unwrap_or_default()
+                );
+            }
+            Outcome::Rejected => log::warn!(
+                "healthlake-relay: rejected {resource}: HealthLake answered {upstream_status} {code}: \
+                 {diagnostics} (x-amzn-RequestId {request_id})"
+            ),
+            Outcome::UpstreamError => log::info!(
+                "healthlake-relay: upstream-error {resource}: {upstream_status} {code} \
+                 (x-amzn-RequestId {request_id})"
+            ),
+            Outcome::Throttled => log::debug!(
+                "healthlake-relay: throttled {resource}: {upstream_status} {code} \
+                 (x-amzn-RequestId {request_id})"
+            ),
+            _ => {}
+        }
+    }
+
+    /// Remembers, for every worker, that HealthLake does not support the target's type. The
+    /// worker that records it first logs at warn; the others (and repeats) at debug.
+    fn learn_unsupported(&self, target: &crate::plan::Target, diagnostics: &str) {
+        let ttl = self
+            .shared
+            .as_ref()
+            .map_or(3600, |s| s.config.unsupported_type_ttl_seconds);
+        let now = unix_now();
+        let key = unsupported_types::shared_key(&target.resource_type);
+        let (value, cas) = host::shared_data(&key);
+        let first = !unsupported_types::is_active(value.as_deref(), now)
+            && host::set_shared_data(
+                &key,
+                &unsupported_types::encode(now.saturating_add(ttl)),
+                cas,
+            );
+        if first {
+            log::warn!(
+                "healthlake-relay: HealthLake does not support resource type {} (first seen with \
+                 {}/{}): {diagnostics}. Writes of this type are answered 200 unsupported-type \
+                 without calling HealthLake for the next {ttl} s.",
+                target.resource_type,
+                target.resource_type,
+                target.id
+            );
+        } else {
+            log::debug!(
+                "healthlake-relay: unsupported-type {}/{}: {diagnostics}",
+                target.resource_type,
+                target.id
+            );
+        }
+    }
+}
