@@ -79,6 +79,8 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     wasm: Path = WASM
     ca_bundle: str = ""
+    unsupported_types: tuple[str, ...] = ()
+    unsupported_type_ttl_seconds: int = 3600
 
     @staticmethod
     def from_env(env: Mapping[str, str]) -> "Settings":
@@ -120,6 +122,13 @@ class Settings:
             ipaddress.ip_address(listen)
         except ValueError:
             raise SettingsError(f"RELAY_LISTEN_ADDRESS must be an IP address, got {listen!r}") from None
+        unsupported = tuple(t.strip() for t in get("RELAY_UNSUPPORTED_TYPES").split(",") if t.strip())
+        bad_types = [t for t in unsupported if not re.fullmatch(r"[A-Z][A-Za-z]+", t)]
+        if bad_types:
+            raise SettingsError(f"RELAY_UNSUPPORTED_TYPES must be FHIR resource type names, got {bad_types}")
+        ttl = get("RELAY_UNSUPPORTED_TYPE_TTL_SECONDS", "3600")
+        if not ttl.isdigit() or not 1 <= int(ttl) <= 604800:
+            raise SettingsError(f"RELAY_UNSUPPORTED_TYPE_TTL_SECONDS must be 1 to 604800 seconds, got {ttl!r}")
         ca_bundle = get("RELAY_CA_BUNDLE") or next(
             (c for c in CA_BUNDLE_CANDIDATES if Path(c).exists()), CA_BUNDLE_CANDIDATES[0]
         )
@@ -134,6 +143,8 @@ class Settings:
             max_body_bytes=int(max_body),
             wasm=Path(get("RELAY_WASM", str(WASM))).resolve(),
             ca_bundle=ca_bundle,
+            unsupported_types=unsupported,
+            unsupported_type_ttl_seconds=int(ttl),
         )
 
     @property
@@ -155,7 +166,10 @@ class Settings:
             "datastore_id": self.datastore_id,
             "healthlake_host": self.authority,
             "max_body_bytes": self.max_body_bytes,
+            "unsupported_type_ttl_seconds": self.unsupported_type_ttl_seconds,
         }
+        if self.unsupported_types:
+            config["unsupported_types"] = list(self.unsupported_types)
         if self.base_path:
             config["inbound_base_path"] = self.base_path
         return config
@@ -273,6 +287,15 @@ class Emulator(Service):
         with urllib.request.urlopen(req, timeout=5) as r:
             r.read()
 
+    def set_faults(self, **settings) -> dict:
+        """Replaces the emulator's fault settings (see emulator/README.md)."""
+        req = urllib.request.Request(
+            self.url + "/_emulator/faults", method="PUT", data=json.dumps(settings).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read())
+
 
 def start_emulator(
     workdir: Path,
@@ -382,6 +405,8 @@ def start_envoy(
         str(envoy_binary()), "-c", str(config_path), "--concurrency", str(concurrency),
         "--disable-hot-restart", "--admin-address-path", str(address_file),
         "--log-level", "warn", "--component-log-level", "wasm:info",
+        # Envoy writes the access log every 10 s by default; operators (and tests) want it now.
+        "--file-flush-interval-msec", "200",
     ]
     proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=dict(env))
     envoy = Envoy("envoy", proc, workdir, [out, err])
