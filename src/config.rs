@@ -17,6 +17,12 @@ pub const DEFAULT_UNSUPPORTED_TYPE_TTL_SECONDS: u64 = 3600;
 /// Default `Retry-After` (seconds) on `throttled` answers when HealthLake sent none.
 pub const DEFAULT_RETRY_AFTER_SECONDS: u64 = 5;
 
+/// Default number of resources the version guard remembers (0 turns the guard off).
+pub const DEFAULT_VERSION_GUARD_MAX_ENTRIES: usize = 100_000;
+
+/// Default age after which the version guard forgets a resource (7 days).
+pub const DEFAULT_VERSION_GUARD_MAX_AGE_SECONDS: u64 = 7 * 24 * 3600;
+
 /// What the plugin accepts in its JSON configuration. Unknown fields are rejected, so that a typo
 /// is an error rather than a silently ignored setting.
 #[derive(Debug, Deserialize)]
@@ -35,6 +41,10 @@ struct RawConfig {
     unsupported_type_ttl_seconds: Option<u64>,
     #[serde(default)]
     retry_after_seconds: Option<u64>,
+    #[serde(default)]
+    version_guard_max_entries: Option<usize>,
+    #[serde(default)]
+    version_guard_max_age_seconds: Option<u64>,
 }
 
 /// The validated configuration.
@@ -58,6 +68,8 @@ pub struct Config {
     pub unsupported_type_ttl_seconds: u64,
     /// `Retry-After` on `throttled` answers when HealthLake sent none.
     pub retry_after_seconds: u64,
+    /// Bounds of the version guard's memory; `None` when the guard is off.
+    pub version_guard: Option<crate::versions::Limits>,
     /// `/datastore/{datastore_id}/r4`, the upstream prefix every forwarded path starts with.
     pub upstream_prefix: String,
 }
@@ -190,6 +202,29 @@ impl Config {
             ));
         }
 
+        let max_entries = raw
+            .version_guard_max_entries
+            .unwrap_or(DEFAULT_VERSION_GUARD_MAX_ENTRIES);
+        if max_entries > 10_000_000 {
+            return Err(err(
+                "version_guard_max_entries",
+                "expected at most 10000000 (0 turns the version guard off)",
+            ));
+        }
+        let max_age_seconds = raw
+            .version_guard_max_age_seconds
+            .unwrap_or(DEFAULT_VERSION_GUARD_MAX_AGE_SECONDS);
+        if max_age_seconds == 0 {
+            return Err(err(
+                "version_guard_max_age_seconds",
+                "expected a positive number of seconds",
+            ));
+        }
+        let version_guard = (max_entries > 0).then_some(crate::versions::Limits {
+            max_entries,
+            max_age_seconds,
+        });
+
         let upstream_prefix = format!("/datastore/{datastore_id}/r4");
         Ok(Config {
             region,
@@ -200,6 +235,7 @@ impl Config {
             unsupported_types,
             unsupported_type_ttl_seconds,
             retry_after_seconds,
+            version_guard,
             upstream_prefix,
         })
     }
@@ -251,6 +287,19 @@ mod tests {
             DEFAULT_UNSUPPORTED_TYPE_TTL_SECONDS
         );
         assert_eq!(c.retry_after_seconds, DEFAULT_RETRY_AFTER_SECONDS);
+        assert_eq!(
+            c.version_guard.map(|l| l.max_entries),
+            Some(DEFAULT_VERSION_GUARD_MAX_ENTRIES)
+        );
+    }
+
+    #[test]
+    fn version_guard_can_be_turned_off() {
+        let c = parse(
+            r#"{"region":"us-east-1","datastore_id":"d","healthlake_host":"h","version_guard_max_entries":0}"#,
+        )
+        .unwrap();
+        assert_eq!(c.version_guard, None);
     }
 
     #[test]

@@ -13,12 +13,15 @@ pub mod config;
 pub mod credentials;
 pub mod fhir;
 pub mod headers;
+pub mod instant;
 pub mod operation_outcome;
 pub mod outcome;
 pub mod plan;
+pub mod resource;
 pub mod signing;
 pub mod text;
 pub mod unsupported_types;
+pub mod versions;
 
 #[cfg(target_arch = "wasm32")]
 pub mod filter;

@@ -19,6 +19,8 @@ pub enum Outcome {
     AlreadyAbsent,
     /// HealthLake does not support the resource type: handled, never retried.
     UnsupportedType,
+    /// Older than the version HealthLake already has: not forwarded.
+    StaleVersion,
     /// HealthLake throttled the request.
     Throttled,
     /// HealthLake refused the signature or the credentials.
@@ -37,11 +39,12 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, for defining one stat each.
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Delivered,
         Outcome::Deleted,
         Outcome::AlreadyAbsent,
         Outcome::UnsupportedType,
+        Outcome::StaleVersion,
         Outcome::Throttled,
         Outcome::AuthFailed,
         Outcome::UpstreamError,
@@ -58,6 +61,7 @@ impl Outcome {
             Outcome::Deleted => "deleted",
             Outcome::AlreadyAbsent => "already-absent",
             Outcome::UnsupportedType => "unsupported-type",
+            Outcome::StaleVersion => "stale-version",
             Outcome::Throttled => "throttled",
             Outcome::AuthFailed => "auth-failed",
             Outcome::UpstreamError => "upstream-error",
@@ -75,6 +79,7 @@ impl Outcome {
             Outcome::Deleted => "deleted",
             Outcome::AlreadyAbsent => "already_absent",
             Outcome::UnsupportedType => "unsupported_type",
+            Outcome::StaleVersion => "stale_version",
             Outcome::Throttled => "throttled",
             Outcome::AuthFailed => "auth_failed",
             Outcome::UpstreamError => "upstream_error",

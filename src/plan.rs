@@ -53,6 +53,11 @@ pub enum Plan {
     Reject(Rejection),
     /// Signed and forwarded to HealthLake.
     Forward(Target),
+    /// `POST /{type}`: forwarded as a PUT of the body's own id, once the body is read.
+    Create { resource_type: String },
+    /// `POST` to the base (a Subscription without payload, or with payload search criteria):
+    /// answered locally once the body says which.
+    BasePost,
 }
 
 /// The methods the relay forwards, for `Allow` headers.
@@ -74,10 +79,17 @@ fn reject(status: u16, issue_code: &'static str, diagnostics: impl Into<String>)
 
 /// Decides what to do with `method` on `path` (as received, query string included).
 pub fn plan(method: &str, path: &str, config: &Config) -> Plan {
-    let op = match method {
+    match method {
         "GET" | "HEAD" => return Plan::Read,
-        "PUT" => Operation::Put,
-        "DELETE" => Operation::Delete,
+        "PUT" | "DELETE" | "POST" => {}
+        "PATCH" => {
+            return reject(
+                405,
+                "not-supported",
+                "PATCH is not supported: the relay mirrors whole resources, which Smile CDR's \
+                 REST-hook sends as PUT /{type}/{id}.",
+            )
+        }
         other => {
             return reject(
                 405,
@@ -89,36 +101,64 @@ pub fn plan(method: &str, path: &str, config: &Config) -> Plan {
                 ),
             )
         }
-    };
+    }
 
     if path.contains(['?', '#']) {
         return reject(
             400,
             "not-supported",
-            "Query strings (conditional writes, parameters) are not supported: the relay \
+            "Query strings (conditional writes, search parameters) are not supported: the relay \
              accepts PUT and DELETE of /{type}/{id} only.",
         );
     }
 
     let base = config.inbound_base_path.as_str();
-    let rest = match path.strip_prefix(base).and_then(|r| r.strip_prefix('/')) {
-        Some(rest) => rest,
-        None => {
-            return reject(
-                404,
-                "not-found",
-                format!(
-                    "Path {} is not under the relay's base path {}/.",
-                    printable(path),
-                    if base.is_empty() { "" } else { base }
-                ),
-            )
-        }
+    let rest = match path.strip_prefix(base) {
+        Some("" | "/") if method == "POST" => return Plan::BasePost,
+        Some(r) => r.strip_prefix('/'),
+        None => None,
+    };
+    let Some(rest) = rest else {
+        return reject(
+            404,
+            "not-found",
+            format!(
+                "Path {} is not under the relay's base path {base}/.",
+                printable(path)
+            ),
+        );
     };
 
-    let mut segments = rest.split('/');
-    let (resource_type, id) = match (segments.next(), segments.next(), segments.next()) {
-        (Some(t), Some(i), None) => (t, i),
+    let segments: Vec<&str> = rest.split('/').collect();
+    if segments.iter().any(|s| s.starts_with('$')) {
+        return reject(
+            400,
+            "not-supported",
+            "FHIR operations ($...) are not supported by the relay: it mirrors resource writes only.",
+        );
+    }
+    if segments.contains(&"_history") {
+        return reject(
+            400,
+            "not-supported",
+            "History and version-specific paths (_history) are not supported: the relay mirrors \
+             the latest version with PUT /{type}/{id}.",
+        );
+    }
+
+    let (resource_type, id) = match (method, segments.as_slice()) {
+        ("POST", [t]) if !t.is_empty() => (*t, None),
+        ("POST", _) => {
+            return reject(
+                405,
+                "not-supported",
+                format!(
+                "POST is accepted only to {base}/{{type}} (a create carrying its id); {} is not.",
+                printable(path)
+            ),
+            )
+        }
+        (_, [t, i]) => (*t, Some(*i)),
         _ => {
             return reject(
                 400,
@@ -141,6 +181,11 @@ pub fn plan(method: &str, path: &str, config: &Config) -> Plan {
             ),
         );
     }
+    let Some(id) = id else {
+        return Plan::Create {
+            resource_type: resource_type.to_owned(),
+        };
+    };
     if !fhir::is_valid_id(id) {
         return reject(
             400,
@@ -151,13 +196,24 @@ pub fn plan(method: &str, path: &str, config: &Config) -> Plan {
             ),
         );
     }
+    let op = if method == "DELETE" {
+        Operation::Delete
+    } else {
+        Operation::Put
+    };
+    Plan::Forward(Target::new(op, resource_type, id, config))
+}
 
-    Plan::Forward(Target {
-        op,
-        resource_type: resource_type.to_owned(),
-        id: id.to_owned(),
-        upstream_path: format!("{}/{resource_type}/{id}", config.upstream_prefix),
-    })
+impl Target {
+    /// The target for `op` on `Type/id`, with its upstream path.
+    pub fn new(op: Operation, resource_type: &str, id: &str, config: &Config) -> Target {
+        Target {
+            op,
+            resource_type: resource_type.to_owned(),
+            id: id.to_owned(),
+            upstream_path: format!("{}/{resource_type}/{id}", config.upstream_prefix),
+        }
+    }
 }
 
 /// Quotes untrusted text for a diagnostics message.
@@ -227,9 +283,42 @@ mod tests {
     }
 
     #[test]
+    fn post_to_a_type_is_a_create_and_to_the_base_is_explained() {
+        let c = config("");
+        assert_eq!(
+            plan("POST", "/Patient", &c),
+            Plan::Create {
+                resource_type: "Patient".into()
+            }
+        );
+        assert_eq!(plan("POST", "/", &c), Plan::BasePost);
+        assert_eq!(plan("POST", "", &c), Plan::BasePost);
+        let f = config("/fhir");
+        assert_eq!(plan("POST", "/fhir", &f), Plan::BasePost);
+        assert_eq!(plan("POST", "/fhir/", &f), Plan::BasePost);
+        assert_eq!(rejected(plan("POST", "/Patient/x", &c)).status, 405);
+        assert_eq!(rejected(plan("POST", "/NotAType", &c)).status, 400);
+        assert_eq!(rejected(plan("POST", "/Patient?name=x", &c)).status, 400);
+    }
+
+    #[test]
+    fn operations_history_and_patch_are_explained() {
+        let c = config("");
+        let r = rejected(plan("POST", "/Patient/$validate", &c));
+        assert!(r.diagnostics.contains("operations"), "{r:?}");
+        let r = rejected(plan("PUT", "/Patient/x/_history/2", &c));
+        assert!(r.diagnostics.contains("_history"), "{r:?}");
+        let r = rejected(plan("PATCH", "/Patient/x", &c));
+        assert_eq!(r.status, 405);
+        assert!(r.diagnostics.contains("PATCH"));
+        let r = rejected(plan("PUT", "/Patient?identifier=x", &c));
+        assert!(r.diagnostics.contains("conditional"));
+    }
+
+    #[test]
     fn other_methods_get_405_with_allow() {
         let c = config("");
-        for m in ["POST", "PATCH", "OPTIONS", "TRACE", "put"] {
+        for m in ["PATCH", "OPTIONS", "TRACE", "put", "CONNECT"] {
             let r = rejected(plan(m, "/Patient/example", &c));
             assert_eq!(r.status, 405, "{m}");
             assert!(r.allow);

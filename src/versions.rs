@@ -1,0 +1,396 @@
+//! The version guard: HealthLake should end up with the latest version of every resource, and
+//! nothing for deleted ones, whatever order Smile CDR's deliveries arrive in.
+//!
+//! For each resource the relay remembers the `meta.lastUpdated` (and `meta.versionId`) of the
+//! last write HealthLake accepted, or a tombstone after a DELETE. A write older than that is
+//! answered `stale-version` and not forwarded; an equal one (a retry) is forwarded again, since
+//! the earlier attempt may have failed.
+//!
+//! The memory lives in Envoy's shared data (one process, all workers) and is bounded: entries are
+//! spread over [`SHARDS`] shard values by a fingerprint of `Type/id`, each shard keeps at most
+//! `max_entries / SHARDS` entries (the least recently recorded go first) and drops entries older
+//! than `max_age_seconds`. Shared data has no way to delete keys, so a fixed set of shard keys is
+//! what keeps it bounded. The guard is per Envoy process: a restart forgets.
+
+use crate::instant::Nanos;
+use crate::resource::Version;
+use sha2::{Digest, Sha256};
+
+/// Number of shard values.
+pub const SHARDS: usize = 1024;
+
+const FORMAT: u8 = 1;
+const ENTRY_LEN: usize = 16 + 16 + 8 + 1 + 8;
+const NONE_TIME: i128 = i128::MIN;
+const NONE_VERSION: u64 = u64::MAX;
+
+/// A resource's identity in the guard: SHA-256 of `Type/id`, first 16 bytes.
+pub type Fingerprint = [u8; 16];
+
+/// The bounds of the guard's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_entries: usize,
+    pub max_age_seconds: u64,
+}
+
+/// What the guard knows of one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub fingerprint: Fingerprint,
+    /// `meta.lastUpdated` of the last accepted write (or of the deletion, for a tombstone).
+    pub last_updated: Option<Nanos>,
+    /// Numeric `meta.versionId` of the last accepted write.
+    pub version: Option<u64>,
+    pub deleted: bool,
+    /// When the relay recorded it (Unix seconds), for eviction.
+    pub recorded_at: u64,
+}
+
+/// Where a resource's entry lives: the shared-data key of its shard, and its fingerprint.
+pub fn locate(resource_type: &str, id: &str) -> (String, Fingerprint) {
+    let digest = Sha256::new()
+        .chain_update(resource_type.as_bytes())
+        .chain_update(b"/")
+        .chain_update(id.as_bytes())
+        .finalize();
+    let mut fingerprint = [0u8; 16];
+    for (dst, src) in fingerprint.iter_mut().zip(digest.iter()) {
+        *dst = *src;
+    }
+    let shard = (usize::from(fingerprint[0]) << 8 | usize::from(fingerprint[1])) % SHARDS;
+    (format!("healthlake_relay.versions.{shard}"), fingerprint)
+}
+
+/// The guard's verdict on a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Forward,
+    /// Older than what HealthLake has (or than its deletion): not forwarded.
+    Stale,
+}
+
+fn numeric_version(v: &Version) -> Option<u64> {
+    v.version_id.as_deref().and_then(|s| s.parse().ok())
+}
+
+/// Compares an incoming write with what the guard knows.
+pub fn check(known: Option<&Entry>, incoming: &Version) -> Decision {
+    let (Some(known), Some(incoming_time)) = (known, incoming.last_updated) else {
+        return Decision::Forward;
+    };
+    let Some(known_time) = known.last_updated else {
+        return Decision::Forward;
+    };
+    if incoming_time != known_time {
+        return if incoming_time < known_time {
+            Decision::Stale
+        } else {
+            Decision::Forward
+        };
+    }
+    // Same instant: the deleted version itself must not come back; otherwise compare versions.
+    if known.deleted {
+        return Decision::Stale;
+    }
+    match (numeric_version(incoming), known.version) {
+        (Some(i), Some(k)) if i < k => Decision::Stale,
+        _ => Decision::Forward,
+    }
+}
+
+/// One shard's entries, decoded from (and encoded to) its shared-data value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shard {
+    entries: Vec<Entry>,
+}
+
+impl Shard {
+    /// Decodes a shard value; an absent or unreadable value is an empty shard.
+    pub fn decode(bytes: Option<&[u8]>) -> Shard {
+        let Some(bytes) = bytes else {
+            return Shard::default();
+        };
+        let Some((&FORMAT, body)) = bytes.split_first() else {
+            return Shard::default();
+        };
+        if body.len() % ENTRY_LEN != 0 {
+            return Shard::default();
+        }
+        let entries = body
+            .chunks_exact(ENTRY_LEN)
+            .filter_map(decode_entry)
+            .collect();
+        Shard { entries }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + self.entries.len() * ENTRY_LEN);
+        out.push(FORMAT);
+        for e in &self.entries {
+            out.extend_from_slice(&e.fingerprint);
+            out.extend_from_slice(&e.last_updated.unwrap_or(NONE_TIME).to_le_bytes());
+            out.extend_from_slice(&e.version.unwrap_or(NONE_VERSION).to_le_bytes());
+            out.push(u8::from(e.deleted));
+            out.extend_from_slice(&e.recorded_at.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn get(&self, fingerprint: &Fingerprint) -> Option<&Entry> {
+        self.entries.iter().find(|e| &e.fingerprint == fingerprint)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Records a write HealthLake accepted. Never lowers what is known: if a newer version was
+    /// recorded meanwhile (a race between deliveries), it stays.
+    pub fn record_write(
+        &mut self,
+        fingerprint: Fingerprint,
+        v: &Version,
+        now: u64,
+        limits: Limits,
+    ) {
+        let candidate = Entry {
+            fingerprint,
+            last_updated: v.last_updated,
+            version: numeric_version(v),
+            deleted: false,
+            recorded_at: now,
+        };
+        match self
+            .entries
+            .iter_mut()
+            .find(|e| e.fingerprint == fingerprint)
+        {
+            Some(e) => {
+                if check(Some(e), v) == Decision::Forward {
+                    *e = candidate;
+                } else {
+                    e.recorded_at = now;
+                }
+            }
+            None => self.entries.push(candidate),
+        }
+        self.evict(now, limits);
+    }
+
+    /// Records a deletion: a tombstone at the last known `lastUpdated`, or at `now_nanos` (the
+    /// relay's clock) when the resource was never seen.
+    pub fn record_delete(
+        &mut self,
+        fingerprint: Fingerprint,
+        now: u64,
+        now_nanos: Nanos,
+        limits: Limits,
+    ) {
+        match self
+            .entries
+            .iter_mut()
+            .find(|e| e.fingerprint == fingerprint)
+        {
+            Some(e) => {
+                e.deleted = true;
+                e.last_updated = Some(e.last_updated.unwrap_or(now_nanos));
+                e.recorded_at = now;
+            }
+            None => self.entries.push(Entry {
+                fingerprint,
+                last_updated: Some(now_nanos),
+                version: None,
+                deleted: true,
+                recorded_at: now,
+            }),
+        }
+        self.evict(now, limits);
+    }
+
+    fn evict(&mut self, now: u64, limits: Limits) {
+        self.entries
+            .retain(|e| now.saturating_sub(e.recorded_at) <= limits.max_age_seconds);
+        let cap = (limits.max_entries / SHARDS).max(1);
+        if self.entries.len() > cap {
+            self.entries
+                .sort_by_key(|e| std::cmp::Reverse(e.recorded_at));
+            self.entries.truncate(cap);
+        }
+    }
+}
+
+fn decode_entry(chunk: &[u8]) -> Option<Entry> {
+    let fingerprint: Fingerprint = chunk.get(0..16)?.try_into().ok()?;
+    let time = i128::from_le_bytes(chunk.get(16..32)?.try_into().ok()?);
+    let version = u64::from_le_bytes(chunk.get(32..40)?.try_into().ok()?);
+    let deleted = *chunk.get(40)? != 0;
+    let recorded_at = u64::from_le_bytes(chunk.get(41..49)?.try_into().ok()?);
+    Some(Entry {
+        fingerprint,
+        last_updated: (time != NONE_TIME).then_some(time),
+        version: (version != NONE_VERSION).then_some(version),
+        deleted,
+        recorded_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instant;
+
+    const LIMITS: Limits = Limits {
+        max_entries: 100_000,
+        max_age_seconds: 3600,
+    };
+
+    fn v(time: &str, version: &str) -> Version {
+        Version {
+            last_updated: Some(instant::parse(time).unwrap()),
+            version_id: Some(version.to_owned()),
+        }
+    }
+
+    fn fp(n: u8) -> Fingerprint {
+        [n; 16]
+    }
+
+    #[test]
+    fn locate_is_stable_and_spreads() {
+        let (k1, f1) = locate("Patient", "a");
+        assert_eq!(locate("Patient", "a"), (k1.clone(), f1));
+        assert_ne!(locate("Patient", "b").1, f1);
+        assert_ne!(locate("Patien", "ta").1, locate("Patient", "a").1);
+        assert!(k1.starts_with("healthlake_relay.versions."));
+        let shards: std::collections::HashSet<_> = (0..2000)
+            .map(|i| locate("Observation", &i.to_string()).0)
+            .collect();
+        assert!(shards.len() > 800, "{}", shards.len());
+    }
+
+    #[test]
+    fn newer_and_equal_versions_pass_older_are_stale() {
+        let mut s = Shard::default();
+        s.record_write(fp(1), &v("2026-01-02T00:00:00Z", "2"), 10, LIMITS);
+        let known = s.get(&fp(1));
+        assert_eq!(
+            check(known, &v("2026-01-03T00:00:00Z", "3")),
+            Decision::Forward
+        );
+        assert_eq!(
+            check(known, &v("2026-01-02T00:00:00Z", "2")),
+            Decision::Forward
+        );
+        assert_eq!(
+            check(known, &v("2026-01-01T00:00:00Z", "1")),
+            Decision::Stale
+        );
+        // Same instant, lower version: stale; higher: forward.
+        assert_eq!(
+            check(known, &v("2026-01-02T00:00:00Z", "1")),
+            Decision::Stale
+        );
+        assert_eq!(
+            check(known, &v("2026-01-02T00:00:00Z", "5")),
+            Decision::Forward
+        );
+        // Unknown resources and writes without lastUpdated always pass.
+        assert_eq!(
+            check(None, &v("2000-01-01T00:00:00Z", "1")),
+            Decision::Forward
+        );
+        let no_time = Version {
+            last_updated: None,
+            version_id: None,
+        };
+        assert_eq!(check(known, &no_time), Decision::Forward);
+    }
+
+    #[test]
+    fn recording_never_lowers_the_known_version() {
+        let mut s = Shard::default();
+        s.record_write(fp(1), &v("2026-01-03T00:00:00Z", "3"), 10, LIMITS);
+        s.record_write(fp(1), &v("2026-01-02T00:00:00Z", "2"), 11, LIMITS);
+        assert_eq!(s.get(&fp(1)).unwrap().version, Some(3));
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn tombstones_stop_resurrection_but_not_recreation() {
+        let mut s = Shard::default();
+        s.record_write(fp(1), &v("2026-01-02T00:00:00Z", "2"), 10, LIMITS);
+        s.record_delete(fp(1), 11, 0, LIMITS);
+        let known = s.get(&fp(1));
+        assert!(known.unwrap().deleted);
+        assert_eq!(
+            check(known, &v("2026-01-01T00:00:00Z", "1")),
+            Decision::Stale
+        );
+        assert_eq!(
+            check(known, &v("2026-01-02T00:00:00Z", "2")),
+            Decision::Stale
+        );
+        assert_eq!(
+            check(known, &v("2026-01-05T00:00:00Z", "4")),
+            Decision::Forward
+        );
+        s.record_write(fp(1), &v("2026-01-05T00:00:00Z", "4"), 12, LIMITS);
+        assert!(!s.get(&fp(1)).unwrap().deleted);
+
+        // Deleting a resource never seen: tombstone at the relay's clock.
+        let now = instant::parse("2026-02-01T00:00:00Z").unwrap();
+        s.record_delete(fp(2), 13, now, LIMITS);
+        assert_eq!(
+            check(s.get(&fp(2)), &v("2026-01-31T00:00:00Z", "7")),
+            Decision::Stale
+        );
+        assert_eq!(
+            check(s.get(&fp(2)), &v("2026-02-02T00:00:00Z", "8")),
+            Decision::Forward
+        );
+    }
+
+    #[test]
+    fn encoding_round_trips_and_garbage_is_empty() {
+        let mut s = Shard::default();
+        s.record_write(fp(1), &v("2026-01-02T00:00:00.123456789Z", "2"), 10, LIMITS);
+        s.record_write(
+            fp(2),
+            &Version {
+                last_updated: None,
+                version_id: Some("x".into()),
+            },
+            11,
+            LIMITS,
+        );
+        s.record_delete(fp(3), 12, -5, LIMITS);
+        let bytes = s.encode();
+        assert_eq!(Shard::decode(Some(&bytes)), s);
+        assert!(Shard::decode(None).is_empty());
+        assert!(Shard::decode(Some(b"")).is_empty());
+        assert!(Shard::decode(Some(&bytes[..bytes.len() - 1])).is_empty());
+        assert!(Shard::decode(Some(&[9, 1, 2])).is_empty());
+    }
+
+    #[test]
+    fn memory_is_bounded_by_entries_and_age() {
+        let limits = Limits {
+            max_entries: SHARDS * 3,
+            max_age_seconds: 100,
+        };
+        let mut s = Shard::default();
+        for n in 0..10u8 {
+            s.record_write(fp(n), &v("2026-01-02T00:00:00Z", "1"), u64::from(n), limits);
+        }
+        assert_eq!(s.len(), 3);
+        // The most recently recorded stay.
+        assert!(s.get(&fp(9)).is_some() && s.get(&fp(7)).is_some() && s.get(&fp(0)).is_none());
+        s.record_write(fp(20), &v("2026-01-02T00:00:00Z", "1"), 500, limits);
+        assert_eq!(s.len(), 1);
+    }
+}
