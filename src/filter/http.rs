@@ -6,11 +6,12 @@ use super::Shared;
 use crate::headers::is_removed_before_signing;
 use crate::operation_outcome::{self, Severity, FHIR_JSON};
 use crate::outcome::{unsupported_body, Outcome, Verdict};
-use crate::plan::{plan, Operation, Plan, Target, ALLOWED_METHODS, READ_DIAGNOSTICS};
+use crate::plan::{plan, Operation, Plan, Rejection, Target, ALLOWED_METHODS, READ_DIAGNOSTICS};
+use crate::resource::{self, Version};
 use crate::signing::{
     sign_request, PayloadHasher, Signed, SigningInput, EMPTY_SHA256, HEALTHLAKE_SERVICE,
 };
-use crate::unsupported_types;
+use crate::versions::Decision;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
@@ -21,6 +22,7 @@ pub const OUTCOME_HEADER: &str = "x-healthlake-outcome";
 
 /// Filter-state keys, printed in the access log as `%FILTER_STATE(wasm.<key>:PLAIN)%`.
 pub mod state_key {
+    pub const METHOD: &str = "relay_method";
     pub const PATH: &str = "relay_path";
     pub const UPSTREAM_PATH: &str = "relay_upstream_path";
     pub const RESOURCE_TYPE: &str = "relay_resource_type";
@@ -34,6 +36,18 @@ pub mod state_key {
 pub struct Forwarded {
     pub target: Target,
     pub signed: Signed,
+    /// The version a PUT carried, recorded by the version guard once HealthLake accepts it.
+    pub version: Option<Version>,
+}
+
+/// What a request whose body is awaited will become.
+pub enum Pending {
+    /// `PUT`/`DELETE /{type}/{id}`.
+    Write(Target),
+    /// `POST /{type}`: a PUT of the body's own id.
+    Create { resource_type: String },
+    /// `POST` to the base: answered with an explanation once the body says which.
+    BasePost,
 }
 
 pub enum Phase {
@@ -41,10 +55,12 @@ pub enum Phase {
     Start,
     /// The relay answered the request itself, or the response is concluded.
     Done,
-    /// Holding the headers while the body arrives.
+    /// Holding the headers while the body arrives: hashed chunk by chunk, and kept for the
+    /// resource checks.
     Receiving {
-        target: Target,
+        pending: Pending,
         hasher: PayloadHasher,
+        body: Vec<u8>,
     },
     /// Signed and sent to HealthLake; waiting for its answer.
     Forwarded(Box<Forwarded>),
@@ -123,6 +139,23 @@ impl RelayHttp {
         self.answer_with(status, outcome, &body, extra_headers)
     }
 
+    /// Answers with a rejection from the core's checks.
+    fn refuse(&mut self, r: &Rejection) -> Action {
+        let allow: &[(&str, &str)] = if r.allow {
+            &[("allow", ALLOWED_METHODS)]
+        } else {
+            &[]
+        };
+        self.answer(
+            r.status,
+            r.outcome,
+            Severity::Error,
+            r.issue_code,
+            &r.diagnostics,
+            allow,
+        )
+    }
+
     fn internal_error(&mut self, what: &str) -> Action {
         self.answer(
             500,
@@ -163,8 +196,7 @@ impl RelayHttp {
         if shared.config.is_preset_unsupported(resource_type) {
             return true;
         }
-        let (value, _) = host::shared_data(&unsupported_types::shared_key(resource_type));
-        is_active_now(value.as_deref())
+        super::shared::is_known_unsupported(resource_type)
     }
 
     fn answer_unsupported(&mut self, target: &Target) -> Action {
@@ -182,7 +214,12 @@ impl RelayHttp {
     }
 
     /// Signs the held request with the body hash and lets it continue to HealthLake.
-    fn sign_and_forward(&mut self, target: Target, payload_sha256: &str) -> Action {
+    fn sign_and_forward(
+        &mut self,
+        target: Target,
+        payload_sha256: &str,
+        version: Option<Version>,
+    ) -> Action {
         let Some(shared) = self.shared.clone() else {
             return self.internal_error("the relay is not configured");
         };
@@ -204,7 +241,8 @@ impl RelayHttp {
                 return self.internal_error("signing failed");
             }
         };
-        let mut ok = host::set_request_header(":path", Some(&target.upstream_path))
+        let mut ok = host::set_request_header(":method", Some(input.method))
+            && host::set_request_header(":path", Some(&target.upstream_path))
             && host::set_request_header(":authority", Some(&shared.config.healthlake_host))
             && host::set_request_header("content-type", input.content_type);
         for (name, value) in &headers {
@@ -216,19 +254,24 @@ impl RelayHttp {
         }
         host::set_filter_state(state_key::UPSTREAM_PATH, &target.upstream_path);
         let signed = Signed::from_headers(&headers, payload_sha256);
-        self.phase = Phase::Forwarded(Box::new(Forwarded { target, signed }));
+        self.phase = Phase::Forwarded(Box::new(Forwarded {
+            target,
+            signed,
+            version,
+        }));
         Action::Continue
     }
 
-    /// Hashes the newly buffered body bytes, up to `to`.
-    fn hash_body(hasher: &mut PayloadHasher, to: usize) -> bool {
-        let from = usize::try_from(hasher.len()).unwrap_or(usize::MAX);
+    /// Takes the newly buffered body bytes, up to `to`: hashed, and kept for the checks.
+    fn receive_body(hasher: &mut PayloadHasher, body: &mut Vec<u8>, to: usize) -> bool {
+        let from = body.len();
         if to <= from {
             return true;
         }
         match host::request_body(from, to - from) {
             Some(chunk) => {
                 hasher.update(&chunk);
+                body.extend_from_slice(&chunk);
                 true
             }
             None => false,
@@ -237,18 +280,138 @@ impl RelayHttp {
 
     fn end_of_body(&mut self) -> Action {
         match std::mem::replace(&mut self.phase, Phase::Done) {
-            Phase::Receiving { target, hasher } => {
-                if target.op == Operation::Put && hasher.is_empty() {
-                    return self.empty_put();
-                }
-                let hash = hasher.finish_hex();
-                self.sign_and_forward(target, &hash)
-            }
+            Phase::Receiving {
+                pending,
+                hasher,
+                body,
+            } => self.complete(pending, hasher, &body),
             other => {
                 self.phase = other;
                 Action::Continue
             }
         }
+    }
+
+    /// The whole body has arrived: check the resource, consult the version guard, sign.
+    fn complete(&mut self, pending: Pending, hasher: PayloadHasher, body: &[u8]) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return self.internal_error("the relay is not configured");
+        };
+        let target = match pending {
+            Pending::BasePost => return self.refuse(&resource::base_post_rejection(body)),
+            Pending::Write(target) if target.op == Operation::Delete => {
+                let hash = hasher.finish_hex();
+                return self.sign_and_forward(target, &hash, None);
+            }
+            Pending::Write(target) => target,
+            Pending::Create { resource_type } => {
+                if body.is_empty() {
+                    return self.empty_put();
+                }
+                let id = match resource::parse(body)
+                    .and_then(|r| resource::id_for_create(&r, &resource_type))
+                {
+                    Ok(id) => id,
+                    Err(r) => return self.refuse(&r),
+                };
+                host::set_filter_state(state_key::RESOURCE_ID, &id);
+                let target = Target::new(Operation::Put, &resource_type, &id, &shared.config);
+                if self.known_unsupported(&shared, &target.resource_type) {
+                    return self.answer_unsupported(&target);
+                }
+                target
+            }
+        };
+        if body.is_empty() {
+            return self.empty_put();
+        }
+        let parsed = match resource::parse(body).and_then(|r| {
+            resource::check_matches(&r, &target.resource_type, &target.id).map(|()| r)
+        }) {
+            Ok(r) => r,
+            Err(r) => return self.refuse(&r),
+        };
+        if shared.config.version_guard.is_some()
+            && super::shared::version_decision(&target, &parsed.version) == Decision::Stale
+        {
+            return self.answer_stale(&target);
+        }
+        let hash = hasher.finish_hex();
+        self.sign_and_forward(target, &hash, Some(parsed.version))
+    }
+
+    fn answer_stale(&mut self, target: &Target) -> Action {
+        log::debug!(
+            "healthlake-relay: {}/{} is older than the version HealthLake has; not forwarded",
+            target.resource_type,
+            target.id
+        );
+        self.answer(
+            200,
+            Outcome::StaleVersion,
+            Severity::Information,
+            "informational",
+            &format!(
+                "{}/{} was not sent to HealthLake: its meta.lastUpdated/versionId is older than \
+                 the version HealthLake already has (or than its deletion). Nothing to retry.",
+                target.resource_type, target.id
+            ),
+            &[],
+        )
+    }
+
+    /// Holds the headers until the body has arrived (needs allow_on_headers_stop_iteration).
+    fn receive(&mut self, pending: Pending) -> Action {
+        self.phase = Phase::Receiving {
+            pending,
+            hasher: PayloadHasher::new(),
+            body: Vec::new(),
+        };
+        Action::Pause
+    }
+
+    /// What is checked before a write's body is awaited: the content type of a resource, usable
+    /// credentials, and no client-supplied credentials or conditionals left in the request.
+    /// `Some` is the answer that ends the request.
+    fn before_body(
+        &mut self,
+        headers: &[(String, String)],
+        content_type: Option<&str>,
+        carries_resource: bool,
+    ) -> Option<Action> {
+        if carries_resource && !content_type.is_some_and(resource::is_fhir_json) {
+            return Some(self.refuse(&resource::unsupported_media_type(content_type)));
+        }
+        // Refuse a declared oversize body now: once the body streams in, Envoy defers a Wasm
+        // local reply and its own buffer limit may answer first, without an OperationOutcome.
+        let max = self.shared.as_ref().map_or(0, |s| s.config.max_body_bytes);
+        let declared = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|len| len > max) {
+            return Some(self.too_large(max));
+        }
+        if let Some(why) = self.credentials_problem() {
+            return Some(self.no_credentials(&why));
+        }
+        for (name, _) in headers {
+            if is_removed_before_signing(name) && !host::set_request_header(name, None) {
+                return Some(self.internal_error("could not remove a client-supplied header"));
+            }
+        }
+        None
+    }
+
+    fn too_large(&mut self, max: u64) -> Action {
+        self.answer(
+            413,
+            Outcome::InvalidRequest,
+            Severity::Error,
+            "too-costly",
+            &format!("The request body is larger than the relay's limit of {max} bytes."),
+            &[],
+        )
     }
 
     fn empty_put(&mut self) -> Action {
@@ -286,18 +449,6 @@ pub fn signing_input<'a>(
     }
 }
 
-/// Unix seconds now, from the host clock (0 if unavailable, which makes entries look current
-/// only if they are: no entry expires before 0).
-pub fn unix_now() -> u64 {
-    host::now()
-        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
-}
-
-fn is_active_now(value: Option<&[u8]>) -> bool {
-    value.is_some() && unsupported_types::is_active(value, unix_now())
-}
-
 impl Context for RelayHttp {}
 
 impl HttpContext for RelayHttp {
@@ -316,8 +467,10 @@ impl HttpContext for RelayHttp {
         };
         let method = header(":method").unwrap_or("");
         let path = header(":path").unwrap_or("");
+        host::set_filter_state(state_key::METHOD, method);
         host::set_filter_state(state_key::PATH, path);
 
+        let content_type = header("content-type");
         let target = match plan(method, path, &shared.config) {
             Plan::Read => {
                 return self.answer(
@@ -329,20 +482,23 @@ impl HttpContext for RelayHttp {
                     &[("allow", ALLOWED_METHODS)],
                 )
             }
-            Plan::Reject(r) => {
-                let allow: &[(&str, &str)] = if r.allow {
-                    &[("allow", ALLOWED_METHODS)]
-                } else {
-                    &[]
-                };
-                return self.answer(
-                    r.status,
-                    r.outcome,
-                    Severity::Error,
-                    r.issue_code,
-                    &r.diagnostics,
-                    allow,
-                );
+            Plan::Reject(r) => return self.refuse(&r),
+            Plan::BasePost if end_of_stream => {
+                return self.refuse(&resource::base_post_rejection(b""))
+            }
+            Plan::BasePost => {
+                return self.receive(Pending::BasePost);
+            }
+            Plan::Create { resource_type } => {
+                host::set_filter_state(state_key::RESOURCE_TYPE, &resource_type);
+                self.resource_type = Some(resource_type.clone());
+                if let Some(action) = self.before_body(&headers, content_type, true) {
+                    return action;
+                }
+                if end_of_stream {
+                    return self.empty_put();
+                }
+                return self.receive(Pending::Create { resource_type });
             }
             Plan::Forward(target) => target,
         };
@@ -353,45 +509,28 @@ impl HttpContext for RelayHttp {
         if self.known_unsupported(&shared, &target.resource_type) {
             return self.answer_unsupported(&target);
         }
-        if let Some(why) = self.credentials_problem() {
-            return self.no_credentials(&why);
+        let has_body = target.op == Operation::Put;
+        if let Some(action) = self.before_body(&headers, content_type, has_body) {
+            return action;
         }
-        for (name, _) in &headers {
-            if is_removed_before_signing(name) && !host::set_request_header(name, None) {
-                return self.internal_error("could not remove a client-supplied header");
-            }
-        }
-
         if end_of_stream {
             return match target.op {
                 Operation::Put => self.empty_put(),
-                Operation::Delete => self.sign_and_forward(target, EMPTY_SHA256),
+                Operation::Delete => self.sign_and_forward(target, EMPTY_SHA256, None),
             };
         }
-        self.phase = Phase::Receiving {
-            target,
-            hasher: PayloadHasher::new(),
-        };
-        // Held until the body has arrived (needs allow_on_headers_stop_iteration: true).
-        Action::Pause
+        self.receive(Pending::Write(target))
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let max = self.shared.as_ref().map_or(0, |s| s.config.max_body_bytes);
-        let Phase::Receiving { hasher, .. } = &mut self.phase else {
+        let Phase::Receiving { hasher, body, .. } = &mut self.phase else {
             return Action::Continue;
         };
         if body_size as u64 > max {
-            return self.answer(
-                413,
-                Outcome::InvalidRequest,
-                Severity::Error,
-                "too-costly",
-                &format!("The request body is larger than the relay's limit of {max} bytes."),
-                &[],
-            );
+            return self.too_large(max);
         }
-        if !Self::hash_body(hasher, body_size) {
+        if !Self::receive_body(hasher, body, body_size) {
             return self.internal_error("could not read the request body");
         }
         if end_of_stream {

@@ -7,6 +7,7 @@ mod host;
 mod http;
 mod metrics;
 mod response;
+mod shared;
 
 use crate::config::Config;
 use crate::credentials::{Credentials, Unavailable};

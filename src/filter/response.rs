@@ -2,16 +2,14 @@
 //! calls for it, and make the verdict visible (header, access log, stats, troubleshooting log).
 
 use super::host;
-use super::http::{
-    signing_input, state_key, unix_now, Forwarded, Phase, RelayHttp, OUTCOME_HEADER,
-};
+use super::http::{signing_input, state_key, Forwarded, Phase, RelayHttp, OUTCOME_HEADER};
+use super::shared;
 use crate::operation_outcome::FHIR_JSON;
 use crate::outcome::{
     classify_body, classify_headers, AtHeaders, Outcome, Reply, Verdict, MAX_ERROR_BODY_BYTES,
 };
 use crate::signing::canonical_request_for_log;
 use crate::text::quoted;
-use crate::unsupported_types;
 use proxy_wasm::types::Action;
 use std::time::SystemTime;
 
@@ -160,7 +158,24 @@ impl RelayHttp {
             host::set_filter_state(state_key::ERROR_CODE, code);
         }
         self.record(verdict.outcome);
+        self.remember(forwarded, verdict.outcome);
         self.explain(forwarded, upstream_status, &verdict);
+    }
+
+    /// Tells the version guard what HealthLake now holds.
+    fn remember(&self, forwarded: &Forwarded, outcome: Outcome) {
+        let Some(limits) = self.shared.as_ref().and_then(|s| s.config.version_guard) else {
+            return;
+        };
+        match (outcome, &forwarded.version) {
+            (Outcome::Delivered, Some(version)) => {
+                shared::record_write(&forwarded.target, version, limits)
+            }
+            (Outcome::Deleted | Outcome::AlreadyAbsent, _) => {
+                shared::record_delete(&forwarded.target, limits)
+            }
+            _ => {}
+        }
     }
 
     /// The troubleshooting log line for a verdict, and learning unsupported types.
@@ -216,16 +231,7 @@ impl RelayHttp {
             .shared
             .as_ref()
             .map_or(3600, |s| s.config.unsupported_type_ttl_seconds);
-        let now = unix_now();
-        let key = unsupported_types::shared_key(&target.resource_type);
-        let (value, cas) = host::shared_data(&key);
-        let first = !unsupported_types::is_active(value.as_deref(), now)
-            && host::set_shared_data(
-                &key,
-                &unsupported_types::encode(now.saturating_add(ttl)),
-                cas,
-            );
-        if first {
+        if shared::learn_unsupported(&target.resource_type, ttl) {
             log::warn!(
                 "healthlake-relay: HealthLake does not support resource type {} (first seen with \
                  {}/{}): {diagnostics}. Writes of this type are answered 200 unsupported-type \

@@ -1,0 +1,89 @@
+//! What the relay remembers across requests and workers, in Envoy's shared data: resource types
+//! HealthLake does not support, and the version guard's shards. Updates use compare-and-swap, so
+//! concurrent workers never lose each other's writes.
+
+use super::host;
+use crate::plan::Target;
+use crate::resource::Version;
+use crate::unsupported_types;
+use crate::versions::{self, Decision, Limits, Shard};
+use std::time::SystemTime;
+
+/// Attempts of a compare-and-swap update before giving up (another worker kept winning).
+const CAS_ATTEMPTS: usize = 8;
+
+/// Unix seconds now, from the host clock (0 if unavailable).
+pub fn unix_now() -> u64 {
+    host::now()
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+fn now_nanos() -> i128 {
+    host::now()
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
+}
+
+/// Whether HealthLake recently said it does not support `resource_type`.
+pub fn is_known_unsupported(resource_type: &str) -> bool {
+    let (value, _) = host::shared_data(&unsupported_types::shared_key(resource_type));
+    value.is_some() && unsupported_types::is_active(value.as_deref(), unix_now())
+}
+
+/// Records that HealthLake does not support `resource_type`, for `ttl` seconds. True for the
+/// worker that recorded it first (the others, and repeats while it is active, get false).
+pub fn learn_unsupported(resource_type: &str, ttl: u64) -> bool {
+    let now = unix_now();
+    let key = unsupported_types::shared_key(resource_type);
+    let (value, cas) = host::shared_data(&key);
+    !unsupported_types::is_active(value.as_deref(), now)
+        && host::set_shared_data(
+            &key,
+            &unsupported_types::encode(now.saturating_add(ttl)),
+            cas,
+        )
+}
+
+/// The version guard's verdict on a write of `target` carrying `version`.
+pub fn version_decision(target: &Target, version: &Version) -> Decision {
+    let (key, fingerprint) = versions::locate(&target.resource_type, &target.id);
+    let (value, _) = host::shared_data(&key);
+    let shard = Shard::decode(value.as_deref());
+    versions::check(shard.get(&fingerprint), version)
+}
+
+/// Applies `update` to the shard holding `target`, retrying when another worker wrote first.
+fn update_shard(target: &Target, update: impl Fn(&mut Shard, versions::Fingerprint)) {
+    let (key, fingerprint) = versions::locate(&target.resource_type, &target.id);
+    for _ in 0..CAS_ATTEMPTS {
+        let (value, cas) = host::shared_data(&key);
+        let mut shard = Shard::decode(value.as_deref());
+        update(&mut shard, fingerprint);
+        if host::set_shared_data(&key, &shard.encode(), cas) {
+            return;
+        }
+    }
+    log::warn!(
+        "healthlake-relay: version guard: could not record {}/{} after {CAS_ATTEMPTS} attempts \
+         (contention); a late older version of it would not be recognised as stale",
+        target.resource_type,
+        target.id
+    );
+}
+
+/// Records that HealthLake accepted `version` of `target`.
+pub fn record_write(target: &Target, version: &Version, limits: Limits) {
+    let now = unix_now();
+    update_shard(target, |shard, fp| {
+        shard.record_write(fp, version, now, limits)
+    });
+}
+
+/// Records that `target` is deleted in HealthLake.
+pub fn record_delete(target: &Target, limits: Limits) {
+    let (now, nanos) = (unix_now(), now_nanos());
+    update_shard(target, |shard, fp| {
+        shard.record_delete(fp, now, nanos, limits)
+    });
+}
