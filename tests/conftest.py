@@ -112,3 +112,47 @@ def fhir_examples() -> Path:
     if not (FHIR_EXAMPLES / ".complete").exists():
         pytest.fail("the HL7 FHIR R4 examples are missing: run `make fixtures` (make test does)")
     return FHIR_EXAMPLES
+
+
+def send_streaming(base_url: str, method: str, path: str, body: bytes, headers: dict[str, str],
+                   chunk: int = 64 * 1024, timeout: float = 60) -> Response:
+    """Sends `body` in chunks and stops as soon as the server answers (e.g. an early 413), which
+    http.client cannot do: it would fail writing the rest of a body the server no longer reads."""
+    import select
+    import socket
+
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    head = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+        sent = 0
+        while sent < len(body):
+            readable, _, _ = select.select([s], [], [], 0)
+            if readable:
+                break
+            try:
+                s.sendall(body[sent:sent + chunk])
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += chunk
+        data = b""
+        while b"\r\n\r\n" not in data:
+            part = s.recv(65536)
+            if not part:
+                break
+            data += part
+        head_bytes, _, rest = data.partition(b"\r\n\r\n")
+        lines = head_bytes.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        hdrs = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            hdrs[k.strip().lower()] = v.strip()
+        length = int(hdrs.get("content-length", "0"))
+        while len(rest) < length:
+            part = s.recv(65536)
+            if not part:
+                break
+            rest += part
+        return Response(status, hdrs, rest[:length])
