@@ -81,6 +81,8 @@ class Settings:
     ca_bundle: str = ""
     unsupported_types: tuple[str, ...] = ()
     unsupported_type_ttl_seconds: int = 3600
+    version_guard_max_entries: int = 100_000
+    version_guard_max_age_seconds: int = 7 * 24 * 3600
 
     @staticmethod
     def from_env(env: Mapping[str, str]) -> "Settings":
@@ -129,6 +131,14 @@ class Settings:
         ttl = get("RELAY_UNSUPPORTED_TYPE_TTL_SECONDS", "3600")
         if not ttl.isdigit() or not 1 <= int(ttl) <= 604800:
             raise SettingsError(f"RELAY_UNSUPPORTED_TYPE_TTL_SECONDS must be 1 to 604800 seconds, got {ttl!r}")
+        guard_entries = get("RELAY_VERSION_GUARD_MAX_ENTRIES", "100000")
+        if not guard_entries.isdigit() or int(guard_entries) > 10_000_000:
+            raise SettingsError(
+                f"RELAY_VERSION_GUARD_MAX_ENTRIES must be 0 (off) to 10000000, got {guard_entries!r}")
+        guard_age = get("RELAY_VERSION_GUARD_MAX_AGE_SECONDS", str(7 * 24 * 3600))
+        if not guard_age.isdigit() or int(guard_age) == 0:
+            raise SettingsError(
+                f"RELAY_VERSION_GUARD_MAX_AGE_SECONDS must be a positive number of seconds, got {guard_age!r}")
         ca_bundle = get("RELAY_CA_BUNDLE") or next(
             (c for c in CA_BUNDLE_CANDIDATES if Path(c).exists()), CA_BUNDLE_CANDIDATES[0]
         )
@@ -145,6 +155,8 @@ class Settings:
             ca_bundle=ca_bundle,
             unsupported_types=unsupported,
             unsupported_type_ttl_seconds=int(ttl),
+            version_guard_max_entries=int(guard_entries),
+            version_guard_max_age_seconds=int(guard_age),
         )
 
     @property
@@ -167,6 +179,8 @@ class Settings:
             "healthlake_host": self.authority,
             "max_body_bytes": self.max_body_bytes,
             "unsupported_type_ttl_seconds": self.unsupported_type_ttl_seconds,
+            "version_guard_max_entries": self.version_guard_max_entries,
+            "version_guard_max_age_seconds": self.version_guard_max_age_seconds,
         }
         if self.unsupported_types:
             config["unsupported_types"] = list(self.unsupported_types)
