@@ -7,6 +7,7 @@
 //! - [`faults`]: fault injection (errors, resets, throttling, delays, unsupported types).
 //! - [`server`]: routing, handlers, the request log and the inspection endpoints.
 //! - [`net`]: the hyper HTTP/1.1 accept loop and abortive closes.
+//! - [`sts`]: the STS recording proxy and the temporary credentials it learns.
 //! - [`timefmt`]: the few UTC date formats involved.
 
 pub mod faults;
@@ -15,9 +16,12 @@ pub mod net;
 pub mod server;
 pub mod sigv4;
 pub mod store;
+pub mod sts;
 pub mod timefmt;
 
 pub use faults::{Fault, FaultSettings};
 pub use net::serve;
 pub use server::{Answer, App, Config, RequestRecord};
 pub use sigv4::Credential;
+pub use sts::proxy::{serve_sts_proxy, StsUpstream};
+pub use sts::{StsCall, StsStatus, UpstreamOutcome};

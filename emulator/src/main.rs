@@ -11,7 +11,9 @@ use clap::Parser;
 use http::StatusCode;
 use tokio::net::TcpListener;
 
-use healthlake_emulator::{serve, App, Config, Credential, FaultSettings};
+use healthlake_emulator::{
+    serve, serve_sts_proxy, App, Config, Credential, FaultSettings, StsUpstream,
+};
 
 /// The environment variable holding extra credential sets, `,`-separated.
 const CREDENTIALS_ENV: &str = "EMULATOR_CREDENTIALS";
@@ -66,6 +68,26 @@ struct Cli {
     /// (comma-separated; added to the unsupported_types of --faults).
     #[arg(long, value_name = "TYPE,TYPE,...", value_delimiter = ',')]
     unsupported_types: Vec<String>,
+
+    /// Open a second listener that forwards every request unchanged to this STS (loopback
+    /// http only, e.g. http://127.0.0.1:5000) and accepts the temporary credentials it issues
+    /// until they expire.
+    #[arg(long, value_name = "URL")]
+    sts_upstream: Option<String>,
+
+    /// Address of the STS proxy listener (with --sts-upstream).
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:0",
+        requires = "sts_upstream"
+    )]
+    sts_listen: String,
+
+    /// After binding, write the STS proxy's port (digits and a newline) to this file,
+    /// atomically, before --port-file is written (with --sts-upstream).
+    #[arg(long, value_name = "PATH", requires = "sts_upstream")]
+    sts_port_file: Option<PathBuf>,
 }
 
 fn parse_delete_status(s: &str) -> Result<u16, String> {
@@ -182,12 +204,37 @@ async fn run(cli: Cli) -> Result<(), String> {
         faults,
     };
 
+    let sts_upstream = cli
+        .sts_upstream
+        .as_deref()
+        .map(StsUpstream::parse)
+        .transpose()
+        .map_err(|e| format!("--sts-upstream: {e}"))?;
+
     let listener = TcpListener::bind(&cli.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cli.listen))?;
     let addr = listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    // The STS listener is bound and its port file written before --port-file, so a harness
+    // waiting for --port-file finds both.
+    let sts = match sts_upstream {
+        Some(upstream) => {
+            let sts_listener = TcpListener::bind(&cli.sts_listen)
+                .await
+                .map_err(|e| format!("cannot listen on {} (--sts-listen): {e}", cli.sts_listen))?;
+            let sts_addr = sts_listener
+                .local_addr()
+                .map_err(|e| format!("cannot read the bound STS proxy address: {e}"))?;
+            if let Some(path) = &cli.sts_port_file {
+                write_port_file(path, sts_addr.port())
+                    .map_err(|e| format!("cannot write STS port file {}: {e}", path.display()))?;
+            }
+            Some((sts_listener, sts_addr, Arc::new(upstream)))
+        }
+        None => None,
+    };
     if let Some(path) = &cli.port_file {
         write_port_file(path, addr.port())
             .map_err(|e| format!("cannot write port file {}: {e}", path.display()))?;
@@ -218,38 +265,69 @@ async fn run(cli: Cli) -> Result<(), String> {
             serde_json::to_string(&config.faults).unwrap_or_default()
         );
     }
-    if config.credentials.is_empty() {
+    if let Some((_, sts_addr, upstream)) = &sts {
+        eprintln!(
+            "healthlake-emulator: STS proxy on {} -> {}; temporary credentials it issues are accepted until they expire",
+            shown_addr(*sts_addr),
+            upstream.url()
+        );
+    }
+    if config.credentials.is_empty() && sts.is_none() {
         eprintln!(
             "healthlake-emulator: warning: no credentials configured (--credential or {CREDENTIALS_ENV}); every data-plane request will be rejected"
         );
     }
 
-    let shown_ip = if addr.ip().is_unspecified() {
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "healthlake-emulator listening on http://{}",
+            shown_addr(addr)
+        )
+        .and_then(|()| match &sts {
+            // A second line: harnesses read the first one.
+            Some((_, sts_addr, upstream)) => writeln!(
+                out,
+                "healthlake-emulator STS proxy listening on http://{}, forwarding to {}",
+                shown_addr(*sts_addr),
+                upstream.url()
+            ),
+            None => Ok(()),
+        })
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("cannot write to stdout: {e}"))?;
+    }
+
+    let app = Arc::new(App::new(config));
+    let sts_proxy = async {
+        match sts {
+            Some((sts_listener, _, upstream)) => {
+                serve_sts_proxy(sts_listener, Arc::clone(&app), upstream).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = serve(listener, Arc::clone(&app)) => {}
+        () = sts_proxy => {}
+        () = shutdown_signal() => {
+            eprintln!("healthlake-emulator: shutting down");
+        }
+    }
+    Ok(())
+}
+
+/// `127.0.0.1:PORT` for a wildcard bind, `[v6]:PORT` for IPv6.
+fn shown_addr(addr: std::net::SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
     } else if addr.is_ipv6() {
         format!("[{}]", addr.ip())
     } else {
         addr.ip().to_string()
     };
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "healthlake-emulator listening on http://{shown_ip}:{}",
-            addr.port()
-        )
-        .and_then(|()| out.flush())
-        .map_err(|e| format!("cannot write to stdout: {e}"))?;
-    }
-
-    let app = Arc::new(App::new(config));
-    tokio::select! {
-        () = serve(listener, app) => {}
-        () = shutdown_signal() => {
-            eprintln!("healthlake-emulator: shutting down");
-        }
-    }
-    Ok(())
+    format!("{ip}:{}", addr.port())
 }
 
 fn main() -> ExitCode {
@@ -370,5 +448,27 @@ mod tests {
         .unwrap();
         assert_eq!(cli.unsupported_types, ["Basic", "Subscription"]);
         assert_eq!(cli.faults, Some(PathBuf::from("f.json")));
+
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(
+            (cli.sts_upstream, cli.sts_listen),
+            (None, "127.0.0.1:0".into())
+        );
+        let cli = Cli::try_parse_from([
+            "x",
+            "--sts-upstream",
+            "http://127.0.0.1:5000",
+            "--sts-listen",
+            "127.0.0.1:5555",
+            "--sts-port-file",
+            "sts.port",
+        ])
+        .unwrap();
+        assert_eq!(cli.sts_upstream.as_deref(), Some("http://127.0.0.1:5000"));
+        assert_eq!(cli.sts_listen, "127.0.0.1:5555");
+        assert_eq!(cli.sts_port_file, Some(PathBuf::from("sts.port")));
+        // The STS listener's flags need an upstream.
+        assert!(Cli::try_parse_from(["x", "--sts-listen", "127.0.0.1:1"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--sts-port-file", "p"]).is_err());
     }
 }

@@ -1,6 +1,8 @@
 //! The HTTP side: routing, the data-plane handlers (`/datastore/{ds}/r4/{Type}/{id}`), fault
-//! injection into them, the request log and the inspection endpoints (`/_emulator/...`).
+//! injection into them, the request log, the STS ledger and the inspection endpoints
+//! (`/_emulator/...`).
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -17,6 +19,7 @@ use crate::faults::{self, Fault, FaultInjector, FaultReply, FaultSettings};
 use crate::fhir::{self, FHIR_JSON};
 use crate::sigv4::{self, Credential, Policy, Request as SignedRequest};
 use crate::store::Store;
+use crate::sts::{StsCall, StsLedger, StsStatus, UpstreamOutcome};
 use crate::timefmt;
 
 /// The SigV4 service name HealthLake signs with.
@@ -81,6 +84,14 @@ pub struct RequestRecord {
     pub body_sha256: String,
     pub has_security_token: bool,
     pub x_amz_date: Option<String>,
+    /// Where the access key id's credential set came from: `"static"` (`--credential`,
+    /// `EMULATOR_CREDENTIALS`) or `"sts"` (issued through the STS proxy); null when the key is
+    /// unknown or the request named none.
+    pub credential_source: Option<String>,
+    /// When that set expires (RFC 3339 UTC with milliseconds); null for a static set.
+    pub credential_expires_at: Option<String>,
+    /// Whether that set was unexpired when the request arrived; null when the key is unknown.
+    pub credential_valid: Option<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -89,6 +100,8 @@ struct State {
     requests: Vec<RequestRecord>,
     seq: u64,
     faults: FaultInjector,
+    /// Not cleared by `POST /_emulator/reset`.
+    sts: StsLedger,
 }
 
 /// The emulator: configuration plus shared mutable state.
@@ -282,6 +295,41 @@ impl Observed {
     }
 }
 
+/// What the request log says about the credential set a request named.
+#[derive(Clone, Debug, Default)]
+struct CredentialFacts {
+    source: Option<&'static str>,
+    expires_at: Option<SystemTime>,
+    valid: Option<bool>,
+}
+
+impl CredentialFacts {
+    /// The facts about `access_key_id` among `credentials`, the first `static_count` of which
+    /// are the static sets (the verifier takes the first set with the key, so does this).
+    fn of(
+        credentials: &[Credential],
+        static_count: usize,
+        access_key_id: Option<&str>,
+        now: SystemTime,
+    ) -> Self {
+        let Some(akid) = access_key_id else {
+            return CredentialFacts::default();
+        };
+        match credentials
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.access_key_id == akid)
+        {
+            Some((i, c)) => CredentialFacts {
+                source: Some(if i < static_count { "static" } else { "sts" }),
+                expires_at: c.expires_at,
+                valid: Some(!c.is_expired_at(now)),
+            },
+            None => CredentialFacts::default(),
+        }
+    }
+}
+
 /// How a request fared, for the request log.
 struct Verdict {
     /// The status answered; 0 for a reset.
@@ -292,10 +340,11 @@ struct Verdict {
     error: Option<String>,
     error_code: Option<String>,
     fault: Option<Fault>,
+    credential: CredentialFacts,
 }
 
 impl Verdict {
-    fn new(status: u16, v: &sigv4::Verification) -> Self {
+    fn new(status: u16, v: &sigv4::Verification, credential: &CredentialFacts) -> Self {
         Verdict {
             status,
             verified: v.is_verified(),
@@ -304,6 +353,7 @@ impl Verdict {
             error: None,
             error_code: None,
             fault: None,
+            credential: credential.clone(),
         }
     }
 }
@@ -396,6 +446,41 @@ impl App {
         self.lock().faults.status()
     }
 
+    /// Records a call through the STS proxy; a successful credential-issuing answer makes its
+    /// credential set accepted until its expiration (see [`StsLedger::record`]).
+    pub fn record_sts_call(
+        &self,
+        action: Option<&str>,
+        outcome: UpstreamOutcome<'_>,
+        now: SystemTime,
+    ) -> StsCall {
+        self.lock().sts.record(action, outcome, now)
+    }
+
+    /// The STS call log and the issued credential sets, `expired` as of `now`.
+    pub fn sts(&self, now: SystemTime) -> StsStatus {
+        self.lock().sts.status(now)
+    }
+
+    /// Makes every STS-issued credential set that has not expired yet expire at `now`; returns
+    /// how many.
+    pub fn expire_sts_credentials(&self, now: SystemTime) -> usize {
+        self.lock().sts.expire_all(now)
+    }
+
+    /// The credential sets the verifier accepts: the static ones, then those STS issued (the
+    /// verifier takes the first set with a key id, so a static set wins a clash).
+    fn accepted_credentials(&self) -> Cow<'_, [Credential]> {
+        let state = self.lock();
+        if state.sts.is_empty() {
+            Cow::Borrowed(self.config.credentials.as_slice())
+        } else {
+            let mut all = self.config.credentials.clone();
+            all.extend(state.sts.credentials().cloned());
+            Cow::Owned(all)
+        }
+    }
+
     /// A `500` OperationOutcome for a failure of the emulator itself.
     pub fn internal_error(diagnostics: &str) -> Resp {
         outcome_response(StatusCode::INTERNAL_SERVER_ERROR, "exception", diagnostics)
@@ -426,7 +511,7 @@ impl App {
     ) -> Answer {
         let request_id = self.next_request_id();
         let answer = if is_inspection(uri.path()) {
-            let resp = self.inspect(method, uri.path(), &body);
+            let resp = self.inspect(method, uri.path(), &body, now);
             self.log_line(method, uri, resp.status().as_str(), "inspection");
             Answer::Respond(resp)
         } else {
@@ -461,7 +546,7 @@ impl App {
         headers: &HeaderMap,
         body: &[u8],
         now: SystemTime,
-    ) -> sigv4::Verification {
+    ) -> (sigv4::Verification, CredentialFacts) {
         let header_list: Vec<(&str, &[u8])> = headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_bytes()))
@@ -473,15 +558,23 @@ impl App {
             headers: &header_list,
             body,
         };
+        let credentials = self.accepted_credentials();
         let policy = Policy {
             region: &self.config.region,
             service: SERVICE,
-            credentials: &self.config.credentials,
+            credentials: &credentials,
             now,
             max_skew: self.config.max_skew,
             normalize_path: true,
         };
-        sigv4::verify(&signed, &policy)
+        let verification = sigv4::verify(&signed, &policy);
+        let facts = CredentialFacts::of(
+            &credentials,
+            self.config.credentials.len(),
+            verification.access_key_id.as_deref(),
+            now,
+        );
+        (verification, facts)
     }
 
     async fn data_plane(
@@ -494,26 +587,36 @@ impl App {
         request_id: &str,
     ) -> Answer {
         let observed = Observed::new(request_id, method, uri, headers, &body);
-        let verification = self.verify(method, uri, headers, &body, now);
+        let (verification, credential) = self.verify(method, uri, headers, &body, now);
 
         if let Some(e) = verification.error() {
-            let mut body = serde_json::Map::new();
-            body.insert("__type".into(), json!(e.reason.error_type()));
-            body.insert("message".into(), json!(e.message));
-            if let Some(c) = &verification.canonical_request {
-                body.insert("canonicalRequest".into(), json!(redact_token_line(c)));
-            }
-            if let Some(s) = &verification.string_to_sign {
-                body.insert("stringToSign".into(), json!(s));
-            }
-            let resp = response(
-                StatusCode::FORBIDDEN,
-                &[
-                    ("content-type", AWS_JSON.to_string()),
-                    ("x-amzn-errortype", e.reason.error_type().to_string()),
-                ],
-                serde_json::to_vec(&body).unwrap_or_default(),
-            );
+            let resp = if e.reason == sigv4::Reason::ExpiredToken {
+                // As AWS answers it: nothing to debug in the signature.
+                aws_error_response(
+                    StatusCode::FORBIDDEN,
+                    e.reason.error_type(),
+                    &e.message,
+                    None,
+                )
+            } else {
+                let mut body = serde_json::Map::new();
+                body.insert("__type".into(), json!(e.reason.error_type()));
+                body.insert("message".into(), json!(e.message));
+                if let Some(c) = &verification.canonical_request {
+                    body.insert("canonicalRequest".into(), json!(redact_token_line(c)));
+                }
+                if let Some(s) = &verification.string_to_sign {
+                    body.insert("stringToSign".into(), json!(s));
+                }
+                response(
+                    StatusCode::FORBIDDEN,
+                    &[
+                        ("content-type", AWS_JSON.to_string()),
+                        ("x-amzn-errortype", e.reason.error_type().to_string()),
+                    ],
+                    serde_json::to_vec(&body).unwrap_or_default(),
+                )
+            };
             // A rejected request consumes no fault, but `latency_ms` applies to every answer.
             let latency = self.lock().faults.latency();
             wait(latency).await;
@@ -529,7 +632,7 @@ impl App {
                 Verdict {
                     error: Some(reason),
                     error_code: Some(e.reason.code().to_string()),
-                    ..Verdict::new(resp.status().as_u16(), &verification)
+                    ..Verdict::new(resp.status().as_u16(), &verification, &credential)
                 },
             );
             return Answer::Respond(resp);
@@ -559,7 +662,7 @@ impl App {
                     Verdict {
                         error: Some(RESET_DIAGNOSTICS.to_string()),
                         fault: Some(fault),
-                        ..Verdict::new(0, &verification)
+                        ..Verdict::new(0, &verification, &credential)
                     },
                 );
                 return Answer::Reset;
@@ -607,7 +710,7 @@ impl App {
             Verdict {
                 error: handled.problem,
                 fault: handled.fault,
-                ..Verdict::new(handled.resp.status().as_u16(), &verification)
+                ..Verdict::new(handled.resp.status().as_u16(), &verification, &credential)
             },
         );
         Answer::Respond(handled.resp)
@@ -638,6 +741,12 @@ impl App {
             body_sha256: o.body_sha256,
             has_security_token: o.has_security_token,
             x_amz_date: o.x_amz_date,
+            credential_source: verdict.credential.source.map(str::to_string),
+            credential_expires_at: verdict
+                .credential
+                .expires_at
+                .map(timefmt::format_rfc3339_millis),
+            credential_valid: verdict.credential.valid,
         };
         state.requests.push(record);
     }
@@ -786,7 +895,7 @@ impl App {
     }
 
     /// The unsigned `/_emulator/...` endpoints.
-    fn inspect(&self, method: &Method, path: &str, body: &Bytes) -> Resp {
+    fn inspect(&self, method: &Method, path: &str, body: &Bytes, now: SystemTime) -> Resp {
         let text = |status: StatusCode, body: &'static str| {
             response(
                 status,
@@ -799,8 +908,9 @@ impl App {
             ["_emulator", "health"]
             | ["_emulator", "resources"]
             | ["_emulator", "resources", _, _]
-            | ["_emulator", "requests"] => vec![Method::GET],
-            ["_emulator", "reset"] => vec![Method::POST],
+            | ["_emulator", "requests"]
+            | ["_emulator", "sts"] => vec![Method::GET],
+            ["_emulator", "reset"] | ["_emulator", "sts", "expire"] => vec![Method::POST],
             ["_emulator", "faults"] => vec![Method::GET, Method::PUT, Method::DELETE],
             _ => {
                 return outcome_response(
@@ -826,6 +936,8 @@ impl App {
         match (segments.as_slice(), method) {
             (["_emulator", "health"], _) => text(StatusCode::OK, "ok"),
             (["_emulator", "reset"], _) => {
+                // The STS ledger is kept: issued credentials stay valid until they expire, as
+                // they would at AWS, and a relay caching them goes on using them.
                 let mut state = self.lock();
                 state.store.clear();
                 state.requests.clear();
@@ -833,6 +945,11 @@ impl App {
                 state.faults.reset(self.config.faults.clone());
                 text(StatusCode::OK, "ok")
             }
+            (["_emulator", "sts"], _) => json_response(StatusCode::OK, &self.sts(now)),
+            (["_emulator", "sts", "expire"], _) => json_response(
+                StatusCode::OK,
+                &json!({ "expired": self.expire_sts_credentials(now) }),
+            ),
             (["_emulator", "faults"], &Method::PUT) => match FaultSettings::from_json(body) {
                 Ok(settings) => {
                     let mut state = self.lock();
@@ -943,6 +1060,7 @@ impl App {
                             error: Some(msg),
                             error_code: Some("body_unreadable".to_string()),
                             fault: None,
+                            credential: CredentialFacts::default(),
                         },
                     );
                 }

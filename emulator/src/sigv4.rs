@@ -6,9 +6,10 @@
 //!
 //! [`verify`] rebuilds the canonical request and the string to sign from the request exactly as
 //! received, applies the policy a HealthLake-like service enforces (credential scope, required
-//! signed headers, session token, clock skew, `x-amz-content-sha256`), and compares signatures in
-//! constant time. Whatever it managed to compute before failing is returned alongside the error,
-//! so the emulator can show a client the canonical request it should have signed.
+//! signed headers, session token, clock skew, `x-amz-content-sha256`), compares signatures in
+//! constant time, and finally rejects an expired temporary credential. Whatever it managed to
+//! compute before failing is returned alongside the error, so the emulator can show a client the
+//! canonical request it should have signed.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -23,6 +24,8 @@ use crate::timefmt;
 pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 /// The terminator of every SigV4 credential scope.
 pub const SCOPE_TERMINATOR: &str = "aws4_request";
+/// AWS's message for an expired session token (`ExpiredTokenException`).
+pub const EXPIRED_TOKEN_MESSAGE: &str = "The security token included in the request is expired";
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -32,6 +35,9 @@ pub struct Credential {
     pub access_key_id: String,
     pub secret_access_key: String,
     pub session_token: Option<String>,
+    /// When the set stops being accepted (a temporary credential issued by STS): a request
+    /// verified at or after this instant fails with [`Reason::ExpiredToken`]. `None` never expires.
+    pub expires_at: Option<SystemTime>,
 }
 
 impl fmt::Debug for Credential {
@@ -42,6 +48,10 @@ impl fmt::Debug for Credential {
             .field(
                 "session_token",
                 &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "expires_at",
+                &self.expires_at.map(timefmt::format_rfc3339_millis),
             )
             .finish()
     }
@@ -57,7 +67,21 @@ impl Credential {
             access_key_id: access_key_id.into(),
             secret_access_key: secret_access_key.into(),
             session_token,
+            expires_at: None,
         }
+    }
+
+    /// The same set, accepted only until `expires_at`.
+    pub fn expiring_at(self, expires_at: SystemTime) -> Self {
+        Credential {
+            expires_at: Some(expires_at),
+            ..self
+        }
+    }
+
+    /// True when the set has an expiry and `now` is at or past it.
+    pub fn is_expired_at(&self, now: SystemTime) -> bool {
+        self.expires_at.is_some_and(|e| now >= e)
     }
 
     /// Parses `AKID:SECRET` or `AKID:SECRET:SESSIONTOKEN`. Error messages never contain the
@@ -166,6 +190,9 @@ pub enum Reason {
     PayloadHashMismatch,
     /// The signature does not match.
     SignatureMismatch,
+    /// Everything else is right, but the credential set has expired
+    /// ([`Credential::expires_at`]).
+    ExpiredToken,
 }
 
 impl Reason {
@@ -190,6 +217,7 @@ impl Reason {
             | Reason::RequestNotYetValid
             | Reason::PayloadHashMismatch
             | Reason::SignatureMismatch => "InvalidSignatureException",
+            Reason::ExpiredToken => "ExpiredTokenException",
         }
     }
 
@@ -214,6 +242,7 @@ impl Reason {
             Reason::RequestNotYetValid => "request_not_yet_valid",
             Reason::PayloadHashMismatch => "payload_hash_mismatch",
             Reason::SignatureMismatch => "signature_mismatch",
+            Reason::ExpiredToken => "expired_token",
         }
     }
 }
@@ -981,6 +1010,12 @@ fn verify_into(
             Reason::SignatureMismatch,
             "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Compare your canonical request and string to sign with the ones in this response.",
         ));
+    }
+
+    // 11. An expired temporary credential. Checked last, so a request is only reported as
+    // expired when it would otherwise have been accepted.
+    if credential.is_expired_at(policy.now) {
+        return Err(err(Reason::ExpiredToken, EXPIRED_TOKEN_MESSAGE));
     }
     Ok(())
 }

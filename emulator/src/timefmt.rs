@@ -1,5 +1,6 @@
 //! Small UTC date/time helpers: the `x-amz-date` basic ISO-8601 format, RFC 3339 with
-//! milliseconds (FHIR `meta.lastUpdated`) and the IMF-fixdate of `Last-Modified`.
+//! milliseconds (FHIR `meta.lastUpdated`), the IMF-fixdate of `Last-Modified`, and the extended
+//! ISO-8601 timestamps STS writes as a credential's `Expiration`.
 //!
 //! Civil-date conversion uses the days-from-civil / civil-from-days algorithms for the proleptic
 //! Gregorian calendar, which are exact for every date these formats can express.
@@ -222,6 +223,79 @@ pub fn parse_rfc3339_utc_seconds(s: &str) -> Option<i64> {
     parse_amz_date(&basic)
 }
 
+/// Parses an extended ISO-8601 / RFC 3339 timestamp with a UTC offset, as STS writes a
+/// credential's `Expiration`: `YYYY-MM-DDTHH:MM:SS`, optional fractional seconds (any number of
+/// digits; beyond nanoseconds they are ignored), then `Z`, `+HH:MM`, `-HH:MM`, `+HHMM` or
+/// `-HHMM`. `T`/`Z` may be lowercase.
+pub fn parse_iso8601(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b.get(4) != Some(&b'-')
+        || b.get(7) != Some(&b'-')
+        || !matches!(b.get(10), Some(b'T' | b't'))
+        || b.get(13) != Some(&b':')
+        || b.get(16) != Some(&b':')
+    {
+        return None;
+    }
+    let year = i64::from(digits(b.get(0..4)?)?);
+    let month = digits(b.get(5..7)?)?;
+    let day = digits(b.get(8..10)?)?;
+    let hour = digits(b.get(11..13)?)?;
+    let minute = digits(b.get(14..16)?)?;
+    let second = digits(b.get(17..19)?)?;
+    if !(1..=12).contains(&month)
+        || day == 0
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let mut rest = b.get(19..)?;
+    let mut nanos: u32 = 0;
+    if let Some((b'.', tail)) = rest.split_first() {
+        let count = tail.iter().take_while(|c| c.is_ascii_digit()).count();
+        if count == 0 {
+            return None;
+        }
+        let mut scale = 100_000_000u32;
+        for d in tail.get(..count)?.iter().take(9) {
+            nanos += u32::from(d - b'0') * scale;
+            scale /= 10;
+        }
+        rest = tail.get(count..)?;
+    }
+    let offset_seconds: i64 = match rest {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] | [sign @ (b'+' | b'-'), h1, h2, m1, m2] => {
+            let oh = digits(&[*h1, *h2])?;
+            let om = digits(&[*m1, *m2])?;
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let magnitude = i64::from(oh * 3600 + om * 60);
+            if *sign == b'-' {
+                -magnitude
+            } else {
+                magnitude
+            }
+        }
+        _ => return None,
+    };
+    let local = unix_seconds(&Civil {
+        year,
+        month,
+        day,
+        hour,
+        minute,
+        second,
+        millis: 0,
+    });
+    Some(unix_to_system_time(local - offset_seconds) + Duration::from_nanos(u64::from(nanos)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,5 +331,45 @@ mod tests {
             "Sun, 06 Nov 1994 08:49:37 GMT"
         );
         assert_eq!(system_time_to_unix(unix_to_system_time(-5)), -5);
+    }
+
+    #[test]
+    fn parses_sts_expirations() {
+        let base = unix_to_system_time(1_795_820_400); // 2026-11-27T23:00:00Z
+        assert_eq!(parse_iso8601("2026-11-27T23:00:00Z"), Some(base));
+        assert_eq!(parse_iso8601("2026-11-27t23:00:00z"), Some(base));
+        assert_eq!(parse_iso8601("2026-11-27T23:00:00+00:00"), Some(base));
+        assert_eq!(parse_iso8601("2026-11-28T00:30:00+01:30"), Some(base));
+        assert_eq!(parse_iso8601("2026-11-27T21:00:00-0200"), Some(base));
+        assert_eq!(
+            parse_iso8601("2026-11-27T23:00:00.5Z"),
+            Some(base + Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_iso8601("2026-11-27T23:00:00.123456+00:00"),
+            Some(base + Duration::from_micros(123_456))
+        );
+        assert_eq!(
+            parse_iso8601("2026-11-27T23:00:00.1234567891234Z"),
+            Some(base + Duration::from_nanos(123_456_789))
+        );
+        assert_eq!(
+            format_rfc3339_millis(parse_iso8601("2026-11-27T23:00:00.000Z").unwrap()),
+            "2026-11-27T23:00:00.000Z"
+        );
+        for bad in [
+            "",
+            "2026-11-27T23:00:00",
+            "2026-11-27 23:00:00Z",
+            "2026-11-27T23:00:00.Z",
+            "2026-11-27T24:00:00Z",
+            "2026-02-29T23:00:00Z",
+            "2026-11-27T23:00:00+25:00",
+            "2026-11-27T23:00:00+00",
+            "2026-11-27T23:00:00ZZ",
+            "20261127T230000Z",
+        ] {
+            assert_eq!(parse_iso8601(bad), None, "{bad}");
+        }
     }
 }

@@ -1,0 +1,449 @@
+//! The STS recording proxy over real sockets: the real binary started with `--sts-upstream`
+//! pointing at a fake STS in this test (a plain TCP server that records the exact bytes it
+//! receives and answers canned AssumeRole / ErrorResponse XML), then HealthLake requests signed
+//! with the issued credentials.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use healthlake_emulator::timefmt;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_healthlake-emulator");
+
+const ISSUED_AKID: &str = "ASIAFAKESTS000000001";
+const ISSUED_SECRET: &str = "fake/sts+Secret0000000000000000000000000";
+const ISSUED_TOKEN: &str = "FQoGZXIvYXdzEFakeStsSessionToken//////////+abc==";
+
+struct Emulator {
+    child: Child,
+    port: u16,
+    sts_port: u16,
+    stdout_second_line: String,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("hle-{tag}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn start(upstream: &str) -> Emulator {
+    let dir = temp_dir("sts");
+    let port_file = dir.join("port");
+    let sts_port_file = dir.join("sts.port");
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--port-file"])
+        .arg(&port_file)
+        .args(["--credential", &format!("{AKID}:{SECRET}")])
+        .args(["--sts-upstream", upstream, "--sts-listen", "127.0.0.1:0"])
+        .arg("--sts-port-file")
+        .arg(&sts_port_file)
+        .env_remove("EMULATOR_CREDENTIALS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let mut second = String::new();
+    out.read_line(&mut second).unwrap();
+    let read_port = |path: &std::path::Path| -> u16 {
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.ends_with('\n'), "{text:?}");
+        text.trim().parse().unwrap()
+    };
+    let port = read_port(&port_file);
+    let sts_port = read_port(&sts_port_file);
+    assert_eq!(
+        first.trim_end(),
+        format!("healthlake-emulator listening on http://127.0.0.1:{port}")
+    );
+    Emulator {
+        child,
+        port,
+        sts_port,
+        stdout_second_line: second.trim_end().to_string(),
+        dir,
+    }
+}
+
+/// A fake STS: answers each connection with the next canned answer and reports the exact bytes
+/// of each request it received.
+fn fake_sts(answers: Vec<Vec<u8>>) -> (u16, mpsc::Receiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for answer in answers {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let received = read_message(&mut stream);
+            tx.send(received).unwrap();
+            stream.write_all(&answer).unwrap();
+            stream.flush().unwrap();
+        }
+    });
+    (port, rx)
+}
+
+/// Reads one HTTP/1.1 message framed by Content-Length (or without a body), as raw bytes.
+fn read_message(stream: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).unwrap(),
+            1,
+            "message cut short: {buf:?}"
+        );
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf.clone()).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    stream.read_exact(&mut body).unwrap();
+    buf.extend_from_slice(&body);
+    buf
+}
+
+struct Raw {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+fn exchange_raw(stream: &mut TcpStream, request: &[u8]) -> Raw {
+    stream.write_all(request).unwrap();
+    let message = read_message(stream);
+    let split = message.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8(message[..split].to_vec()).unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    Raw {
+        status,
+        head,
+        body: message[split..].to_vec(),
+    }
+}
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s
+}
+
+/// The request as bytes on the wire, header names in `Title-Case` (as botocore writes them), a
+/// `Content-Length` last.
+fn wire(req: &http::Request<Vec<u8>>) -> Vec<u8> {
+    let title = |n: &str| {
+        n.split('-')
+            .map(|w| {
+                let mut c = w.chars();
+                c.next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("-")
+    };
+    let mut out = format!("{} {} HTTP/1.1\r\n", req.method(), req.uri());
+    for (n, v) in req.headers() {
+        out.push_str(&format!(
+            "{}: {}\r\n",
+            title(n.as_str()),
+            v.to_str().unwrap()
+        ));
+    }
+    out.push_str(&format!("Content-Length: {}\r\n\r\n", req.body().len()));
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(req.body());
+    bytes
+}
+
+fn plain(method: &str, path: &str, port: u16) -> Vec<u8> {
+    format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n")
+        .into_bytes()
+}
+
+fn http_answer(status: &str, extra_headers: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nx-amzn-RequestId: fake-request-1\r\n{extra_headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn assume_role_xml(expiration: &str) -> String {
+    format!(
+        r#"<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult><AssumedRoleUser><AssumedRoleId>AROAFAKE:relay</AssumedRoleId><Arn>arn:aws:sts::123456789012:assumed-role/writer/relay</Arn></AssumedRoleUser><Credentials><AccessKeyId>{ISSUED_AKID}</AccessKeyId><SecretAccessKey>{ISSUED_SECRET}</SecretAccessKey><SessionToken>{ISSUED_TOKEN}</SessionToken><Expiration>{expiration}</Expiration></Credentials></AssumeRoleResult><ResponseMetadata><RequestId>fake-request-1</RequestId></ResponseMetadata></AssumeRoleResponse>"#
+    )
+}
+
+const DENIED_XML: &str = r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>not authorized to perform sts:AssumeRole</Message></Error><RequestId>fake-request-2</RequestId></ErrorResponse>"#;
+
+/// An AssumeRole call signed by aws-sigv4 for STS, for the host the proxy is reached at.
+fn assume_role_request(sts_port: u16) -> http::Request<Vec<u8>> {
+    let body = b"Action=AssumeRole&RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Fwriter&RoleSessionName=relay&Version=2011-06-15";
+    signed_request(
+        "POST",
+        "/",
+        &[
+            ("host", &format!("127.0.0.1:{sts_port}")),
+            (
+                "content-type",
+                "application/x-www-form-urlencoded; charset=utf-8",
+            ),
+        ],
+        body,
+        &SignOpts {
+            service: "sts".into(),
+            ..SignOpts::long_term()
+        },
+    )
+}
+
+#[test]
+fn issued_credentials_are_accepted_then_expired() {
+    let expiration = timefmt::format_rfc3339_millis(SystemTime::now() + Duration::from_secs(3600))
+        .replace('Z', "+00:00");
+    let assume_role = assume_role_xml(&expiration);
+    let (upstream_port, received) = fake_sts(vec![
+        http_answer("200 OK", "", &assume_role),
+        http_answer(
+            "403 Forbidden",
+            "X-Amzn-ErrorType: AccessDenied\r\n",
+            DENIED_XML,
+        ),
+    ]);
+    let emu = start(&format!("http://127.0.0.1:{upstream_port}"));
+    assert_eq!(
+        emu.stdout_second_line,
+        format!(
+            "healthlake-emulator STS proxy listening on http://127.0.0.1:{}, forwarding to http://127.0.0.1:{upstream_port}",
+            emu.sts_port
+        )
+    );
+
+    // AssumeRole through the proxy: the upstream gets exactly the bytes sent (Host included),
+    // the caller exactly the upstream's answer (header spelling included; `Connection: close`
+    // is hop-by-hop and dropped, so the caller's connection stays open).
+    let sent = wire(&assume_role_request(emu.sts_port));
+    let mut sts_conn = connect(emu.sts_port);
+    let r = exchange_raw(&mut sts_conn, &sent);
+    let got = received.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&sent)
+    );
+    assert_eq!(got, sent);
+    assert!(String::from_utf8_lossy(&sent)
+        .contains(&format!("\r\nHost: 127.0.0.1:{}\r\n", emu.sts_port)));
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.body, assume_role.as_bytes());
+    assert!(
+        r.head.contains("\r\nx-amzn-RequestId: fake-request-1\r\n"),
+        "{}",
+        r.head
+    );
+    assert!(
+        r.head.contains("\r\nContent-Type: text/xml\r\n"),
+        "{}",
+        r.head
+    );
+    assert_eq!(r.header("connection"), None, "{}", r.head);
+
+    // The call log.
+    let mut ctl = connect(emu.port);
+    let v = exchange_raw(&mut ctl, &plain("GET", "/_emulator/sts", emu.port)).json();
+    let call = &v["calls"][0];
+    assert_eq!(call["seq"], 1);
+    assert_eq!(call["action"], "AssumeRole");
+    assert_eq!(call["status"], 200);
+    assert_eq!(call["issued_access_key_id"], ISSUED_AKID);
+    assert_eq!(call["expiration"], expiration.as_str());
+    assert_eq!(call["error_code"], Value::Null);
+    assert_eq!(call["proxy_error"], Value::Null);
+    assert!(timefmt::parse_iso8601(call["time"].as_str().unwrap()).is_some());
+    assert_eq!(v["issued"][0]["access_key_id"], ISSUED_AKID);
+    assert_eq!(v["issued"][0]["expired"], false);
+    let text = v.to_string();
+    assert!(!text.contains(ISSUED_SECRET) && !text.contains(ISSUED_TOKEN));
+
+    // A HealthLake PUT signed with the issued set: accepted.
+    let host = format!("127.0.0.1:{}", emu.port);
+    let put = signed_request(
+        "PUT",
+        &format!("/datastore/{DATASTORE}/r4/Patient/sts1"),
+        &[("host", &host), ("content-type", "application/fhir+json")],
+        &patient("sts1"),
+        &SignOpts {
+            access_key_id: ISSUED_AKID.into(),
+            secret: ISSUED_SECRET.into(),
+            token: Some(ISSUED_TOKEN.into()),
+            ..SignOpts::long_term()
+        },
+    );
+    let mut data = connect(emu.port);
+    let r = exchange_raw(&mut data, &wire(&put));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+
+    // Expire every issued set now.
+    let r = exchange_raw(&mut ctl, &plain("POST", "/_emulator/sts/expire", emu.port));
+    assert_eq!((r.status, r.json()), (200, json!({ "expired": 1 })));
+
+    // The same PUT again: ExpiredTokenException.
+    let r = exchange_raw(&mut data, &wire(&put));
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("x-amzn-errortype"), Some("ExpiredTokenException"));
+    assert_eq!(
+        r.json(),
+        json!({"__type": "ExpiredTokenException", "message": "The security token included in the request is expired"})
+    );
+
+    let log = exchange_raw(&mut ctl, &plain("GET", "/_emulator/requests", emu.port)).json();
+    let facts: Vec<(Value, Value, Value, bool)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["status"].clone(),
+                e["credential_source"].clone(),
+                e["credential_valid"].clone(),
+                e["credential_expires_at"].is_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        facts,
+        [
+            (json!(201), json!("sts"), json!(true), true),
+            (json!(403), json!("sts"), json!(false), true)
+        ]
+    );
+    let v = exchange_raw(&mut ctl, &plain("GET", "/_emulator/sts", emu.port)).json();
+    assert_eq!(v["issued"][0]["expired"], true);
+
+    // An error answer, on the same (kept-alive) proxy connection: passed on, its code recorded.
+    let r = exchange_raw(&mut sts_conn, &sent);
+    assert_eq!(
+        received.recv_timeout(Duration::from_secs(10)).unwrap(),
+        sent
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body, DENIED_XML.as_bytes());
+    assert!(
+        r.head.contains("\r\nX-Amzn-ErrorType: AccessDenied\r\n"),
+        "{}",
+        r.head
+    );
+    let v = exchange_raw(&mut ctl, &plain("GET", "/_emulator/sts", emu.port)).json();
+    let call = &v["calls"][1];
+    assert_eq!(
+        (
+            &call["seq"],
+            &call["status"],
+            &call["error_code"],
+            &call["issued_access_key_id"]
+        ),
+        (&json!(2), &json!(403), &json!("AccessDenied"), &Value::Null)
+    );
+    assert_eq!(v["issued"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn an_unreachable_upstream_is_a_502_and_recorded() {
+    // A port nothing listens on.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let emu = start(&format!("http://127.0.0.1:{port}"));
+    let mut conn = connect(emu.sts_port);
+    let r = exchange_raw(&mut conn, &wire(&assume_role_request(emu.sts_port)));
+    assert_eq!(r.status, 502, "{}", r.head);
+    assert!(String::from_utf8_lossy(&r.body).contains("cannot connect"));
+    let mut ctl = connect(emu.port);
+    let v = exchange_raw(&mut ctl, &plain("GET", "/_emulator/sts", emu.port)).json();
+    let call = &v["calls"][0];
+    assert_eq!(
+        (&call["action"], &call["status"]),
+        (&json!("AssumeRole"), &json!(502))
+    );
+    assert!(call["proxy_error"]
+        .as_str()
+        .unwrap()
+        .contains("cannot connect"));
+    assert_eq!(v["issued"], json!([]));
+}
+
+#[test]
+fn bad_sts_flags_are_a_configuration_error() {
+    for (args, expected) in [
+        (
+            vec!["--sts-upstream", "http://192.0.2.1:5000"],
+            "--sts-upstream",
+        ),
+        (vec!["--sts-upstream", "https://127.0.0.1:5000"], "http://"),
+        (vec!["--sts-listen", "127.0.0.1:0"], "--sts-upstream"),
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .env_remove("EMULATOR_CREDENTIALS")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
