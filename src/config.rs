@@ -45,6 +45,117 @@ struct RawConfig {
     version_guard_max_entries: Option<usize>,
     #[serde(default)]
     version_guard_max_age_seconds: Option<u64>,
+    #[serde(default)]
+    assume_role: Option<RawAssumeRole>,
+}
+
+/// `assume_role`: sign with temporary credentials of an IAM role, from STS AssumeRole.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAssumeRole {
+    role_arn: Option<String>,
+    session_name: Option<String>,
+    external_id: Option<String>,
+    duration_seconds: Option<u32>,
+    sts_cluster: Option<String>,
+    sts_host: Option<String>,
+    refresh_margin_seconds: Option<u64>,
+    first_fetch_wait_ms: Option<u64>,
+}
+
+/// Default AssumeRole session length (1 hour).
+pub const DEFAULT_ROLE_DURATION_SECONDS: u32 = 3600;
+/// Default: refresh from 15 minutes before expiry (as botocore does).
+pub const DEFAULT_REFRESH_MARGIN_SECONDS: u64 = 900;
+/// Default time a write waits for the first credentials.
+pub const DEFAULT_FIRST_FETCH_WAIT_MS: u64 = 5_000;
+
+fn assume_role(raw: RawAssumeRole, region: &str) -> Result<crate::sts::AssumeRole, ConfigError> {
+    let role_arn = required("assume_role.role_arn", raw.role_arn)?;
+    if !(role_arn.starts_with("arn:aws") && role_arn.contains(":role/")) {
+        return Err(err(
+            "assume_role.role_arn",
+            format!("expected an IAM role ARN such as arn:aws:iam::123456789012:role/name, got {role_arn:?}"),
+        ));
+    }
+    let session_name = raw
+        .session_name
+        .unwrap_or_else(|| "healthlake-relay".to_owned());
+    let name_ok = (2..=64).contains(&session_name.len())
+        && session_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
+    if !name_ok {
+        return Err(err(
+            "assume_role.session_name",
+            "expected 2 to 64 characters from letters, digits and +=,.@_-",
+        ));
+    }
+    let external_id = raw.external_id.filter(|e| !e.is_empty());
+    if let Some(e) = &external_id {
+        let ok = (2..=1224).contains(&e.len())
+            && e.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+=,.@:/_-".contains(&b));
+        if !ok {
+            return Err(err(
+                "assume_role.external_id",
+                "expected 2 to 1224 characters from letters, digits and +=,.@:/_-",
+            ));
+        }
+    }
+    let duration_seconds = raw
+        .duration_seconds
+        .unwrap_or(DEFAULT_ROLE_DURATION_SECONDS);
+    if !(900..=43_200).contains(&duration_seconds) {
+        return Err(err(
+            "assume_role.duration_seconds",
+            "expected 900 to 43200 seconds (STS's limits)",
+        ));
+    }
+    let refresh_margin_seconds = raw
+        .refresh_margin_seconds
+        .unwrap_or(DEFAULT_REFRESH_MARGIN_SECONDS);
+    if refresh_margin_seconds < 120 || refresh_margin_seconds >= u64::from(duration_seconds) {
+        return Err(err(
+            "assume_role.refresh_margin_seconds",
+            "expected at least 120 seconds and less than duration_seconds",
+        ));
+    }
+    let cluster = raw.sts_cluster.unwrap_or_else(|| "sts".to_owned());
+    if cluster.is_empty() {
+        return Err(err(
+            "assume_role.sts_cluster",
+            "expected an Envoy cluster name",
+        ));
+    }
+    let host = raw
+        .sts_host
+        .unwrap_or_else(|| format!("sts.{region}.amazonaws.com"));
+    if host.is_empty() || host.contains(['/', ' ', '@', '?', '#']) {
+        return Err(err(
+            "assume_role.sts_host",
+            "expected a host name with an optional port (no scheme or path)",
+        ));
+    }
+    let first_fetch_wait_ms = raw
+        .first_fetch_wait_ms
+        .unwrap_or(DEFAULT_FIRST_FETCH_WAIT_MS);
+    if first_fetch_wait_ms > 60_000 {
+        return Err(err(
+            "assume_role.first_fetch_wait_ms",
+            "expected at most 60000 milliseconds",
+        ));
+    }
+    Ok(crate::sts::AssumeRole {
+        role_arn,
+        session_name,
+        external_id,
+        duration_seconds,
+        cluster,
+        host,
+        refresh_margin_seconds,
+        first_fetch_wait_ms,
+    })
 }
 
 /// The validated configuration.
@@ -70,6 +181,8 @@ pub struct Config {
     pub retry_after_seconds: u64,
     /// Bounds of the version guard's memory; `None` when the guard is off.
     pub version_guard: Option<crate::versions::Limits>,
+    /// Temporary credentials from STS AssumeRole; `None` signs with the environment's.
+    pub assume_role: Option<crate::sts::AssumeRole>,
     /// `/datastore/{datastore_id}/r4`, the upstream prefix every forwarded path starts with.
     pub upstream_prefix: String,
 }
@@ -225,6 +338,11 @@ impl Config {
             max_age_seconds,
         });
 
+        let assume_role = match raw.assume_role {
+            Some(r) => Some(assume_role(r, &region)?),
+            None => None,
+        };
+
         let upstream_prefix = format!("/datastore/{datastore_id}/r4");
         Ok(Config {
             region,
@@ -236,6 +354,7 @@ impl Config {
             unsupported_type_ttl_seconds,
             retry_after_seconds,
             version_guard,
+            assume_role,
             upstream_prefix,
         })
     }
@@ -291,6 +410,54 @@ mod tests {
             c.version_guard.map(|l| l.max_entries),
             Some(DEFAULT_VERSION_GUARD_MAX_ENTRIES)
         );
+    }
+
+    #[test]
+    fn assume_role_defaults_and_checks() {
+        let c = parse(
+            r#"{"region":"eu-west-1","datastore_id":"d","healthlake_host":"h","assume_role":{"role_arn":"arn:aws:iam::123456789012:role/relay"}}"#,
+        )
+        .unwrap();
+        let r = c.assume_role.unwrap();
+        assert_eq!(r.host, "sts.eu-west-1.amazonaws.com");
+        assert_eq!(r.cluster, "sts");
+        assert_eq!(r.duration_seconds, DEFAULT_ROLE_DURATION_SECONDS);
+        assert_eq!(r.refresh_margin_seconds, DEFAULT_REFRESH_MARGIN_SECONDS);
+        assert_eq!(r.session_name, "healthlake-relay");
+        assert_eq!(r.external_id, None);
+        for (role, field) in [
+            (r#"{}"#, "assume_role.role_arn"),
+            (r#"{"role_arn":"relay"}"#, "assume_role.role_arn"),
+            (
+                r#"{"role_arn":"arn:aws:iam::1:role/r","session_name":"a b"}"#,
+                "assume_role.session_name",
+            ),
+            (
+                r#"{"role_arn":"arn:aws:iam::1:role/r","duration_seconds":60}"#,
+                "assume_role.duration_seconds",
+            ),
+            (
+                r#"{"role_arn":"arn:aws:iam::1:role/r","duration_seconds":900,"refresh_margin_seconds":900}"#,
+                "assume_role.refresh_margin_seconds",
+            ),
+            (
+                r#"{"role_arn":"arn:aws:iam::1:role/r","external_id":"a b"}"#,
+                "assume_role.external_id",
+            ),
+            (
+                r#"{"role_arn":"arn:aws:iam::1:role/r","sts_host":"https://x"}"#,
+                "assume_role.sts_host",
+            ),
+            (
+                r#"{"role_arn":"arn:aws:iam::1:role/r","rolearn":"x"}"#,
+                "configuration",
+            ),
+        ] {
+            let json = format!(
+                r#"{{"region":"us-east-1","datastore_id":"d","healthlake_host":"h","assume_role":{role}}}"#
+            );
+            assert_eq!(parse(&json).unwrap_err().field, field, "{role}");
+        }
     }
 
     #[test]

@@ -1,0 +1,349 @@
+//! Keeping temporary credentials fresh: one set per Envoy process, fetched by one worker,
+//! published to all through shared data, refreshed ahead of expiry, retried with back-off.
+//!
+//! Pure decisions over two shared-data records: [`Published`] (the credentials every worker signs
+//! with) and [`RefreshState`] (who is fetching, failures, back-off, a forced refresh).
+
+use crate::credentials::Credentials;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::time::{Duration, SystemTime};
+
+/// Shared-data key of the published credentials.
+pub const CREDENTIALS_KEY: &str = "healthlake_relay.credentials";
+/// Shared-data key of the refresh coordination.
+pub const STATE_KEY: &str = "healthlake_relay.credentials.refresh";
+
+/// How long a worker may hold the refresh lock (the STS call times out well before).
+pub const LOCK_MS: u64 = 15_000;
+/// The STS call's timeout.
+pub const CALL_TIMEOUT_MS: u64 = 10_000;
+/// Credentials are not used for a request when they expire sooner than this: a signed request
+/// (and Envoy's retries of it, within the route's 60 s timeout) must reach AWS before expiry.
+pub const MIN_REMAINING_MS: u64 = 90_000;
+
+const BACKOFF_BASE_MS: u64 = 1_000;
+const BACKOFF_CAP_MS: u64 = 60_000;
+
+/// The credentials every worker signs with. Holds secrets: never logged.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+    /// Unix milliseconds; `None` for credentials that do not expire.
+    pub expires_at_ms: Option<u64>,
+    /// When they were obtained (Unix ms).
+    pub issued_at_ms: u64,
+    /// Increases with every publication.
+    pub generation: u64,
+}
+
+/// Who refreshes, and when the next attempt may start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshState {
+    /// A worker is fetching until then (Unix ms).
+    pub lock_until_ms: u64,
+    /// Consecutive failed attempts.
+    pub failures: u32,
+    /// No attempt before then (Unix ms): the back-off after a failure.
+    pub next_attempt_ms: u64,
+    /// HealthLake said this generation's token expired: refresh now, and do not sign with it.
+    pub force_generation: Option<u64>,
+}
+
+/// Unix milliseconds of a time.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Published {
+    pub fn new(c: &Credentials, generation: u64, issued_at_ms: u64) -> Published {
+        Published {
+            access_key_id: c.access_key_id.clone(),
+            secret_access_key: c.secret_access_key.clone(),
+            session_token: c.session_token.clone(),
+            expires_at_ms: c.expires_at.map(unix_ms),
+            issued_at_ms,
+            generation,
+        }
+    }
+
+    pub fn credentials(&self) -> Credentials {
+        Credentials {
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            session_token: self.session_token.clone(),
+            expires_at: self
+                .expires_at_ms
+                .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Published> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    /// A spread of the refresh start, the same for every worker (it depends on the credentials),
+    /// so that relays started together do not all call STS at the same moment: up to a tenth of
+    /// the time the credentials are used before the margin, and at most a fifth of the margin.
+    fn jitter_ms(&self, margin_ms: u64) -> u64 {
+        let used = self.expires_at_ms.map_or(0, |e| {
+            e.saturating_sub(self.issued_at_ms)
+                .saturating_sub(margin_ms)
+        });
+        let spread = (used / 10).min(margin_ms / 5).max(1);
+        let digest = Sha256::digest(self.access_key_id.as_bytes());
+        let mut n = [0u8; 8];
+        n.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
+        u64::from_le_bytes(n) % spread
+    }
+
+    /// When the refresh of these credentials starts (Unix ms), or never.
+    pub fn refresh_at_ms(&self, margin_ms: u64) -> Option<u64> {
+        self.expires_at_ms.map(|e| {
+            e.saturating_sub(margin_ms)
+                .saturating_add(self.jitter_ms(margin_ms))
+        })
+    }
+
+    /// Whether a request may be signed with these credentials now.
+    pub fn usable(&self, state_force: Option<u64>, now_ms: u64) -> bool {
+        state_force != Some(self.generation)
+            && self
+                .expires_at_ms
+                .is_none_or(|e| e > now_ms.saturating_add(MIN_REMAINING_MS))
+    }
+}
+
+impl std::fmt::Debug for Published {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Published")
+            .field("credentials", &self.credentials())
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl RefreshState {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: Option<&[u8]>) -> RefreshState {
+        bytes
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Whether a worker should start fetching now.
+    pub fn due(&self, published: Option<&Published>, now_ms: u64, margin_ms: u64) -> bool {
+        if now_ms < self.lock_until_ms || now_ms < self.next_attempt_ms {
+            return false;
+        }
+        match published {
+            None => true,
+            Some(p) => {
+                self.force_generation == Some(p.generation)
+                    || p.refresh_at_ms(margin_ms).is_some_and(|at| now_ms >= at)
+            }
+        }
+    }
+
+    /// The state after taking the lock.
+    pub fn locked(&self, now_ms: u64) -> RefreshState {
+        RefreshState {
+            lock_until_ms: now_ms.saturating_add(LOCK_MS),
+            ..self.clone()
+        }
+    }
+
+    /// The state after a successful fetch.
+    pub fn succeeded() -> RefreshState {
+        RefreshState::default()
+    }
+
+    /// The state after a failed fetch: back off with full jitter, `seed` picking the point.
+    pub fn failed(&self, now_ms: u64, seed: u64) -> RefreshState {
+        let failures = self.failures.saturating_add(1);
+        RefreshState {
+            lock_until_ms: 0,
+            failures,
+            next_attempt_ms: now_ms.saturating_add(backoff_ms(failures, seed)),
+            force_generation: self.force_generation,
+        }
+    }
+
+    /// The state after HealthLake refused `generation` as expired. `None` when nothing changes
+    /// (already forced, or already replaced): one forced refresh, not a storm.
+    pub fn force(&self, generation: u64, current: Option<&Published>) -> Option<RefreshState> {
+        let current_generation = current.map(|p| p.generation)?;
+        if current_generation != generation || self.force_generation == Some(generation) {
+            return None;
+        }
+        Some(RefreshState {
+            force_generation: Some(generation),
+            next_attempt_ms: 0,
+            ..self.clone()
+        })
+    }
+}
+
+/// Back-off before attempt `failures + 1`: full jitter over `min(cap, base * 2^(failures-1))`,
+/// at least 200 ms.
+pub fn backoff_ms(failures: u32, seed: u64) -> u64 {
+    let exp = BACKOFF_BASE_MS.saturating_mul(1u64 << failures.saturating_sub(1).min(20));
+    let ceiling = exp.min(BACKOFF_CAP_MS);
+    (seed % ceiling.max(1)).max(200)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: u64 = 60_000;
+
+    fn published(expires_in_ms: Option<u64>, generation: u64, now: u64) -> Published {
+        Published {
+            access_key_id: "ASIAEXAMPLE".into(),
+            secret_access_key: "secret".into(),
+            session_token: Some("token".into()),
+            expires_at_ms: expires_in_ms.map(|d| now + d),
+            issued_at_ms: now,
+            generation,
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let p = published(Some(1000), 3, 5);
+        assert_eq!(Published::decode(&p.encode()), Some(p.clone()));
+        assert_eq!(p.credentials().expires_at.map(unix_ms), Some(1005));
+        let s = RefreshState {
+            lock_until_ms: 1,
+            failures: 2,
+            next_attempt_ms: 3,
+            force_generation: Some(4),
+        };
+        assert_eq!(RefreshState::decode(Some(&s.encode())), s);
+        assert_eq!(RefreshState::decode(Some(b"junk")), RefreshState::default());
+        assert_eq!(RefreshState::decode(None), RefreshState::default());
+    }
+
+    #[test]
+    fn first_fetch_is_due_at_once_and_only_one_worker_holds_the_lock() {
+        let now = 1_000_000;
+        let s = RefreshState::default();
+        assert!(s.due(None, now, 15 * MIN));
+        let locked = s.locked(now);
+        assert!(!locked.due(None, now + 1, 15 * MIN));
+        // A lock left by a worker that never answered expires.
+        assert!(locked.due(None, now + LOCK_MS, 15 * MIN));
+    }
+
+    #[test]
+    fn refresh_starts_within_the_margin_before_expiry() {
+        let now = 10_000_000;
+        let margin = 15 * MIN;
+        let p = published(Some(60 * MIN), 1, now);
+        let s = RefreshState::default();
+        assert!(!s.due(Some(&p), now, margin));
+        let at = p.refresh_at_ms(margin).unwrap();
+        // 45 minutes of use before the margin: the spread is at most 4.5 minutes.
+        assert!(
+            at >= now + 45 * MIN && at < now + 45 * MIN + 270_000,
+            "{}",
+            at - now
+        );
+        assert!(!s.due(Some(&p), at - 1, margin));
+        assert!(s.due(Some(&p), at, margin));
+        // A short lifetime gets a short spread: 900 s credentials with an 890 s margin.
+        let short = published(Some(900_000), 2, now);
+        let at = short.refresh_at_ms(890_000).unwrap();
+        assert!(at >= now + 10_000 && at < now + 11_000, "{}", at - now);
+        // Long-lived credentials never need a refresh.
+        assert!(!s.due(Some(&published(None, 1, now)), now + 1_000 * MIN, margin));
+    }
+
+    #[test]
+    fn failures_back_off_with_jitter_and_success_resets() {
+        let now = 5_000_000;
+        let s = RefreshState::default().locked(now).failed(now, 123_456);
+        assert_eq!(s.failures, 1);
+        assert_eq!(s.lock_until_ms, 0);
+        assert!(s.next_attempt_ms > now && s.next_attempt_ms <= now + 1_000);
+        assert!(!s.due(None, now + 100.min(s.next_attempt_ms - now - 1), 1));
+        assert!(s.due(None, s.next_attempt_ms, 1));
+        let many = (0..12).fold(RefreshState::default(), |s, _| s.failed(now, u64::MAX - 1));
+        assert!(many.next_attempt_ms - now <= BACKOFF_CAP_MS);
+        assert_eq!(RefreshState::succeeded(), RefreshState::default());
+        for failures in 1..30 {
+            for seed in [0, 1, 999, u64::MAX] {
+                let b = backoff_ms(failures, seed);
+                assert!((200..=BACKOFF_CAP_MS).contains(&b), "{failures} {seed} {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn expired_token_forces_one_refresh_not_a_storm() {
+        let now = 1_000_000;
+        let p = published(Some(60 * MIN), 7, now);
+        let s = RefreshState::default();
+        assert!(p.usable(s.force_generation, now));
+        let forced = s.force(7, Some(&p)).unwrap();
+        assert!(!p.usable(forced.force_generation, now));
+        assert!(forced.due(Some(&p), now, 15 * MIN));
+        // Further 403s for the same generation change nothing.
+        assert_eq!(forced.force(7, Some(&p)), None);
+        // A 403 for credentials already replaced changes nothing.
+        let newer = published(Some(60 * MIN), 8, now);
+        assert_eq!(s.force(7, Some(&newer)), None);
+        assert!(newer.usable(forced.force_generation, now));
+    }
+
+    #[test]
+    fn credentials_about_to_expire_are_not_used() {
+        let now = 1_000_000;
+        assert!(!published(Some(MIN_REMAINING_MS), 1, now).usable(None, now));
+        assert!(published(Some(MIN_REMAINING_MS + 1), 1, now).usable(None, now));
+        assert!(published(None, 1, now).usable(None, now));
+    }
+}
+
+/// `YYYY-MM-DDThh:mm:ssZ` for Unix seconds, for log lines.
+pub fn rfc3339(unix_seconds: u64) -> String {
+    let days = i64::try_from(unix_seconds / 86_400).unwrap_or(0);
+    let rem = unix_seconds % 86_400;
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod time_tests {
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(1_795_820_400), "2026-11-27T23:00:00Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}
