@@ -1,6 +1,7 @@
 //! One HTTP request through the relay: plan at the headers, hash the body as it arrives, sign at
 //! its end; then classify HealthLake's answer (see `response.rs`).
 
+use super::credentials::ForSigning;
 use super::host;
 use super::Shared;
 use crate::headers::is_removed_before_signing;
@@ -38,6 +39,23 @@ pub struct Forwarded {
     pub signed: Signed,
     /// The version a PUT carried, recorded by the version guard once HealthLake accepts it.
     pub version: Option<Version>,
+    /// The generation of the credentials it was signed with (0: the environment's).
+    pub generation: u64,
+}
+
+/// Everything needed to sign a request whose body has been checked.
+pub struct SignJob {
+    pub target: Target,
+    pub payload_sha256: String,
+    pub version: Option<Version>,
+}
+
+/// A request held until credentials exist; the root context signs and resumes it, or answers
+/// it 503 once it has waited `first_fetch_wait_ms`.
+pub struct Waiter {
+    pub context_id: u32,
+    pub since_ms: u64,
+    pub job: SignJob,
 }
 
 /// What a request whose body is awaited will become.
@@ -62,6 +80,8 @@ pub enum Phase {
         hasher: PayloadHasher,
         body: Vec<u8>,
     },
+    /// Held until credentials exist (see [`Waiter`]).
+    AwaitingCredentials,
     /// Signed and sent to HealthLake; waiting for its answer.
     Forwarded(Box<Forwarded>),
     /// HealthLake answered an error whose body decides the outcome; reading it.
@@ -83,23 +103,165 @@ pub struct RelayHttp {
     pub(super) phase: Phase,
     /// The resource type, once the request passed planning (for per-type stats).
     pub(super) resource_type: Option<String>,
+    pub(super) context_id: u32,
+}
+
+/// Records the outcome of the current request: filter state for the access log, and the stats.
+pub fn record(shared: Option<&Shared>, outcome: Outcome, resource_type: Option<&str>) {
+    host::set_filter_state(state_key::OUTCOME, outcome.as_str());
+    if let Some(shared) = shared {
+        shared.metrics.count(outcome, resource_type);
+    }
+}
+
+/// Answers the current request locally with `body` (a FHIR OperationOutcome).
+pub fn send_answer(
+    shared: Option<&Shared>,
+    resource_type: Option<&str>,
+    status: u16,
+    outcome: Outcome,
+    body: &[u8],
+    extra_headers: &[(&str, &str)],
+) {
+    record(shared, outcome, resource_type);
+    let mut headers = vec![
+        ("content-type", FHIR_JSON),
+        (OUTCOME_HEADER, outcome.as_str()),
+    ];
+    headers.extend_from_slice(extra_headers);
+    if !host::send_local_response(status, headers, body) {
+        // Could not even answer: reset rather than let anything through.
+        let _ = proxy_wasm::hostcalls::reset_http_request();
+    }
+}
+
+fn no_credentials_body(why: &str) -> Vec<u8> {
+    operation_outcome::body(
+        Severity::Error,
+        "transient",
+        &format!("The relay has no usable AWS credentials ({why}); nothing was forwarded."),
+    )
+}
+
+const NO_CREDENTIALS_HEADERS: &[(&str, &str)] = &[("retry-after", "30")];
+
+/// Signs the current (held) request for `job.target` and rewrites it for HealthLake. On an error
+/// nothing has been sent and the caller answers instead.
+pub fn sign_and_rewrite(
+    shared: &Shared,
+    job: SignJob,
+    credentials: &crate::credentials::Credentials,
+    generation: u64,
+    now: SystemTime,
+) -> Result<Forwarded, &'static str> {
+    let target = job.target;
+    let input = signing_input(shared, &target, &job.payload_sha256, now);
+    let headers = sign_request(&input, credentials).map_err(|e| {
+        host::log_error(&format!("healthlake-relay: {e}"));
+        "signing failed"
+    })?;
+    let mut ok = host::set_request_header(":method", Some(input.method))
+        && host::set_request_header(":path", Some(&target.upstream_path))
+        && host::set_request_header(":authority", Some(&shared.config.healthlake_host))
+        && host::set_request_header("content-type", input.content_type);
+    for (name, value) in &headers {
+        ok = ok && host::set_request_header(name, Some(value));
+    }
+    if !ok {
+        return Err("could not rewrite the request headers");
+    }
+    host::set_filter_state(state_key::UPSTREAM_PATH, &target.upstream_path);
+    let signed = Signed::from_headers(&headers, &job.payload_sha256);
+    Ok(Forwarded {
+        target,
+        signed,
+        version: job.version,
+        generation,
+    })
+}
+
+/// The root context's part of waiting: signs and resumes the requests that can now be signed,
+/// and answers 503 those that have waited long enough.
+pub fn resolve_waiters(shared: &Shared) {
+    let Ok(mut list) = shared.waiters.try_borrow_mut() else {
+        return;
+    };
+    if list.is_empty() {
+        return;
+    }
+    let waiting = std::mem::take(&mut *list);
+    drop(list);
+    let Some(now) = host::now() else { return };
+    let now_ms = crate::refresh::unix_ms(now);
+    let max_wait = shared
+        .config
+        .assume_role
+        .as_ref()
+        .map_or(0, |r| r.first_fetch_wait_ms);
+    let mut still = Vec::new();
+    for w in waiting {
+        let decision = match shared.credentials.try_borrow() {
+            Ok(c) => c.for_signing(now),
+            Err(_) => ForSigning::Wait,
+        };
+        let timed_out = now_ms.saturating_sub(w.since_ms) >= max_wait;
+        if matches!(decision, ForSigning::Wait) && !timed_out {
+            still.push(w);
+            continue;
+        }
+        if proxy_wasm::hostcalls::set_effective_context(w.context_id).is_err() {
+            continue; // The request is gone.
+        }
+        let resource_type = w.job.target.resource_type.clone();
+        let why = match decision {
+            ForSigning::Ready(creds, generation) => {
+                match sign_and_rewrite(shared, w.job, &creds, generation, now) {
+                    Ok(forwarded) => {
+                        if let Ok(mut resumed) = shared.resumed.try_borrow_mut() {
+                            resumed.insert(w.context_id, Box::new(forwarded));
+                        }
+                        let _ = proxy_wasm::hostcalls::resume_http_request();
+                        continue;
+                    }
+                    Err(what) => what.to_owned(),
+                }
+            }
+            ForSigning::Fail(why) => why,
+            ForSigning::Wait => {
+                format!("none arrived from STS within {max_wait} ms; see the AssumeRole log lines")
+            }
+        };
+        send_answer(
+            Some(shared),
+            Some(&resource_type),
+            503,
+            Outcome::NoCredentials,
+            &no_credentials_body(&why),
+            NO_CREDENTIALS_HEADERS,
+        );
+    }
+    if let Ok(mut list) = shared.waiters.try_borrow_mut() {
+        list.extend(still);
+    }
 }
 
 impl RelayHttp {
-    pub fn new(shared: Option<Rc<Shared>>) -> Self {
+    pub fn new(shared: Option<Rc<Shared>>, context_id: u32) -> Self {
         RelayHttp {
             shared,
             phase: Phase::Start,
             resource_type: None,
+            context_id,
         }
     }
 
-    /// Records the outcome: filter state for the access log, and the stats.
+    /// Records the outcome of this request.
     pub(super) fn record(&self, outcome: Outcome) {
-        host::set_filter_state(state_key::OUTCOME, outcome.as_str());
-        if let Some(shared) = &self.shared {
-            shared.metrics.count(outcome, self.resource_type.as_deref());
-        }
+        record(
+            self.shared.as_deref(),
+            outcome,
+            self.resource_type.as_deref(),
+        );
     }
 
     /// Answers the request locally with `body`. Always returns `Pause`: the request goes no
@@ -112,16 +274,14 @@ impl RelayHttp {
         extra_headers: &[(&str, &str)],
     ) -> Action {
         self.phase = Phase::Done;
-        self.record(outcome);
-        let mut headers = vec![
-            ("content-type", FHIR_JSON),
-            (OUTCOME_HEADER, outcome.as_str()),
-        ];
-        headers.extend_from_slice(extra_headers);
-        if !host::send_local_response(status, headers, body) {
-            // Could not even answer: reset rather than let anything through.
-            let _ = proxy_wasm::hostcalls::reset_http_request();
-        }
+        send_answer(
+            self.shared.as_deref(),
+            self.resource_type.as_deref(),
+            status,
+            outcome,
+            body,
+            extra_headers,
+        );
         Action::Pause
     }
 
@@ -168,25 +328,20 @@ impl RelayHttp {
     }
 
     fn no_credentials(&mut self, why: &str) -> Action {
-        self.answer(
+        self.answer_with(
             503,
             Outcome::NoCredentials,
-            Severity::Error,
-            "transient",
-            &format!("The relay has no usable AWS credentials ({why}); nothing was forwarded."),
-            &[("retry-after", "30")],
+            &no_credentials_body(why),
+            NO_CREDENTIALS_HEADERS,
         )
     }
 
-    /// Checks that the request can be signed now, before its body is awaited.
+    /// Fails a write before its body is awaited when no credentials can come at all.
     fn credentials_problem(&self) -> Option<String> {
         let shared = self.shared.as_ref()?;
-        match &shared.credentials {
-            Err(e) => Some(e.to_string()),
-            Ok(c) => match host::now() {
-                Some(now) => c.usable_at(now).err().map(|e| e.to_string()),
-                None => Some("the host clock is unavailable".to_owned()),
-            },
+        match shared.credentials.try_borrow() {
+            Ok(c) => c.hopeless(),
+            Err(_) => None,
         }
     }
 
@@ -213,7 +368,8 @@ impl RelayHttp {
         self.answer_with(200, Outcome::UnsupportedType, &body, &[])
     }
 
-    /// Signs the held request with the body hash and lets it continue to HealthLake.
+    /// Signs the held request with the body hash and lets it continue to HealthLake; without
+    /// credentials yet, holds it for the root context (see [`Waiter`]).
     fn sign_and_forward(
         &mut self,
         target: Target,
@@ -223,43 +379,43 @@ impl RelayHttp {
         let Some(shared) = self.shared.clone() else {
             return self.internal_error("the relay is not configured");
         };
-        let credentials = match &shared.credentials {
-            Ok(c) => c,
-            Err(e) => return self.no_credentials(&e.to_string()),
-        };
         let Some(now) = host::now() else {
             return self.no_credentials("the host clock is unavailable");
         };
-        if let Err(e) = credentials.usable_at(now) {
-            return self.no_credentials(&e.to_string());
-        }
-        let input = signing_input(&shared, &target, payload_sha256, now);
-        let headers = match sign_request(&input, credentials) {
-            Ok(h) => h,
-            Err(e) => {
-                host::log_error(&format!("healthlake-relay: {e}"));
-                return self.internal_error("signing failed");
-            }
+        let decision = match shared.credentials.try_borrow() {
+            Ok(c) => c.for_signing(now),
+            Err(_) => ForSigning::Wait,
         };
-        let mut ok = host::set_request_header(":method", Some(input.method))
-            && host::set_request_header(":path", Some(&target.upstream_path))
-            && host::set_request_header(":authority", Some(&shared.config.healthlake_host))
-            && host::set_request_header("content-type", input.content_type);
-        for (name, value) in &headers {
-            ok = ok && host::set_request_header(name, Some(value));
-        }
-        if !ok {
-            // A half-rewritten request must not leave: answer instead.
-            return self.internal_error("could not rewrite the request headers");
-        }
-        host::set_filter_state(state_key::UPSTREAM_PATH, &target.upstream_path);
-        let signed = Signed::from_headers(&headers, payload_sha256);
-        self.phase = Phase::Forwarded(Box::new(Forwarded {
+        let job = SignJob {
             target,
-            signed,
+            payload_sha256: payload_sha256.to_owned(),
             version,
-        }));
-        Action::Continue
+        };
+        match decision {
+            ForSigning::Ready(creds, generation) => {
+                match sign_and_rewrite(&shared, job, &creds, generation, now) {
+                    Ok(forwarded) => {
+                        self.phase = Phase::Forwarded(Box::new(forwarded));
+                        Action::Continue
+                    }
+                    Err(what) => self.internal_error(what),
+                }
+            }
+            ForSigning::Fail(why) => self.no_credentials(&why),
+            ForSigning::Wait => {
+                let waiter = Waiter {
+                    context_id: self.context_id,
+                    since_ms: crate::refresh::unix_ms(now),
+                    job,
+                };
+                match shared.waiters.try_borrow_mut() {
+                    Ok(mut list) => list.push(waiter),
+                    Err(_) => return self.no_credentials("the credentials are being updated"),
+                }
+                self.phase = Phase::AwaitingCredentials;
+                Action::Pause
+            }
+        }
     }
 
     /// Takes the newly buffered body bytes, up to `to`: hashed, and kept for the checks.
@@ -449,7 +605,20 @@ pub fn signing_input<'a>(
     }
 }
 
-impl Context for RelayHttp {}
+impl Context for RelayHttp {
+    fn on_done(&mut self) -> bool {
+        // A request that ends (client gone) while held must not be resumed later.
+        if let Some(shared) = &self.shared {
+            if let Ok(mut list) = shared.waiters.try_borrow_mut() {
+                list.retain(|w| w.context_id != self.context_id);
+            }
+            if let Ok(mut resumed) = shared.resumed.try_borrow_mut() {
+                resumed.remove(&self.context_id);
+            }
+        }
+        true
+    }
+}
 
 impl HttpContext for RelayHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {

@@ -2,7 +2,9 @@
 //! - `healthlake_relay.outcome.<outcome>`: one counter per outcome;
 //! - `healthlake_relay.type.<Type>.outcome.<outcome>`: per resource type and outcome, defined
 //!   the first time a type meets an outcome (types are checked FHIR R4 names, so the set is
-//!   bounded).
+//!   bounded);
+//! - `healthlake_relay.credentials.refresh_{attempted,succeeded,failed}`: STS AssumeRole calls;
+//! - `healthlake_relay.credentials.expiry_seconds` (gauge): until the current ones expire.
 //!
 //! `envoy.yaml`'s `stats_tags` turn the type and outcome into Prometheus labels:
 //! `healthlake_relay_outcome{outcome="delivered"}`,
@@ -18,6 +20,8 @@ const OUTCOMES: usize = Outcome::ALL.len();
 
 pub struct Metrics {
     outcome: [Option<u32>; OUTCOMES],
+    refresh: [Option<u32>; 3],
+    expiry_seconds: Option<u32>,
     /// Per (type, outcome): `None` not defined yet, `Some(None)` definition failed.
     by_type: RefCell<Vec<Option<Option<u32>>>>,
 }
@@ -32,9 +36,43 @@ impl Metrics {
         for (slot, o) in outcome.iter_mut().zip(Outcome::ALL) {
             *slot = define(&format!("healthlake_relay.outcome.{}", o.stat_name()));
         }
+        let refresh = ["attempted", "succeeded", "failed"]
+            .map(|what| define(&format!("healthlake_relay.credentials.refresh_{what}")));
+        let expiry_seconds = hostcalls::define_metric(
+            MetricType::Gauge,
+            "healthlake_relay.credentials.expiry_seconds",
+        )
+        .ok();
         Metrics {
             outcome,
+            refresh,
+            expiry_seconds,
             by_type: RefCell::new(vec![None; fhir::R4_RESOURCE_TYPES.len() * OUTCOMES]),
+        }
+    }
+
+    fn bump(id: Option<&Option<u32>>) {
+        if let Some(Some(id)) = id {
+            let _ = hostcalls::increment_metric(*id, 1);
+        }
+    }
+
+    pub fn refresh_attempted(&self) {
+        Self::bump(self.refresh.first());
+    }
+
+    pub fn refresh_succeeded(&self) {
+        Self::bump(self.refresh.get(1));
+    }
+
+    pub fn refresh_failed(&self) {
+        Self::bump(self.refresh.get(2));
+    }
+
+    /// Seconds until the current temporary credentials expire.
+    pub fn credentials_expiry_seconds(&self, seconds: u64) {
+        if let Some(id) = self.expiry_seconds {
+            let _ = hostcalls::record_metric(id, seconds);
         }
     }
 

@@ -3,6 +3,7 @@
 //! It calls `proxy_wasm::hostcalls` directly (they return `Result`) instead of the SDK's context
 //! helpers (which unwrap), so that every host error has a handled path.
 
+mod credentials;
 mod host;
 mod http;
 mod metrics;
@@ -10,23 +11,35 @@ mod response;
 mod shared;
 
 use crate::config::Config;
-use crate::credentials::{Credentials, Unavailable};
+use crate::credentials::Credentials;
+use credentials::{CredentialCache, Source};
 use host::log_error;
+use http::{Forwarded, Waiter};
 use metrics::Metrics;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Duration;
+
+/// How often each worker syncs the credentials and looks after waiting requests.
+const TICK: Duration = Duration::from_millis(250);
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(RelayRoot::default()) });
 }}
 
-/// What every request of one worker shares: set once at configuration.
+/// What every request of one worker shares with its root context.
 pub(crate) struct Shared {
     pub config: Config,
-    pub credentials: Result<Credentials, Unavailable>,
+    pub credentials: RefCell<CredentialCache>,
     pub metrics: Metrics,
+    /// Requests held until credentials exist (assume_role, before the first fetch).
+    pub waiters: RefCell<Vec<Waiter>>,
+    /// Requests the root context signed and resumed, by context id, for their response side.
+    pub resumed: RefCell<HashMap<u32, Box<Forwarded>>>,
 }
 
 #[derive(Default)]
@@ -34,7 +47,26 @@ struct RelayRoot {
     shared: Option<Rc<Shared>>,
 }
 
-impl Context for RelayRoot {}
+impl Context for RelayRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let handled = match shared.credentials.try_borrow_mut() {
+            Ok(mut cache) => cache.on_response(token_id, body_size, &shared.metrics),
+            Err(_) => false,
+        };
+        if handled {
+            http::resolve_waiters(&shared);
+        }
+    }
+}
 
 impl RootContext for RelayRoot {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
@@ -66,31 +98,89 @@ impl RootContext for RelayRoot {
                 return false;
             }
         };
-        let credentials = Credentials::from_env(|name| std::env::var(name).ok());
-        match &credentials {
-            Ok(c) => log::info!(
-                "healthlake-relay: forwarding to {} data store {} in {}, signing with access key …{}{}",
-                config.healthlake_host,
-                config.datastore_id,
-                config.region,
-                c.key_hint(),
-                if c.session_token.is_some() { " (temporary)" } else { "" },
-            ),
-            Err(e) => log::warn!(
-                "healthlake-relay: {e}; every write will be answered 503 no-credentials and nothing forwarded"
-            ),
-        }
-        let metrics = Metrics::define();
-        self.shared = Some(Rc::new(Shared {
+        let env = Credentials::from_env(|name| std::env::var(name).ok());
+        let source =
+            match (&config.assume_role, env) {
+                (Some(role), base) => {
+                    match &base {
+                        Ok(b) => log::info!(
+                            "healthlake-relay: forwarding to {} data store {} in {}, signing with \
+                         temporary credentials of {} (session {}), assumed with access key …{}",
+                            config.healthlake_host,
+                            config.datastore_id,
+                            config.region,
+                            role.role_arn,
+                            role.session_name,
+                            b.key_hint()
+                        ),
+                        Err(e) => log::warn!(
+                        "healthlake-relay: {e}: AssumeRole needs base credentials; every write \
+                         will be answered 503 no-credentials and nothing forwarded"
+                    ),
+                    }
+                    Source::Role {
+                        base,
+                        role: role.clone(),
+                    }
+                }
+                (None, env) => {
+                    match &env {
+                        Ok(c) => {
+                            log::info!(
+                        "healthlake-relay: forwarding to {} data store {} in {}, signing with \
+                         access key …{}{}",
+                        config.healthlake_host,
+                        config.datastore_id,
+                        config.region,
+                        c.key_hint(),
+                        if c.session_token.is_some() { " (temporary)" } else { "" },
+                    )
+                        }
+                        Err(e) => log::warn!(
+                            "healthlake-relay: {e}; every write will be answered 503 \
+                         no-credentials and nothing forwarded"
+                        ),
+                    }
+                    Source::Environment(env.map(Rc::new))
+                }
+            };
+        let uses_role = matches!(source, Source::Role { .. });
+        let shared = Rc::new(Shared {
             config,
-            credentials,
-            metrics,
-        }));
+            credentials: RefCell::new(CredentialCache::new(source)),
+            metrics: Metrics::define(),
+            waiters: RefCell::new(Vec::new()),
+            resumed: RefCell::new(HashMap::new()),
+        });
+        self.shared = Some(Rc::clone(&shared));
+        if uses_role {
+            // The first fetch happens at the first tick, not here: Envoy configures a root
+            // context it then discards, which would cancel the call while it holds the lock.
+            if let Err(s) = proxy_wasm::hostcalls::set_tick_period(TICK) {
+                log_error(&format!(
+                    "healthlake-relay: cannot start the credentials timer: {s:?}"
+                ));
+                return false;
+            }
+        }
         true
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(http::RelayHttp::new(self.shared.clone())))
+    fn on_tick(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        if let Ok(mut cache) = shared.credentials.try_borrow_mut() {
+            cache.tick(&shared.config.region, &shared.metrics);
+        }
+        http::resolve_waiters(&shared);
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(http::RelayHttp::new(
+            self.shared.clone(),
+            context_id,
+        )))
     }
 
     fn get_type(&self) -> Option<ContextType> {

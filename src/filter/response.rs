@@ -17,6 +17,17 @@ impl RelayHttp {
     pub(super) fn response_headers(&mut self, end_of_stream: bool) -> Action {
         let forwarded = match std::mem::replace(&mut self.phase, Phase::Done) {
             Phase::Forwarded(f) => f,
+            Phase::AwaitingCredentials => {
+                // Signed and resumed by the root context, or answered by it.
+                let resumed = self
+                    .shared
+                    .as_ref()
+                    .and_then(|s| s.resumed.try_borrow_mut().ok()?.remove(&self.context_id));
+                match resumed {
+                    Some(f) => f,
+                    None => return Action::Continue,
+                }
+            }
             other => {
                 // A local answer of the relay's own, or a response after a reset: nothing to do.
                 self.phase = other;
@@ -191,6 +202,17 @@ impl RelayHttp {
         match verdict.outcome {
             Outcome::UnsupportedType => self.learn_unsupported(target, &diagnostics),
             Outcome::AuthFailed => {
+                if verdict
+                    .error_code
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with("ExpiredToken"))
+                {
+                    if let Some(shared) = &self.shared {
+                        if let Ok(mut cache) = shared.credentials.try_borrow_mut() {
+                            cache.force_refresh(forwarded.generation);
+                        }
+                    }
+                }
                 let canonical = self.shared.as_ref().map(|shared| {
                     let input = signing_input(
                         shared,
