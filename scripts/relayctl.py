@@ -83,6 +83,13 @@ class Settings:
     unsupported_type_ttl_seconds: int = 3600
     version_guard_max_entries: int = 100_000
     version_guard_max_age_seconds: int = 7 * 24 * 3600
+    role_arn: str = ""
+    role_session_name: str = ""
+    role_external_id: str = ""
+    role_duration_seconds: int = 3600
+    refresh_margin_seconds: int = 900
+    credentials_wait_ms: int = 5000
+    sts_endpoint: str = ""
 
     @staticmethod
     def from_env(env: Mapping[str, str]) -> "Settings":
@@ -139,6 +146,31 @@ class Settings:
         if not guard_age.isdigit() or int(guard_age) == 0:
             raise SettingsError(
                 f"RELAY_VERSION_GUARD_MAX_AGE_SECONDS must be a positive number of seconds, got {guard_age!r}")
+        role_arn = get("AWS_ROLE_ARN")
+        if role_arn and not re.fullmatch(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+", role_arn):
+            raise SettingsError(f"AWS_ROLE_ARN must be an IAM role ARN, got {role_arn!r}")
+        host_name = re.sub(r"[^\w+=,.@-]", "-", socket.gethostname())[:40] or "host"
+        session = get("AWS_ROLE_SESSION_NAME", f"healthlake-relay-{host_name}")
+        if not re.fullmatch(r"[\w+=,.@-]{2,64}", session):
+            raise SettingsError(f"AWS_ROLE_SESSION_NAME must be 2-64 of letters, digits and +=,.@_-, got {session!r}")
+        external_id = get("AWS_ROLE_EXTERNAL_ID")
+        duration = get("AWS_ROLE_DURATION_SECONDS", "3600")
+        if not duration.isdigit() or not 900 <= int(duration) <= 43200:
+            raise SettingsError(f"AWS_ROLE_DURATION_SECONDS must be 900 to 43200, got {duration!r}")
+        margin = get("RELAY_CREDENTIALS_REFRESH_MARGIN_SECONDS", "900")
+        if not margin.isdigit() or not 120 <= int(margin) < int(duration):
+            raise SettingsError(
+                "RELAY_CREDENTIALS_REFRESH_MARGIN_SECONDS must be at least 120 and less than "
+                f"AWS_ROLE_DURATION_SECONDS, got {margin!r}")
+        wait = get("RELAY_CREDENTIALS_WAIT_MS", "5000")
+        if not wait.isdigit() or int(wait) > 60000:
+            raise SettingsError(f"RELAY_CREDENTIALS_WAIT_MS must be 0 to 60000, got {wait!r}")
+        sts_endpoint = get("AWS_ENDPOINT_URL_STS", f"https://sts.{region}.amazonaws.com")
+        sts_parts = urlsplit(sts_endpoint)
+        if sts_parts.scheme not in ("https", "http") or not sts_parts.hostname or sts_parts.path not in ("", "/"):
+            raise SettingsError(f"AWS_ENDPOINT_URL_STS must be a URL such as https://sts.us-east-1.amazonaws.com, got {sts_endpoint!r}")
+        if sts_parts.scheme == "http" and not is_loopback(sts_parts.hostname):
+            raise SettingsError(f"AWS_ENDPOINT_URL_STS may use plain http:// only on loopback, got {sts_endpoint!r}")
         ca_bundle = get("RELAY_CA_BUNDLE") or next(
             (c for c in CA_BUNDLE_CANDIDATES if Path(c).exists()), CA_BUNDLE_CANDIDATES[0]
         )
@@ -157,14 +189,24 @@ class Settings:
             unsupported_type_ttl_seconds=int(ttl),
             version_guard_max_entries=int(guard_entries),
             version_guard_max_age_seconds=int(guard_age),
+            role_arn=role_arn,
+            role_session_name=session,
+            role_external_id=external_id,
+            role_duration_seconds=int(duration),
+            refresh_margin_seconds=int(margin),
+            credentials_wait_ms=int(wait),
+            sts_endpoint=sts_endpoint,
         )
 
     @property
     def upstream(self) -> tuple[str, str, int]:
         """(scheme, host, port) of the HealthLake endpoint."""
-        parts = urlsplit(self.endpoint)
-        default_port = 443 if parts.scheme == "https" else 80
-        return parts.scheme, parts.hostname or "", parts.port or default_port
+        return endpoint_parts(self.endpoint)
+
+    @property
+    def sts(self) -> tuple[str, str, int]:
+        """(scheme, host, port) of the STS endpoint."""
+        return endpoint_parts(self.sts_endpoint)
 
     @property
     def authority(self) -> str:
@@ -184,14 +226,34 @@ class Settings:
         }
         if self.unsupported_types:
             config["unsupported_types"] = list(self.unsupported_types)
+        if self.role_arn:
+            role = {
+                "role_arn": self.role_arn,
+                "session_name": self.role_session_name,
+                "duration_seconds": self.role_duration_seconds,
+                "refresh_margin_seconds": self.refresh_margin_seconds,
+                "first_fetch_wait_ms": self.credentials_wait_ms,
+                "sts_cluster": "sts",
+                "sts_host": urlsplit(self.sts_endpoint).netloc,
+            }
+            if self.role_external_id:
+                role["external_id"] = self.role_external_id
+            config["assume_role"] = role
         if self.base_path:
             config["inbound_base_path"] = self.base_path
         return config
 
 
+def endpoint_parts(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    default_port = 443 if parts.scheme == "https" else 80
+    return parts.scheme, parts.hostname or "", parts.port or default_port
+
+
 def render(settings: Settings, plugin_config: dict | None = None) -> str:
     """envoy.yaml with the settings filled in, as YAML text."""
     scheme, host, port = settings.upstream
+    sts_scheme, sts_host, sts_port = settings.sts
     values = {
         "RELAY_ADMIN_PORT": str(settings.admin_port),
         "RELAY_LISTEN_ADDRESS": settings.listen_address,
@@ -202,6 +264,8 @@ def render(settings: Settings, plugin_config: dict | None = None) -> str:
         "HEALTHLAKE_ADDRESS": host,
         "HEALTHLAKE_PORT": str(port),
         "RELAY_CA_BUNDLE": settings.ca_bundle,
+        "STS_ADDRESS": sts_host,
+        "STS_PORT": str(sts_port),
     }
     text = TEMPLATE.read_text()
 
@@ -213,10 +277,13 @@ def render(settings: Settings, plugin_config: dict | None = None) -> str:
 
     text = re.sub(r"\$\{([A-Z0-9_]+)\}", fill, text)
     config = yaml.safe_load(text)
-    if scheme == "http":
-        for cluster in config["static_resources"]["clusters"]:
-            if cluster["name"] == "healthlake":
-                del cluster["transport_socket"]
+    clusters = config["static_resources"]["clusters"]
+    if not settings.role_arn:
+        clusters[:] = [c for c in clusters if c["name"] != "sts"]
+    plain = {"healthlake": scheme == "http", "sts": sts_scheme == "http"}
+    for cluster in clusters:
+        if plain.get(cluster["name"]):
+            del cluster["transport_socket"]
     header = "# Rendered from envoy.yaml by scripts/relayctl.py; edit the template, not this file.\n"
     return header + yaml.safe_dump(config, sort_keys=False)
 
@@ -278,6 +345,12 @@ class Service:
 @dataclass
 class Emulator(Service):
     port: int = 0
+    # With an STS upstream: the emulator's recording STS proxy.
+    sts_port: int = 0
+
+    @property
+    def sts_url(self) -> str:
+        return f"http://127.0.0.1:{self.sts_port}"
 
     @property
     def url(self) -> str:
@@ -296,10 +369,13 @@ class Emulator(Service):
         status, body = http_get(f"{self.url}/_emulator/resources/{rtype}/{rid}")
         return body if status == 200 else None
 
-    def reset(self) -> None:
-        req = urllib.request.Request(self.url + "/_emulator/reset", method="POST", data=b"")
+    def post(self, path: str) -> bytes:
+        req = urllib.request.Request(self.url + path, method="POST", data=b"")
         with urllib.request.urlopen(req, timeout=5) as r:
-            r.read()
+            return r.read()
+
+    def reset(self) -> None:
+        self.post("/_emulator/reset")
 
     def set_faults(self, **settings) -> dict:
         """Replaces the emulator's fault settings (see emulator/README.md)."""
@@ -311,38 +387,134 @@ class Emulator(Service):
             return json.loads(r.read())
 
 
+def read_port(path: Path) -> int:
+    text = path.read_text().strip() if path.exists() else ""
+    return int(text) if text.isdigit() else 0
+
+
 def start_emulator(
     workdir: Path,
     credentials: list[str],
     region: str = DEFAULT_REGION,
     datastore_id: str = DEMO_DATASTORE_ID,
     extra_args: list[str] | None = None,
+    sts_upstream: str | None = None,
+    port: int = 0,
+    sts_port: int = 0,
 ) -> Emulator:
-    """Starts the HealthLake emulator on a free loopback port and waits until it answers."""
+    """Starts the HealthLake emulator on a free loopback port and waits until it answers. With
+    `sts_upstream` (moto's URL) it also runs its recording STS proxy, and accepts exactly the
+    temporary credentials STS issues through it, until they expire."""
     workdir.mkdir(parents=True, exist_ok=True)
     port_file = workdir / "emulator.port"
     port_file.unlink(missing_ok=True)
+    sts_port_file = workdir / "emulator-sts.port"
+    sts_port_file.unlink(missing_ok=True)
+    if sts_upstream:
+        extra_args = [*(extra_args or []), "--sts-upstream", sts_upstream,
+                      "--sts-listen", f"127.0.0.1:{sts_port}", "--sts-port-file", str(sts_port_file)]
     log = open(workdir / "emulator.log", "ab")
     env = dict(os.environ, EMULATOR_CREDENTIALS=",".join(credentials))
     cmd = [
-        str(EMULATOR_BIN), "--listen", "127.0.0.1:0", "--port-file", str(port_file),
+        str(EMULATOR_BIN), "--listen", f"127.0.0.1:{port}", "--port-file", str(port_file),
         "--region", region, "--datastore-id", datastore_id, *(extra_args or []),
     ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     emu = Emulator("emulator", proc, workdir, [log])
     try:
-        def ready():
+        def ready(path: Path):
             if not emu.alive():
                 raise RuntimeError(f"emulator exited with {proc.returncode}; see {workdir / 'emulator.log'}")
-            text = port_file.read_text().strip() if port_file.exists() else ""
-            return int(text) if text.isdigit() else 0
+            return read_port(path)
 
-        emu.port = wait_until(ready, 30, "the emulator's port file")
+        emu.port = wait_until(lambda: ready(port_file), 30, "the emulator's port file")
+        if sts_upstream:
+            emu.sts_port = wait_until(lambda: ready(sts_port_file), 30, "the emulator's STS port file")
         wait_until(lambda: http_get(emu.url + "/_emulator/health")[0] == 200, 30, "the emulator")
     except BaseException:
         emu.stop()
         raise
     return emu
+
+
+MOTO_ACCOUNT = "123456789012"
+
+
+@dataclass
+class Moto(Service):
+    """moto's server playing AWS STS (and IAM), with IAM authentication enforced."""
+
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def start_moto(workdir: Path, port: int | None = None, setup_actions: int = 7) -> Moto:
+    """Starts moto_server on loopback. Its first `setup_actions` calls are not authenticated
+    (for creating the IAM user, key and role); every later call must be correctly signed by a
+    known key whose policies allow it (moto's INITIAL_NO_AUTH_ACTION_COUNT)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    log = open(workdir / "moto.log", "ab")
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT=str(setup_actions), MOTO_ALLOW_NONEXISTENT_REGION="false")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    moto = Moto("moto", proc, workdir, [log], port=port)
+    try:
+        def up():
+            if not moto.alive():
+                raise RuntimeError(f"moto exited; see {workdir / 'moto.log'}")
+            try:
+                return http_get(moto.url + "/moto-api/")[0] == 200
+            except OSError:
+                return False
+        wait_until(up, 60, "moto")
+    except BaseException:
+        moto.stop()
+        raise
+    return moto
+
+
+@dataclass
+class IamSetup:
+    access_key_id: str
+    secret_access_key: str
+    role_arn: str
+    # A user whose policies do not allow sts:AssumeRole.
+    denied_access_key_id: str
+    denied_secret_access_key: str
+
+
+MOTO_SETUP_ACTIONS = 7
+
+
+def setup_iam(moto: Moto, region: str = DEFAULT_REGION) -> IamSetup:
+    """Creates, in moto: a user with an access key (the relay's base credentials) allowed to
+    assume a role, and a second user with a key and no permissions. Uses exactly
+    MOTO_SETUP_ACTIONS unauthenticated actions. (moto authorizes AssumeRole against resource "*".)"""
+    import boto3
+
+    session = boto3.session.Session(aws_access_key_id="setup", aws_secret_access_key="setup",
+                                    region_name=region)
+    iam = session.client("iam", endpoint_url=moto.url)
+    trust = json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{MOTO_ACCOUNT}:user/relay"},
+        "Action": "sts:AssumeRole"}]})
+    role = iam.create_role(RoleName="healthlake-relay", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
+    iam.create_user(UserName="relay")
+    iam.put_user_policy(UserName="relay", PolicyName="assume-roles", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="relay")["AccessKey"]
+    iam.create_user(UserName="nobody")
+    denied = iam.create_access_key(UserName="nobody")["AccessKey"]
+    iam.get_user(UserName="relay")  # the last setup action; from now on moto checks signatures
+    return IamSetup(key["AccessKeyId"], key["SecretAccessKey"], role,
+                    denied["AccessKeyId"], denied["SecretAccessKey"])
 
 
 @dataclass
@@ -404,6 +576,7 @@ def start_envoy(
     concurrency: int = 1,
     admin_port: int | None = None,
     wait: bool = True,
+    component_log_level: str = "wasm:info",
 ) -> Envoy:
     """Starts Envoy with a rendered configuration; the access log (stdout) goes to workdir/access.log.
 
@@ -418,7 +591,7 @@ def start_envoy(
     cmd = [
         str(envoy_binary()), "-c", str(config_path), "--concurrency", str(concurrency),
         "--disable-hot-restart", "--admin-address-path", str(address_file),
-        "--log-level", "warn", "--component-log-level", "wasm:info",
+        "--log-level", "warn", "--component-log-level", component_log_level,
         # Envoy writes the access log every 10 s by default; operators (and tests) want it now.
         "--file-flush-interval-msec", "200",
     ]

@@ -62,14 +62,14 @@ def relay_env(**overrides: str | None) -> dict[str, str]:
     return env
 
 
-def start_relay(workdir: Path, emulator: relayctl.Emulator, env: dict[str, str],
+def start_relay(workdir: Path, emulator: relayctl.Emulator | None, env: dict[str, str],
                 settings_env: dict[str, str] | None = None,
                 edit: Callable[[dict], None] | None = None,
                 plugin_config: dict | None = None,
                 concurrency: int = 1) -> relayctl.Envoy:
     """Renders envoy.yaml for the emulator (ports 0), optionally edits it, validates it, starts Envoy."""
     settings = relayctl.Settings.from_env({
-        "AWS_ENDPOINT_URL_HEALTHLAKE": emulator.url,
+        "AWS_ENDPOINT_URL_HEALTHLAKE": emulator.url if emulator else "",
         "RELAY_PORT": "0",
         "RELAY_ADMIN_PORT": "0",
         **(settings_env or {}),

@@ -1,0 +1,180 @@
+"""Temporary credentials from STS AssumeRole, through the real Envoy.
+
+STS is moto with IAM authentication on, so moto itself checks the relay's SigV4 signature on
+every AssumeRole call. The HealthLake emulator stands in front of moto as a recording proxy and
+accepts exactly the temporary credentials moto issued, until they expire.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import relay_env, relayctl, send, start_relay
+
+FHIR = {"Content-Type": "application/fhir+json"}
+
+
+def body(rid: str) -> bytes:
+    return json.dumps({"resourceType": "Patient", "id": rid}).encode()
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    m = relayctl.start_moto(tmp_path_factory.mktemp("moto"))
+    iam = relayctl.setup_iam(m)
+    yield m, iam
+    m.stop()
+
+
+@pytest.fixture(scope="module")
+def emulator(moto, tmp_path_factory):
+    m, _ = moto
+    emu = relayctl.start_emulator(tmp_path_factory.mktemp("emulator"), [], sts_upstream=m.url)
+    yield emu
+    emu.stop()
+
+
+def role_relay(workdir, emulator, iam, key=None, sts_url=None, healthlake_url=None, **settings):
+    key_id, secret = key or (iam.access_key_id, iam.secret_access_key)
+    env = relay_env(AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret)
+    settings_env = {
+        "AWS_ROLE_ARN": iam.role_arn,
+        "AWS_ENDPOINT_URL_STS": sts_url or emulator.sts_url,
+        "AWS_ROLE_DURATION_SECONDS": "900",
+        "RELAY_CREDENTIALS_REFRESH_MARGIN_SECONDS": "600",
+        "RELAY_CREDENTIALS_WAIT_MS": "5000",
+        **settings,
+    }
+    if healthlake_url:
+        settings_env["AWS_ENDPOINT_URL_HEALTHLAKE"] = healthlake_url
+    return start_relay(workdir, emulator, env, settings_env=settings_env, concurrency=2)
+
+
+def assume_role_calls(emulator) -> list[dict]:
+    return [c for c in emulator.get_json("/_emulator/sts")["calls"] if c["action"] == "AssumeRole"]
+
+
+def stat(envoy, name: str) -> int:
+    return envoy.stats().get(f"wasmcustom.healthlake_relay.credentials.{name}", 0)
+
+
+def test_first_fetch_then_refreshes_once_per_envoy_not_per_worker(moto, emulator, tmp_path):
+    _, iam = moto
+    calls_before = len(assume_role_calls(emulator))
+    # 900 s credentials refreshed from 890 s before expiry: a refresh about every 10 s.
+    envoy = role_relay(tmp_path, emulator, iam, RELAY_CREDENTIALS_REFRESH_MARGIN_SECONDS="890")
+    try:
+        # The first write waits for the first credentials, then goes through.
+        r = send(envoy.url, "PUT", "/Patient/first", body("first"), FHIR)
+        assert (r.status, r.header("x-healthlake-outcome")) == (201, "delivered"), r.body
+
+        deadline = time.monotonic() + 26
+        n = 0
+        with ThreadPoolExecutor(4) as pool:
+            while time.monotonic() < deadline:
+                results = list(pool.map(lambda i: send(envoy.url, "PUT", f"/Patient/r{i}", body(f"r{i}"), FHIR),
+                                        range(n, n + 4)))
+                n += 4
+                assert all(r.status in (200, 201) for r in results), [(r.status, r.body[:200]) for r in results]
+                time.sleep(0.2)
+
+        calls = assume_role_calls(emulator)[calls_before:]
+        assert len(calls) >= 3, calls  # the first fetch and at least two refreshes
+        assert all(c["status"] == 200 for c in calls), calls
+        # One AssumeRole per refresh, for the whole Envoy (two workers).
+        assert stat(envoy, "refresh_succeeded") == len(calls)
+        assert stat(envoy, "refresh_attempted") == len(calls)
+        assert stat(envoy, "refresh_failed") == 0
+        assert 0 < envoy.stats().get("wasmcustom.healthlake_relay.credentials.expiry_seconds", 0) <= 900
+
+        # Every request HealthLake received was signed with STS credentials valid at that moment.
+        reached = [q for q in emulator.requests() if q["path"].startswith("/datastore/")]
+        assert len(reached) >= n
+        assert all(q["verified"] and q["credential_source"] == "sts" and q["credential_valid"] for q in reached)
+        assert len({q["access_key_id"] for q in reached}) >= 2
+
+        log = (tmp_path / "envoy.log").read_text()
+        assert log.count("assumed the role") == len(calls)
+        for secret in (iam.secret_access_key,):
+            assert secret not in log
+    finally:
+        envoy.stop()
+
+
+def test_expired_token_forces_one_refresh_not_a_storm(moto, emulator, tmp_path):
+    _, iam = moto
+    envoy = role_relay(tmp_path, emulator, iam, AWS_ROLE_DURATION_SECONDS="3600",
+                       RELAY_CREDENTIALS_REFRESH_MARGIN_SECONDS="900")
+    try:
+        assert send(envoy.url, "PUT", "/Patient/e0", body("e0"), FHIR).status == 201
+        before = len(assume_role_calls(emulator))
+        assert emulator.get_json("/_emulator/sts")["issued"]
+        emulator.post("/_emulator/sts/expire")  # as if they expired early
+
+        with ThreadPoolExecutor(6) as pool:
+            first = list(pool.map(lambda i: send(envoy.url, "PUT", f"/Patient/e{i}", body(f"e{i}"), FHIR),
+                                  range(1, 7)))
+        # Writes signed with the expired token are answered 503 auth-failed (Smile CDR retries).
+        assert all(r.status in (200, 201, 503) for r in first), [r.status for r in first]
+        assert any(r.header("x-healthlake-outcome") == "auth-failed" for r in first)
+
+        def delivered():
+            r = send(envoy.url, "PUT", "/Patient/e-after", body("e-after"), FHIR)
+            return r.status in (200, 201)
+
+        relayctl.wait_until(delivered, 20, "a write with the refreshed credentials", interval=0.3)
+        assert len(assume_role_calls(emulator)) == before + 1
+        assert "refreshing them now" in (tmp_path / "envoy.log").read_text()
+    finally:
+        envoy.stop()
+
+
+def test_access_denied_by_sts_fails_closed(moto, emulator, tmp_path):
+    _, iam = moto
+    emulator.reset()
+    envoy = role_relay(tmp_path, emulator, iam,
+                       key=(iam.denied_access_key_id, iam.denied_secret_access_key),
+                       RELAY_CREDENTIALS_WAIT_MS="1500")
+    try:
+        r = send(envoy.url, "PUT", "/Patient/denied", body("denied"), FHIR)
+        assert (r.status, r.header("x-healthlake-outcome")) == (503, "no-credentials")
+        assert not [q for q in emulator.requests() if q["path"].startswith("/datastore/")]
+        log = (tmp_path / "envoy.log").read_text()
+        assert "AssumeRole failed" in log and "AccessDenied" in log
+        assert stat(envoy, "refresh_failed") >= 1
+        entry = envoy.wait_for_log(lambda e: e["resource_id"] == "denied")
+        assert entry["outcome"] == "no-credentials"
+    finally:
+        envoy.stop()
+
+
+def test_sts_down_at_start_then_recovers_without_restart(moto, tmp_path):
+    m, iam = moto
+    port, sts_port = relayctl.free_port(), relayctl.free_port()
+    # Nothing listens yet where the relay expects STS (and HealthLake).
+    envoy = role_relay(tmp_path / "relay", None, iam,
+                       sts_url=f"http://127.0.0.1:{sts_port}", healthlake_url=f"http://127.0.0.1:{port}",
+                       RELAY_CREDENTIALS_WAIT_MS="1000")
+    emu = None
+    try:
+        r = send(envoy.url, "PUT", "/Patient/down", body("down"), FHIR)
+        assert (r.status, r.header("x-healthlake-outcome")) == (503, "no-credentials")
+        assert stat(envoy, "refresh_failed") >= 1
+
+        emu = relayctl.start_emulator(tmp_path / "emulator", [], sts_upstream=m.url, port=port, sts_port=sts_port)
+
+        def delivered():
+            r = send(envoy.url, "PUT", "/Patient/up", body("up"), FHIR)
+            return r.status == 201
+
+        relayctl.wait_until(delivered, 40, "the relay to recover once STS is up", interval=0.5)
+        assert stat(envoy, "refresh_succeeded") == 1
+        assert envoy.alive()
+    finally:
+        envoy.stop()
+        if emu:
+            emu.stop()
