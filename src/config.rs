@@ -47,6 +47,20 @@ struct RawConfig {
     version_guard_max_age_seconds: Option<u64>,
     #[serde(default)]
     assume_role: Option<RawAssumeRole>,
+    #[serde(default)]
+    inbound_auth: Option<String>,
+}
+
+/// How callers prove they are Smile CDR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundAuth {
+    /// A bearer token from `RELAY_INBOUND_TOKENS` (the default).
+    Bearer,
+    /// A client certificate, checked by Envoy's listener; the relay checks the connection used
+    /// mutual TLS.
+    MutualTls,
+    /// Nobody is checked: only for a local demo on loopback.
+    None,
 }
 
 /// `assume_role`: sign with temporary credentials of an IAM role, from STS AssumeRole.
@@ -183,6 +197,8 @@ pub struct Config {
     pub version_guard: Option<crate::versions::Limits>,
     /// Temporary credentials from STS AssumeRole; `None` signs with the environment's.
     pub assume_role: Option<crate::sts::AssumeRole>,
+    /// How callers are authenticated.
+    pub inbound_auth: InboundAuth,
     /// `/datastore/{datastore_id}/r4`, the upstream prefix every forwarded path starts with.
     pub upstream_prefix: String,
 }
@@ -343,6 +359,18 @@ impl Config {
             None => None,
         };
 
+        let inbound_auth = match raw.inbound_auth.as_deref().unwrap_or("bearer") {
+            "bearer" => InboundAuth::Bearer,
+            "mtls" => InboundAuth::MutualTls,
+            "none" => InboundAuth::None,
+            other => {
+                return Err(err(
+                    "inbound_auth",
+                    format!("expected \"bearer\", \"mtls\" or \"none\", got {other:?}"),
+                ))
+            }
+        };
+
         let upstream_prefix = format!("/datastore/{datastore_id}/r4");
         Ok(Config {
             region,
@@ -355,6 +383,7 @@ impl Config {
             retry_after_seconds,
             version_guard,
             assume_role,
+            inbound_auth,
             upstream_prefix,
         })
     }
@@ -401,6 +430,7 @@ mod tests {
         assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert_eq!(c.upstream_prefix, "/datastore/0123456789abcdef/r4");
         assert!(c.unsupported_types.is_empty());
+        assert_eq!(c.inbound_auth, InboundAuth::Bearer);
         assert_eq!(
             c.unsupported_type_ttl_seconds,
             DEFAULT_UNSUPPORTED_TYPE_TTL_SECONDS

@@ -13,6 +13,7 @@ pub mod config;
 pub mod credentials;
 pub mod fhir;
 pub mod headers;
+pub mod inbound_auth;
 pub mod instant;
 pub mod operation_outcome;
 pub mod outcome;

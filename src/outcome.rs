@@ -35,11 +35,13 @@ pub enum Outcome {
     NoCredentials,
     /// The request was refused before anything was signed.
     InvalidRequest,
+    /// The caller did not present an accepted credential.
+    Unauthorized,
 }
 
 impl Outcome {
     /// Every outcome, for defining one stat each.
-    pub const ALL: [Outcome; 12] = [
+    pub const ALL: [Outcome; 13] = [
         Outcome::Delivered,
         Outcome::Deleted,
         Outcome::AlreadyAbsent,
@@ -52,6 +54,7 @@ impl Outcome {
         Outcome::ReadDropped,
         Outcome::NoCredentials,
         Outcome::InvalidRequest,
+        Outcome::Unauthorized,
     ];
 
     /// The fixed string operators see.
@@ -69,6 +72,7 @@ impl Outcome {
             Outcome::ReadDropped => "read-dropped",
             Outcome::NoCredentials => "no-credentials",
             Outcome::InvalidRequest => "invalid-request",
+            Outcome::Unauthorized => "unauthorized",
         }
     }
 
@@ -87,6 +91,7 @@ impl Outcome {
             Outcome::ReadDropped => "read_dropped",
             Outcome::NoCredentials => "no_credentials",
             Outcome::InvalidRequest => "invalid_request",
+            Outcome::Unauthorized => "unauthorized",
         }
     }
 
