@@ -245,6 +245,27 @@ pub fn resolve_waiters(shared: &Shared) {
     }
 }
 
+/// Checks the caller; `Some` is why it is refused.
+fn authenticate(shared: &Shared, authorization: Option<&str>) -> Option<&'static str> {
+    match &shared.inbound {
+        super::Inbound::Open => None,
+        super::Inbound::Bearer(tokens) => {
+            tokens.check(authorization).err().map(|r| r.diagnostics())
+        }
+        super::Inbound::MutualTls => {
+            // Envoy's listener verified the client certificate; refuse if it did not (a listener
+            // left without TLS must not become an open signer).
+            let mtls = proxy_wasm::hostcalls::get_property(vec!["connection", "mtls"])
+                .ok()
+                .flatten();
+            match mtls.as_deref() {
+                Some([1, ..]) => None,
+                _ => Some("A client certificate is required (mutual TLS)."),
+            }
+        }
+    }
+}
+
 impl RelayHttp {
     pub fn new(shared: Option<Rc<Shared>>, context_id: u32) -> Self {
         RelayHttp {
@@ -638,6 +659,16 @@ impl HttpContext for RelayHttp {
         let path = header(":path").unwrap_or("");
         host::set_filter_state(state_key::METHOD, method);
         host::set_filter_state(state_key::PATH, path);
+        if let Some(diagnostics) = authenticate(&shared, header("authorization")) {
+            return self.answer(
+                401,
+                Outcome::Unauthorized,
+                Severity::Error,
+                "login",
+                diagnostics,
+                &[("www-authenticate", "Bearer realm=\"healthlake-relay\"")],
+            );
+        }
 
         let content_type = header("content-type");
         let target = match plan(method, path, &shared.config) {

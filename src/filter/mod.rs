@@ -10,8 +10,9 @@ mod metrics;
 mod response;
 mod shared;
 
-use crate::config::Config;
+use crate::config::{Config, InboundAuth};
 use crate::credentials::Credentials;
+use crate::inbound_auth::Tokens;
 use credentials::{CredentialCache, Source};
 use host::log_error;
 use http::{Forwarded, Waiter};
@@ -31,9 +32,17 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(RelayRoot::default()) });
 }}
 
+/// How this worker checks callers.
+pub(crate) enum Inbound {
+    Bearer(Tokens),
+    MutualTls,
+    Open,
+}
+
 /// What every request of one worker shares with its root context.
 pub(crate) struct Shared {
     pub config: Config,
+    pub inbound: Inbound,
     pub credentials: RefCell<CredentialCache>,
     pub metrics: Metrics,
     /// Requests held until credentials exist (assume_role, before the first fetch).
@@ -98,6 +107,31 @@ impl RootContext for RelayRoot {
                 return false;
             }
         };
+        let inbound = match config.inbound_auth {
+            InboundAuth::Bearer => {
+                let value = std::env::var("RELAY_INBOUND_TOKENS").unwrap_or_default();
+                match Tokens::parse(&value) {
+                    Ok(tokens) => Inbound::Bearer(tokens),
+                    Err(e) => {
+                        log_error(&format!(
+                            "healthlake-relay: refusing to start: inbound_auth is \"bearer\" but {e}. \
+                             Give Smile CDR a token (RELAY_INBOUND_TOKENS, passed through \
+                             vm_config.environment_variables), or protect the listener with mutual \
+                             TLS (inbound_auth \"mtls\")."
+                        ));
+                        return false;
+                    }
+                }
+            }
+            InboundAuth::MutualTls => Inbound::MutualTls,
+            InboundAuth::None => {
+                log::warn!(
+                    "healthlake-relay: inbound_auth is \"none\": anyone who reaches the listener can \
+                     write to HealthLake with the relay's credentials (local demo only)"
+                );
+                Inbound::Open
+            }
+        };
         let env = Credentials::from_env(|name| std::env::var(name).ok());
         let source =
             match (&config.assume_role, env) {
@@ -147,6 +181,7 @@ impl RootContext for RelayRoot {
         let uses_role = matches!(source, Source::Role { .. });
         let shared = Rc::new(Shared {
             config,
+            inbound,
             credentials: RefCell::new(CredentialCache::new(source)),
             metrics: Metrics::define(),
             waiters: RefCell::new(Vec::new()),
