@@ -90,9 +90,19 @@ class Settings:
     refresh_margin_seconds: int = 900
     credentials_wait_ms: int = 5000
     sts_endpoint: str = ""
+    inbound_auth: str = "none"
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    max_connections: int = 1024
 
     @staticmethod
     def from_env(env: Mapping[str, str]) -> "Settings":
+        return Settings.with_tokens(env)[0]
+
+    @staticmethod
+    def with_tokens(env: Mapping[str, str]) -> tuple["Settings", str]:
+        """The settings, and the inbound bearer tokens (for Envoy's environment, never the file)."""
         def get(name: str, default: str = "") -> str:
             return env.get(name, "").strip() or default
 
@@ -102,6 +112,7 @@ class Settings:
                 raise SettingsError(f"{name} must be a TCP port number (0-65535), got {raw!r}")
             return int(raw)
 
+        relay_port, admin_port = port("RELAY_PORT", 10000), port("RELAY_ADMIN_PORT", 9901)
         region = get("AWS_REGION", get("AWS_DEFAULT_REGION", DEFAULT_REGION))
         if not re.fullmatch(r"[a-z0-9-]+", region):
             raise SettingsError(f"AWS_REGION must be an AWS region such as us-east-1, got {region!r}")
@@ -171,6 +182,32 @@ class Settings:
             raise SettingsError(f"AWS_ENDPOINT_URL_STS must be a URL such as https://sts.us-east-1.amazonaws.com, got {sts_endpoint!r}")
         if sts_parts.scheme == "http" and not is_loopback(sts_parts.hostname):
             raise SettingsError(f"AWS_ENDPOINT_URL_STS may use plain http:// only on loopback, got {sts_endpoint!r}")
+        tokens = get("RELAY_INBOUND_TOKENS")
+        tokens_file = get("RELAY_INBOUND_TOKENS_FILE")
+        if tokens_file and not tokens:
+            try:
+                tokens = Path(tokens_file).read_text().strip()
+            except OSError as e:
+                raise SettingsError(f"RELAY_INBOUND_TOKENS_FILE cannot be read: {e.strerror}") from None
+        mtls = get("RELAY_INBOUND_MTLS").lower() in ("1", "true", "yes")
+        tls = {name: get(name) for name in ("RELAY_TLS_CERT_FILE", "RELAY_TLS_KEY_FILE", "RELAY_TLS_CLIENT_CA_FILE")}
+        if mtls and not all(tls.values()):
+            missing = ", ".join(k for k, v in tls.items() if not v)
+            raise SettingsError(f"RELAY_INBOUND_MTLS needs {missing}")
+        if tokens:
+            inbound_auth = "bearer"
+        elif mtls:
+            inbound_auth = "mtls"
+        elif parts.scheme == "http":
+            inbound_auth = "none"  # the local demo: a loopback emulator
+        else:
+            raise SettingsError(
+                "refusing to start: the relay would sign writes to a real HealthLake for anyone who "
+                "reaches it. Set RELAY_INBOUND_TOKENS (or RELAY_INBOUND_TOKENS_FILE) to the bearer "
+                "token(s) Smile CDR sends, or RELAY_INBOUND_MTLS=true with the listener's certificates.")
+        max_connections = get("RELAY_MAX_CONNECTIONS", "1024")
+        if not max_connections.isdigit() or int(max_connections) == 0:
+            raise SettingsError(f"RELAY_MAX_CONNECTIONS must be a positive number, got {max_connections!r}")
         ca_bundle = get("RELAY_CA_BUNDLE") or next(
             (c for c in CA_BUNDLE_CANDIDATES if Path(c).exists()), CA_BUNDLE_CANDIDATES[0]
         )
@@ -178,8 +215,8 @@ class Settings:
             region=region,
             datastore_id=datastore_id,
             endpoint=endpoint,
-            relay_port=port("RELAY_PORT", 10000),
-            admin_port=port("RELAY_ADMIN_PORT", 9901),
+            relay_port=relay_port,
+            admin_port=admin_port,
             listen_address=listen,
             base_path=base_path,
             max_body_bytes=int(max_body),
@@ -196,7 +233,12 @@ class Settings:
             refresh_margin_seconds=int(margin),
             credentials_wait_ms=int(wait),
             sts_endpoint=sts_endpoint,
-        )
+            inbound_auth=inbound_auth,
+            tls_cert_file=tls["RELAY_TLS_CERT_FILE"],
+            tls_key_file=tls["RELAY_TLS_KEY_FILE"],
+            tls_client_ca_file=tls["RELAY_TLS_CLIENT_CA_FILE"],
+            max_connections=int(max_connections),
+        ), tokens
 
     @property
     def upstream(self) -> tuple[str, str, int]:
@@ -216,6 +258,7 @@ class Settings:
 
     def plugin_config(self) -> dict:
         config = {
+            "inbound_auth": self.inbound_auth,
             "region": self.region,
             "datastore_id": self.datastore_id,
             "healthlake_host": self.authority,
@@ -264,6 +307,7 @@ def render(settings: Settings, plugin_config: dict | None = None) -> str:
         "HEALTHLAKE_ADDRESS": host,
         "HEALTHLAKE_PORT": str(port),
         "RELAY_CA_BUNDLE": settings.ca_bundle,
+        "RELAY_MAX_CONNECTIONS": str(settings.max_connections),
         "STS_ADDRESS": sts_host,
         "STS_PORT": str(sts_port),
     }
@@ -280,6 +324,22 @@ def render(settings: Settings, plugin_config: dict | None = None) -> str:
     clusters = config["static_resources"]["clusters"]
     if not settings.role_arn:
         clusters[:] = [c for c in clusters if c["name"] != "sts"]
+    if settings.tls_cert_file:
+        chain = config["static_resources"]["listeners"][0]["filter_chains"][0]
+        chain["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "require_client_certificate": True,
+                "common_tls_context": {
+                    "tls_certificates": [{
+                        "certificate_chain": {"filename": settings.tls_cert_file},
+                        "private_key": {"filename": settings.tls_key_file},
+                    }],
+                    "validation_context": {"trusted_ca": {"filename": settings.tls_client_ca_file}},
+                },
+            },
+        }
     plain = {"healthlake": scheme == "http", "sts": sts_scheme == "http"}
     for cluster in clusters:
         if plain.get(cluster["name"]):
@@ -560,12 +620,13 @@ def write_config(text: str, workdir: Path, name: str = "envoy.yaml") -> Path:
     return path
 
 
-def validate_config(config_path: Path) -> subprocess.CompletedProcess:
-    """`envoy --mode validate` on a rendered configuration."""
+def validate_config(config_path: Path, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`envoy --mode validate` on a rendered configuration (it configures the plugin too, so it
+    needs the environment Envoy will have)."""
     return subprocess.run(
         [str(envoy_binary()), "--mode", "validate", "-c", str(config_path), "--disable-hot-restart",
          "--log-level", "error"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env=dict(env) if env is not None else None,
     )
 
 
@@ -656,7 +717,9 @@ def run() -> int:
             env["AWS_ACCESS_KEY_ID"] = DEMO_ACCESS_KEY_ID
             env["AWS_SECRET_ACCESS_KEY"] = DEMO_SECRET_ACCESS_KEY
             env.pop("AWS_SESSION_TOKEN", None)
-        settings = Settings.from_env(env)
+        settings, tokens = Settings.with_tokens(env)
+        if tokens:
+            env["RELAY_INBOUND_TOKENS"] = tokens  # to the Wasm VM, not into the file
         config_path = write_config(render(settings), workdir)
         envoy = start_envoy(config_path, workdir, env, admin_port=settings.admin_port)
         services.append(envoy)

@@ -80,7 +80,7 @@ def start_relay(workdir: Path, emulator: relayctl.Emulator | None, env: dict[str
         edit(config)
         text = yaml.safe_dump(config, sort_keys=False)
     path = relayctl.write_config(text, workdir)
-    checked = relayctl.validate_config(path)
+    checked = relayctl.validate_config(path, env)
     assert checked.returncode == 0, checked.stderr
     return relayctl.start_envoy(path, workdir, env, concurrency=concurrency)
 

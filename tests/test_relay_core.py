@@ -56,13 +56,14 @@ def one_example_per_type() -> list[tuple[str, str, bytes]]:
 def test_rendered_configurations_validate(tmp_path):
     """The shipped template renders and passes `envoy --mode validate` for AWS and for loopback."""
     for name, env in {
-        "aws": {"AWS_REGION": "eu-west-1", "HEALTHLAKE_DATASTORE_ID": "abc123"},
+        "aws": {"AWS_REGION": "eu-west-1", "HEALTHLAKE_DATASTORE_ID": "abc123",
+                "RELAY_INBOUND_TOKENS": "a-token-for-smile-cdr-0001"},
         "loopback": {"AWS_ENDPOINT_URL_HEALTHLAKE": "http://127.0.0.1:8080", "RELAY_INBOUND_BASE_PATH": "/fhir"},
     }.items():
         settings = relayctl.Settings.from_env(env)
         text = relayctl.render(settings)
         path = relayctl.write_config(text, tmp_path, f"{name}.yaml")
-        result = relayctl.validate_config(path)
+        result = relayctl.validate_config(path, relay_env(**{k: v for k, v in env.items() if k.startswith("RELAY_INBOUND")}))
         assert result.returncode == 0, result.stderr
         assert ("transport_socket" in text) == (name == "aws")
     assert "healthlake.eu-west-1.amazonaws.com" in (tmp_path / "aws.yaml").read_text()
@@ -74,6 +75,8 @@ def test_rendered_configurations_validate(tmp_path):
     ({"AWS_REGION": "US East"}, "AWS_REGION"),
     ({"RELAY_PORT": "70000"}, "RELAY_PORT"),
     ({"RELAY_INBOUND_BASE_PATH": "fhir"}, "RELAY_INBOUND_BASE_PATH"),
+    ({"HEALTHLAKE_DATASTORE_ID": "abc"}, "refusing to start"),
+    ({"RELAY_INBOUND_MTLS": "true"}, "RELAY_TLS_CERT_FILE"),
 ])
 def test_bad_settings_are_named(env, message):
     with pytest.raises(relayctl.SettingsError, match=message):
