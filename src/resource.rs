@@ -199,18 +199,24 @@ pub fn parse(body: &[u8]) -> Result<Resource, Rejection> {
     })
 }
 
+/// Checks that the body's `resourceType` is the path's.
+fn check_type(resource: &Resource, resource_type: &str) -> Result<(), Rejection> {
+    if resource.resource_type == resource_type {
+        return Ok(());
+    }
+    Err(invalid(
+        400,
+        "invalid",
+        format!(
+            "The body's resourceType {} does not match the path's {resource_type}.",
+            quoted(&resource.resource_type, 80)
+        ),
+    ))
+}
+
 /// Checks that the body is the resource the path names: same type and, for an update, same id.
 pub fn check_matches(resource: &Resource, resource_type: &str, id: &str) -> Result<(), Rejection> {
-    if resource.resource_type != resource_type {
-        return Err(invalid(
-            400,
-            "invalid",
-            format!(
-                "The body's resourceType {} does not match the path's {resource_type}.",
-                quoted(&resource.resource_type, 80)
-            ),
-        ));
-    }
+    check_type(resource, resource_type)?;
     match &resource.id {
         Some(body_id) if body_id == id => Ok(()),
         Some(body_id) => Err(invalid(
@@ -234,16 +240,7 @@ pub fn check_matches(resource: &Resource, resource_type: &str, id: &str) -> Resu
 /// id to a POST and the mirror would diverge from Smile CDR, so the relay sends it as a PUT of
 /// the body's own id, and refuses a body without one.
 pub fn id_for_create(resource: &Resource, resource_type: &str) -> Result<String, Rejection> {
-    if resource.resource_type != resource_type {
-        return Err(invalid(
-            400,
-            "invalid",
-            format!(
-                "The body's resourceType {} does not match the path's {resource_type}.",
-                quoted(&resource.resource_type, 80)
-            ),
-        ));
-    }
+    check_type(resource, resource_type)?;
     resource.id.clone().ok_or_else(|| {
         invalid(
             422,
