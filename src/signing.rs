@@ -134,6 +134,109 @@ pub fn sign_request(
         .collect())
 }
 
+/// The derived SigV4 signing key of the last credentials/day/region/service, so that the four
+/// HMACs that derive it run once a day per credentials instead of once per request.
+#[derive(Default)]
+pub struct KeyCache {
+    entry: Option<CachedKey>,
+}
+
+struct CachedKey {
+    access_key_id: String,
+    secret_access_key: String,
+    date: String,
+    region: String,
+    service: String,
+    key: Vec<u8>,
+}
+
+/// `YYYYMMDDTHHMMSSZ` (SigV4's `x-amz-date`) for a time.
+pub fn amz_date(time: SystemTime) -> String {
+    let secs = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    crate::refresh::rfc3339(secs).replace(['-', ':'], "")
+}
+
+/// Signs like [`sign_request`] (the same headers, byte for byte: a unit test compares them),
+/// building the canonical request for the relay's fixed header set directly and reusing the
+/// cached signing key. `aws-sigv4` still derives the key and computes the signature.
+pub fn sign_request_cached(
+    input: &SigningInput<'_>,
+    credentials: &Credentials,
+    cache: &mut KeyCache,
+) -> Result<Vec<(String, String)>, SigningError> {
+    let amz_date = amz_date(input.time);
+    let date = amz_date.get(..8).unwrap_or_default();
+    let token = credentials.session_token.as_deref();
+    let canonical = canonical_request(input, &amz_date, token);
+    let scope = format!("{date}/{}/{}/aws4_request", input.region, input.service);
+    let string_to_sign = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    );
+    let fresh = cache.entry.as_ref().is_none_or(|k| {
+        k.date != date
+            || k.region != input.region
+            || k.service != input.service
+            || k.access_key_id != credentials.access_key_id
+            || k.secret_access_key != credentials.secret_access_key
+    });
+    if fresh {
+        let key = v4::generate_signing_key(
+            &credentials.secret_access_key,
+            input.time,
+            input.region,
+            input.service,
+        );
+        cache.entry = Some(CachedKey {
+            access_key_id: credentials.access_key_id.clone(),
+            secret_access_key: credentials.secret_access_key.clone(),
+            date: date.to_owned(),
+            region: input.region.to_owned(),
+            service: input.service.to_owned(),
+            key: key.as_ref().to_vec(),
+        });
+    }
+    let key = cache
+        .entry
+        .as_ref()
+        .map(|k| k.key.as_slice())
+        .ok_or_else(|| SigningError("no signing key".to_owned()))?;
+    let signature = v4::calculate_signature(key, string_to_sign.as_bytes());
+    let signed_headers = signed_header_names(input, token.is_some());
+    let mut headers = Vec::with_capacity(4);
+    headers.push(("x-amz-date".to_owned(), amz_date.clone()));
+    headers.push((
+        "x-amz-content-sha256".to_owned(),
+        input.payload_sha256.to_owned(),
+    ));
+    if let Some(t) = token {
+        headers.push(("x-amz-security-token".to_owned(), t.to_owned()));
+    }
+    headers.push((
+        "authorization".to_owned(),
+        format!(
+            "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
+            credentials.access_key_id
+        ),
+    ));
+    Ok(headers)
+}
+
+/// The `SignedHeaders` list of the relay's fixed header set.
+fn signed_header_names(input: &SigningInput<'_>, with_token: bool) -> String {
+    let mut names: Vec<&str> = Vec::with_capacity(5);
+    if input.content_type.is_some() {
+        names.push("content-type");
+    }
+    names.extend(["host", "x-amz-content-sha256", "x-amz-date"]);
+    if with_token {
+        names.push("x-amz-security-token");
+    }
+    names.join(";")
+}
+
 /// What was signed, kept for the troubleshooting log of an `auth-failed` answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signed {
@@ -331,6 +434,79 @@ mod tests {
             );
             assert!(logged.starts_with("PUT\n/datastore/ds/r4/Patient/a.b-1\n\ncontent-type:"));
         }
+    }
+
+    #[test]
+    fn cached_signing_gives_exactly_aws_sigv4_headers() {
+        let hash = hex::encode(Sha256::digest(b"{\"resourceType\":\"Patient\"}"));
+        let mut cache = KeyCache::default();
+        let day = 86_400;
+        for (secs, token, method, content_type, path) in [
+            (
+                1_440_938_160,
+                None,
+                "PUT",
+                Some("application/fhir+json"),
+                "/datastore/ds/r4/Patient/a",
+            ),
+            (
+                1_440_938_161,
+                Some("TOKEN/+="),
+                "PUT",
+                Some("application/fhir+json"),
+                "/datastore/ds/r4/Patient/b.c-1",
+            ),
+            (
+                1_440_938_162,
+                Some("TOKEN/+="),
+                "DELETE",
+                None,
+                "/datastore/ds/r4/Observation/x",
+            ),
+            (
+                1_440_938_160 + day,
+                None,
+                "PUT",
+                Some("application/fhir+json"),
+                "/datastore/ds/r4/Patient/a",
+            ),
+            (
+                1_440_938_160 + day,
+                None,
+                "POST",
+                Some("application/x-www-form-urlencoded; charset=utf-8"),
+                "/",
+            ),
+        ] {
+            let mut i = input(&hash, path);
+            i.time = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            i.method = method;
+            i.content_type = content_type;
+            let c = creds(token);
+            let expected = sign_request(&i, &c).unwrap();
+            let mut got = sign_request_cached(&i, &c, &mut cache).unwrap();
+            let mut want = expected.clone();
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "{method} {path} {token:?}");
+        }
+        // Other credentials on the same day get their own key.
+        let mut other = creds(None);
+        other.secret_access_key = "another-secret".into();
+        let i = input(&hash, "/datastore/ds/r4/Patient/a");
+        let mut got = sign_request_cached(&i, &other, &mut cache).unwrap();
+        let mut want = sign_request(&i, &other).unwrap();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn amz_date_format() {
+        assert_eq!(
+            amz_date(SystemTime::UNIX_EPOCH + Duration::from_secs(1_440_938_160)),
+            "20150830T123600Z"
+        );
     }
 
     #[test]

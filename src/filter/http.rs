@@ -10,7 +10,8 @@ use crate::outcome::{unsupported_body, Outcome, Verdict};
 use crate::plan::{plan, Operation, Plan, Rejection, Target, ALLOWED_METHODS, READ_DIAGNOSTICS};
 use crate::resource::{self, Version};
 use crate::signing::{
-    sign_request, PayloadHasher, Signed, SigningInput, EMPTY_SHA256, HEALTHLAKE_SERVICE,
+    sign_request, sign_request_cached, PayloadHasher, Signed, SigningInput, EMPTY_SHA256,
+    HEALTHLAKE_SERVICE,
 };
 use crate::versions::Decision;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -156,7 +157,11 @@ pub fn sign_and_rewrite(
 ) -> Result<Forwarded, &'static str> {
     let target = job.target;
     let input = signing_input(shared, &target, &job.payload_sha256, now);
-    let headers = sign_request(&input, credentials).map_err(|e| {
+    let signed = match shared.signing_keys.try_borrow_mut() {
+        Ok(mut cache) => sign_request_cached(&input, credentials, &mut cache),
+        Err(_) => sign_request(&input, credentials),
+    };
+    let headers = signed.map_err(|e| {
         host::log_error(&format!("healthlake-relay: {e}"));
         "signing failed"
     })?;

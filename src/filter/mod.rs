@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     pub waiters: RefCell<Vec<Waiter>>,
     /// Requests the root context signed and resumed, by context id, for their response side.
     pub resumed: RefCell<HashMap<u32, Box<Forwarded>>>,
+    /// The derived SigV4 key, reused for a day per credentials.
+    pub signing_keys: RefCell<crate::signing::KeyCache>,
 }
 
 #[derive(Default)]
@@ -186,6 +188,7 @@ impl RootContext for RelayRoot {
             metrics: Metrics::define(),
             waiters: RefCell::new(Vec::new()),
             resumed: RefCell::new(HashMap::new()),
+            signing_keys: RefCell::new(crate::signing::KeyCache::default()),
         });
         self.shared = Some(Rc::clone(&shared));
         if uses_role {
