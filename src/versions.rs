@@ -182,32 +182,20 @@ impl Shard {
         self.evict(now, limits);
     }
 
-    /// Records a deletion: a tombstone at the last known `lastUpdated`, or at `now_nanos` (the
-    /// relay's clock) when the resource was never seen.
-    pub fn record_delete(
-        &mut self,
-        fingerprint: Fingerprint,
-        now: u64,
-        now_nanos: Nanos,
-        limits: Limits,
-    ) {
-        match self
+    /// Records a deletion: a tombstone at the last known `lastUpdated`. A resource the relay
+    /// never saw gets none: a DELETE carries no version, and the relay's own clock cannot be
+    /// compared with Smile CDR's `lastUpdated` (a backfill re-delivers re-created resources with
+    /// past times, which a clock-based tombstone would wrongly call stale: data lost).
+    pub fn record_delete(&mut self, fingerprint: Fingerprint, now: u64, limits: Limits) {
+        if let Some(e) = self
             .entries
             .iter_mut()
             .find(|e| e.fingerprint == fingerprint)
         {
-            Some(e) => {
+            if e.last_updated.is_some() {
                 e.deleted = true;
-                e.last_updated = Some(e.last_updated.unwrap_or(now_nanos));
                 e.recorded_at = now;
             }
-            None => self.entries.push(Entry {
-                fingerprint,
-                last_updated: Some(now_nanos),
-                version: None,
-                deleted: true,
-                recorded_at: now,
-            }),
         }
         self.evict(now, limits);
     }
@@ -324,7 +312,7 @@ mod tests {
     fn tombstones_stop_resurrection_but_not_recreation() {
         let mut s = Shard::default();
         s.record_write(fp(1), &v("2026-01-02T00:00:00Z", "2"), 10, LIMITS);
-        s.record_delete(fp(1), 11, 0, LIMITS);
+        s.record_delete(fp(1), 11, LIMITS);
         let known = s.get(&fp(1));
         assert!(known.unwrap().deleted);
         assert_eq!(
@@ -342,15 +330,12 @@ mod tests {
         s.record_write(fp(1), &v("2026-01-05T00:00:00Z", "4"), 12, LIMITS);
         assert!(!s.get(&fp(1)).unwrap().deleted);
 
-        // Deleting a resource never seen: tombstone at the relay's clock.
-        let now = instant::parse("2026-02-01T00:00:00Z").unwrap();
-        s.record_delete(fp(2), 13, now, LIMITS);
+        // Deleting a resource never seen leaves nothing: any later write of it is forwarded,
+        // whatever its lastUpdated (a re-created resource re-delivered by a backfill).
+        s.record_delete(fp(2), 13, LIMITS);
+        assert!(s.get(&fp(2)).is_none());
         assert_eq!(
-            check(s.get(&fp(2)), &v("2026-01-31T00:00:00Z", "7")),
-            Decision::Stale
-        );
-        assert_eq!(
-            check(s.get(&fp(2)), &v("2026-02-02T00:00:00Z", "8")),
+            check(s.get(&fp(2)), &v("2000-01-31T00:00:00Z", "7")),
             Decision::Forward
         );
     }
@@ -368,7 +353,8 @@ mod tests {
             11,
             LIMITS,
         );
-        s.record_delete(fp(3), 12, -5, LIMITS);
+        s.record_write(fp(3), &v("2026-01-01T00:00:00Z", "1"), 12, LIMITS);
+        s.record_delete(fp(3), 12, LIMITS);
         let bytes = s.encode();
         assert_eq!(Shard::decode(Some(&bytes)), s);
         assert!(Shard::decode(None).is_empty());

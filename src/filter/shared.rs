@@ -19,12 +19,6 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn now_nanos() -> i128 {
-    host::now()
-        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
-}
-
 /// Whether HealthLake recently said it does not support `resource_type`.
 pub fn is_known_unsupported(resource_type: &str) -> bool {
     let (value, _) = host::shared_data(&unsupported_types::shared_key(resource_type));
@@ -82,8 +76,6 @@ pub fn record_write(target: &Target, version: &Version, limits: Limits) {
 
 /// Records that `target` is deleted in HealthLake.
 pub fn record_delete(target: &Target, limits: Limits) {
-    let (now, nanos) = (unix_now(), now_nanos());
-    update_shard(target, |shard, fp| {
-        shard.record_delete(fp, now, nanos, limits)
-    });
+    let now = unix_now();
+    update_shard(target, |shard, fp| shard.record_delete(fp, now, limits));
 }
