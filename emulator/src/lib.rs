@@ -8,11 +8,14 @@
 //! - [`server`]: routing, handlers, the request log and the inspection endpoints.
 //! - [`net`]: the hyper HTTP/1.1 accept loop and abortive closes.
 //! - [`sts`]: the STS recording proxy and the temporary credentials it learns.
+//! - [`persist`]: the state file (`--state-file`): resources and STS-issued credentials kept
+//!   across a restart.
 //! - [`timefmt`]: the few UTC date formats involved.
 
 pub mod faults;
 pub mod fhir;
 pub mod net;
+pub mod persist;
 pub mod server;
 pub mod sigv4;
 pub mod store;
@@ -21,7 +24,8 @@ pub mod timefmt;
 
 pub use faults::{Fault, FaultSettings};
 pub use net::serve;
-pub use server::{Answer, App, Config, RequestRecord};
+pub use persist::Snapshot;
+pub use server::{Answer, App, Config, RequestRecord, SHUTTING_DOWN};
 pub use sigv4::Credential;
 pub use sts::proxy::{serve_sts_proxy, StsUpstream};
 pub use sts::{StsCall, StsStatus, UpstreamOutcome};

@@ -12,7 +12,7 @@ use http::StatusCode;
 use tokio::net::TcpListener;
 
 use healthlake_emulator::{
-    serve, serve_sts_proxy, App, Config, Credential, FaultSettings, StsUpstream,
+    persist, serve, serve_sts_proxy, App, Config, Credential, FaultSettings, StsUpstream,
 };
 
 /// The environment variable holding extra credential sets, `,`-separated.
@@ -88,6 +88,12 @@ struct Cli {
     /// atomically, before --port-file is written (with --sts-upstream).
     #[arg(long, value_name = "PATH", requires = "sts_upstream")]
     sts_port_file: Option<PathBuf>,
+
+    /// Keep the stored resources (exact bytes, version counters) and the STS-issued
+    /// credentials in this file: loaded at start if it exists, written atomically on SIGTERM
+    /// or Ctrl-C. It holds secrets (mode 0600). The request log and faults are not kept.
+    #[arg(long, value_name = "PATH")]
+    state_file: Option<PathBuf>,
 }
 
 fn parse_delete_status(s: &str) -> Result<u16, String> {
@@ -211,6 +217,12 @@ async fn run(cli: Cli) -> Result<(), String> {
         .transpose()
         .map_err(|e| format!("--sts-upstream: {e}"))?;
 
+    // Read before binding: a bad state file stops the start before any port file is written.
+    let saved = match &cli.state_file {
+        Some(path) => persist::load(path)?,
+        None => None,
+    };
+
     let listener = TcpListener::bind(&cli.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cli.listen))?;
@@ -300,6 +312,21 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 
     let app = Arc::new(App::new(config));
+    if let Some(path) = &cli.state_file {
+        match saved {
+            Some(snapshot) => {
+                let (live, credentials) = app.restore(snapshot);
+                eprintln!(
+                    "healthlake-emulator: state loaded from {}: {live} resources, {credentials} STS-issued credential sets",
+                    path.display()
+                );
+            }
+            None => eprintln!(
+                "healthlake-emulator: no state file at {} yet: starting empty",
+                path.display()
+            ),
+        }
+    }
     let sts_proxy = async {
         match sts {
             Some((sts_listener, _, upstream)) => {
@@ -313,6 +340,17 @@ async fn run(cli: Cli) -> Result<(), String> {
         () = sts_proxy => {}
         () = shutdown_signal() => {
             eprintln!("healthlake-emulator: shutting down");
+            if let Some(path) = &cli.state_file {
+                // Nothing changes after this snapshot: later writes are answered 503.
+                let snapshot = app.freeze_and_snapshot();
+                persist::save(path, &snapshot, std::time::SystemTime::now())?;
+                eprintln!(
+                    "healthlake-emulator: state saved to {}: {} resources, {} STS-issued credential sets",
+                    path.display(),
+                    snapshot.live_resources(),
+                    snapshot.credentials.len()
+                );
+            }
         }
     }
     Ok(())

@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::faults::{self, Fault, FaultInjector, FaultReply, FaultSettings};
 use crate::fhir::{self, FHIR_JSON};
+use crate::persist::{SavedCredential, SavedResource, Snapshot};
 use crate::sigv4::{self, Credential, Policy, Request as SignedRequest};
 use crate::store::Store;
 use crate::sts::{StsCall, StsLedger, StsStatus, UpstreamOutcome};
@@ -102,7 +103,12 @@ struct State {
     faults: FaultInjector,
     /// Not cleared by `POST /_emulator/reset`.
     sts: StsLedger,
+    /// Set once the state was saved for shutdown: nothing may change after that.
+    frozen: bool,
 }
+
+/// The diagnostics of writes (and STS answers) refused after the state was saved for shutdown.
+pub const SHUTTING_DOWN: &str = "the emulator is shutting down";
 
 /// The emulator: configuration plus shared mutable state.
 #[derive(Debug)]
@@ -454,7 +460,76 @@ impl App {
         outcome: UpstreamOutcome<'_>,
         now: SystemTime,
     ) -> StsCall {
-        self.lock().sts.record(action, outcome, now)
+        let mut state = self.lock();
+        if state.frozen {
+            // The state was saved: a credential set accepted now would be forgotten by the next
+            // start, so the caller gets no set at all (the proxy answers 503).
+            let refused = UpstreamOutcome::Failed {
+                status: 503,
+                error: SHUTTING_DOWN,
+            };
+            return state.sts.record(action, refused, now);
+        }
+        state.sts.record(action, outcome, now)
+    }
+
+    /// Everything a state file keeps: resources (exact bytes, versions, every version
+    /// counter) and the STS-issued credential sets.
+    pub fn snapshot(&self) -> Snapshot {
+        let state = self.lock();
+        Self::snapshot_of(&state)
+    }
+
+    /// Takes the snapshot and, in the same critical section, stops every later change: writes
+    /// are answered `503` and STS answers are not accepted, so what was saved is what any
+    /// client was told was stored. Used at shutdown.
+    pub fn freeze_and_snapshot(&self) -> Snapshot {
+        let mut state = self.lock();
+        state.frozen = true;
+        Self::snapshot_of(&state)
+    }
+
+    fn snapshot_of(state: &State) -> Snapshot {
+        let resources = state
+            .store
+            .versions()
+            .map(|((t, id), counter)| SavedResource {
+                resource_type: t.clone(),
+                id: id.clone(),
+                version_counter: counter,
+                live: state.store.get(t, id).cloned(),
+            })
+            .collect();
+        let credentials = state
+            .sts
+            .issued_sets()
+            .map(|(c, expiration)| SavedCredential {
+                credential: c.clone(),
+                expiration: expiration.to_string(),
+            })
+            .collect();
+        Snapshot {
+            resources,
+            credentials,
+        }
+    }
+
+    /// Puts back what a state file kept (at start, before serving). Returns how many live
+    /// resources and credential sets were restored.
+    pub fn restore(&self, snapshot: Snapshot) -> (usize, usize) {
+        let mut state = self.lock();
+        let mut live = 0;
+        for r in snapshot.resources {
+            live += usize::from(r.live.is_some());
+            state
+                .store
+                .restore(&r.resource_type, &r.id, r.version_counter, r.live);
+        }
+        let mut credentials = 0;
+        for c in snapshot.credentials {
+            credentials += usize::from(state.sts.restore_issued(c.credential, c.expiration));
+        }
+        (live, credentials)
     }
 
     /// The STS call log and the issued credential sets, `expired` as of `now`.
@@ -840,7 +915,16 @@ impl App {
                 )
             }
         };
-        let outcome = self.lock().store.put(resource_type, id, body.clone(), now);
+        let outcome = {
+            let mut state = self.lock();
+            if state.frozen {
+                return (
+                    outcome_response(StatusCode::SERVICE_UNAVAILABLE, "transient", SHUTTING_DOWN),
+                    Some(SHUTTING_DOWN.to_string()),
+                );
+            }
+            state.store.put(resource_type, id, body.clone(), now)
+        };
         let echoed = fhir::with_meta(
             resource,
             outcome.version,
@@ -877,7 +961,17 @@ impl App {
     }
 
     fn delete(&self, resource_type: &str, id: &str) -> (Resp, Option<String>) {
-        if self.lock().store.delete(resource_type, id) {
+        let deleted = {
+            let mut state = self.lock();
+            if state.frozen {
+                return (
+                    outcome_response(StatusCode::SERVICE_UNAVAILABLE, "transient", SHUTTING_DOWN),
+                    Some(SHUTTING_DOWN.to_string()),
+                );
+            }
+            state.store.delete(resource_type, id)
+        };
+        if deleted {
             return (response(StatusCode::NO_CONTENT, &[], Bytes::new()), None);
         }
         if self.config.delete_absent_status == StatusCode::NOT_FOUND {

@@ -89,6 +89,34 @@ impl Store {
         self.resources.is_empty()
     }
 
+    /// Every version counter, deleted resources' included, as `((type, id), version)`.
+    pub fn versions(&self) -> impl Iterator<Item = (&(String, String), u64)> {
+        self.versions.iter().map(|(k, v)| (k, *v))
+    }
+
+    /// Puts back a resource's version counter and, if it is live, its stored version, exactly
+    /// as saved (used when loading a state file). The counter never goes below the live
+    /// resource's version.
+    pub fn restore(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        counter: u64,
+        live: Option<StoredResource>,
+    ) {
+        let key = (resource_type.to_string(), id.to_string());
+        let counter = counter.max(live.as_ref().map_or(0, |r| r.version));
+        self.versions.insert(key.clone(), counter);
+        match live {
+            Some(resource) => {
+                self.resources.insert(key, resource);
+            }
+            None => {
+                self.resources.remove(&key);
+            }
+        }
+    }
+
     /// Forgets every resource and every version counter.
     pub fn clear(&mut self) {
         self.resources.clear();

@@ -198,6 +198,31 @@ impl StsLedger {
         }
     }
 
+    /// The issued sets with STS's `Expiration` text, in the order issued (for a state file;
+    /// these carry secrets and session tokens).
+    pub fn issued_sets(&self) -> impl Iterator<Item = (&Credential, &str)> {
+        self.issued
+            .iter()
+            .map(|i| (&i.credential, i.expiration.as_str()))
+    }
+
+    /// Accepts a set issued before (loaded from a state file) until its `expires_at`, which may
+    /// be earlier than `expiration` after `POST /_emulator/sts/expire`. Replaces a set with the
+    /// same access key id. A set without `expires_at` is not restored (it never expires, which
+    /// an STS-issued set must).
+    pub fn restore_issued(&mut self, credential: Credential, expiration: String) -> bool {
+        if credential.expires_at.is_none() {
+            return false;
+        }
+        self.issued
+            .retain(|i| i.credential.access_key_id != credential.access_key_id);
+        self.issued.push(Issued {
+            credential,
+            expiration,
+        });
+        true
+    }
+
     /// Makes every issued set that has not expired yet expire at `now`; returns how many.
     pub fn expire_all(&mut self, now: SystemTime) -> usize {
         let mut n = 0;

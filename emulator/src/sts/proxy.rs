@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use super::{action_of, UpstreamOutcome};
-use crate::server::{App, MAX_BODY_BYTES};
+use crate::server::{App, MAX_BODY_BYTES, SHUTTING_DOWN};
 
 /// How long one forwarded call may take, connecting included.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -286,6 +286,11 @@ pub async fn forward(
         },
     };
     let call = app.record_sts_call(action.as_deref(), outcome, SystemTime::now());
+    let resp = if call.proxy_error.as_deref() == Some(SHUTTING_DOWN) {
+        failure(StatusCode::SERVICE_UNAVAILABLE, SHUTTING_DOWN)
+    } else {
+        resp
+    };
     if app.config().log_requests {
         let what = match (
             &call.issued_access_key_id,
