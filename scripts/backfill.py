@@ -1,0 +1,652 @@
+#!/usr/bin/env python3
+"""Historical backfill under faults, proven end to end (`make backfill`).
+
+A Smile CDR stand-in (`smile-standin`, standin/) replays a $trigger-subscription burst of REST-hook
+deliveries through the real Envoy with the relay (two workers, temporary credentials from STS
+AssumeRole, STS being moto) into the HealthLake emulator, while the emulator misbehaves:
+
+- 5xx (error_rate), TCP resets (reset_rate) and a rate limit that bites (429 and 400
+  ThrottlingException alternately), for the whole run;
+- the relay's credentials expire early (POST /_emulator/sts/expire): it must refresh at once;
+- the emulator is stopped (SIGTERM, state saved by --state-file), kept down a few seconds and
+  started again on the same ports; Envoy and the relay keep running.
+
+Then the check: the emulator's store equals what Smile CDR holds (the stand-in's truth) for every
+supported type, byte for byte; nothing deleted is present, nothing of an unsupported type; no
+dead letter; no request rejected for a bad signature, and none of the writes HealthLake kept was
+signed with expired credentials (the writes signed with the credentials expired on purpose are
+rejected with ExpiredTokenException by design, counted and shown); the access log tells the same
+story as the stand-in. Exit status 0 only if every check passes.
+
+    scripts/backfill.py [--writes 20000] [--seed 401] [--workdir build/backfill] ...
+
+Every process is started on loopback and stopped by its pid; the run is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import relayctl  # noqa: E402
+
+STANDIN_BIN = ROOT / "target" / "release" / "smile-standin"
+FHIR_EXAMPLES = ROOT / "build" / "fhir" / "package"
+# As tests/test_corpus.py: types the public HealthLake documentation leaves out.
+UNSUPPORTED = ["Basic", "CodeSystem", "SearchParameter", "Subscription", "TestScript"]
+DONE_OUTCOMES = ["delivered", "deleted", "already-absent", "unsupported-type", "stale-version"]
+NO_OUTCOME = "(none)"
+
+STARTED = time.monotonic()
+
+
+def log(message: str) -> None:
+    print(f"[{time.monotonic() - STARTED:6.1f}s] {message}", flush=True)
+
+
+def thousands(n: int) -> str:
+    return f"{n:,}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+@dataclass
+class StandIn:
+    """The stand-in's `send`, a process of ours."""
+
+    proc: subprocess.Popen
+    stdout_path: Path
+    files: list = field(default_factory=list)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        for f in self.files:
+            f.close()
+
+
+def build_standin() -> None:
+    log("building the stand-in (cargo build --release -p smile-standin)")
+    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "smile-standin"], cwd=ROOT,
+                   check=True, timeout=900)
+
+
+def make_plan(args, workdir: Path) -> dict:
+    plan = workdir / "plan.jsonl"
+    stats_path = workdir / "plan-stats.json"
+    cmd = [str(STANDIN_BIN), "plan", "--examples", str(FHIR_EXAMPLES), "--writes", str(args.writes),
+           "--seed", str(args.seed), "--unsupported-types", ",".join(UNSUPPORTED),
+           "--out", str(plan), "--stats-json", str(stats_path)]
+    if args.weights:
+        cmd += ["--weights", args.weights]
+    subprocess.run(cmd, check=True, timeout=300)
+    return json.loads(stats_path.read_text())
+
+
+def emulator_args(state_file: Path) -> list[str]:
+    # DELETE of an absent resource answered 404, so the relay's already-absent is exercised.
+    return ["--unsupported-types", ",".join(UNSUPPORTED), "--state-file", str(state_file),
+            "--delete-absent-status", "404"]
+
+
+def start_relay(workdir: Path, emulator: relayctl.Emulator, iam: relayctl.IamSetup, token: str,
+                concurrency: int) -> relayctl.Envoy:
+    """Renders envoy.yaml for the emulator and STS (ports 0) as the tests do, and starts Envoy."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and not k.startswith("RELAY_")}
+    env.update(AWS_ACCESS_KEY_ID=iam.access_key_id, AWS_SECRET_ACCESS_KEY=iam.secret_access_key,
+               RELAY_INBOUND_TOKENS=token)
+    settings = relayctl.Settings.from_env({
+        "AWS_ENDPOINT_URL_HEALTHLAKE": emulator.url,
+        "RELAY_PORT": "0",
+        "RELAY_ADMIN_PORT": "0",
+        "AWS_ROLE_ARN": iam.role_arn,
+        "AWS_ENDPOINT_URL_STS": emulator.sts_url,
+        "AWS_ROLE_DURATION_SECONDS": "900",
+        "RELAY_CREDENTIALS_REFRESH_MARGIN_SECONDS": "600",
+        "RELAY_CREDENTIALS_WAIT_MS": "5000",
+        "RELAY_INBOUND_TOKENS": token,
+    })
+    text = relayctl.render(settings)
+    path = relayctl.write_config(yaml.safe_dump(yaml.safe_load(text), sort_keys=False), workdir)
+    try:
+        checked = relayctl.validate_config(path, env)
+    except TypeError:  # an older relayctl without the environment argument
+        checked = relayctl.validate_config(path)
+    if checked.returncode != 0:
+        raise RuntimeError(f"envoy --mode validate failed:\n{checked.stderr}")
+    return relayctl.start_envoy(path, workdir, env, concurrency=concurrency)
+
+
+def vm_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def post_json(url: str, method: str, body: dict | None = None):
+    data = json.dumps(body).encode() if body is not None else b""
+    req = urllib.request.Request(url, method=method, data=data, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+class LineCounter:
+    """Counts the lines of a growing file, reading only what is new."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        self.lines = 0
+
+    def count(self) -> int:
+        if self.path.exists():
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+            last = chunk.rfind(b"\n")
+            if last >= 0:
+                self.lines += chunk.count(b"\n", 0, last + 1)
+                self.offset += last + 1
+        return self.lines
+
+
+# ---------------------------------------------------------------------------------------------
+# The emulator's view
+
+
+EMU_LINE = re.compile(r"^healthlake-emulator: (PUT|DELETE|GET|POST|HEAD|PATCH) (/datastore/\S*) -> (\S+(?: answer\))?) (.*)$")
+
+
+def emulator_log_tally(path: Path) -> dict:
+    """From the emulator's stderr (every lifetime, nothing lost in a restart): data-plane
+    requests, and rejections by reason code."""
+    total = 0
+    rejected = Counter()
+    statuses = Counter()
+    for line in path.read_text(errors="replace").splitlines():
+        m = EMU_LINE.match(line)
+        if not m:
+            continue
+        total += 1
+        statuses[m.group(3)] += 1
+        r = re.match(r"rejected \(([a-z_]+)\)", m.group(4))
+        if r:
+            rejected[r.group(1)] += 1
+    return {"requests": total, "rejected": dict(rejected), "statuses": dict(statuses)}
+
+
+def fetch_store(emulator: relayctl.Emulator) -> tuple[list[dict], dict[str, bytes]]:
+    """The emulator's listing, and every stored resource's exact bytes."""
+    listing = emulator.get_json("/_emulator/resources")
+    conn = http.client.HTTPConnection("127.0.0.1", emulator.port, timeout=30)
+    bodies = {}
+    try:
+        for r in listing:
+            key = f"{r['resourceType']}/{r['id']}"
+            conn.request("GET", f"/_emulator/resources/{key}")
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"GET /_emulator/resources/{key}: {resp.status}")
+            bodies[key] = data
+    finally:
+        conn.close()
+    return listing, bodies
+
+
+def read_truth(path: Path) -> dict[str, bytes | None]:
+    truth = {}
+    with open(path, "rb") as f:
+        for line in f:
+            t = json.loads(line)
+            if t["state"] == "present":
+                body = t["body"].encode() if "body" in t else bytes.fromhex(t["body_hex"])
+                truth[t["resource"]] = body
+            else:
+                truth[t["resource"]] = None
+    return truth
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def run(args) -> int:
+    workdir = args.workdir.resolve()
+    if workdir.exists():
+        import shutil
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    for needed, hint in ((relayctl.WASM, "make build"), (relayctl.EMULATOR_BIN, "make build"),
+                         (FHIR_EXAMPLES / ".complete", "make fixtures")):
+        if not Path(needed).exists():
+            print(f"backfill: {needed} is missing: run `{hint}` (make backfill does)", file=sys.stderr)
+            return 2
+    if not args.no_build:
+        build_standin()
+
+    log(f"plan: {thousands(args.writes)} writes from the HL7 R4 examples, seed {args.seed}")
+    plan_stats = make_plan(args, workdir)
+
+    services: list = []
+    report: dict = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                    "plan": {k: v for k, v in plan_stats.items() if not k.startswith("skipped_")}}
+    checks: list[Check] = []
+    token = secrets.token_urlsafe(24)
+    try:
+        log("starting moto (STS, IAM authentication on)")
+        moto = relayctl.start_moto(workdir / "moto")
+        services.append(moto)
+        iam = relayctl.setup_iam(moto)
+
+        emu_dir = workdir / "emulator"
+        state_file = emu_dir / "state.jsonl"
+        log("starting the HealthLake emulator (STS proxy to moto, --state-file, unsupported types)")
+        emu = relayctl.start_emulator(emu_dir, [], sts_upstream=moto.url, extra_args=emulator_args(state_file))
+        services.append(emu)
+
+        log(f"starting Envoy with the relay (--concurrency {args.concurrency}, AWS_ROLE_ARN, 900 s credentials, refresh margin 600 s)")
+        envoy = start_relay(workdir / "relay", emu, iam, token, args.concurrency)
+        services.append(envoy)
+        rss_start = vm_rss_kib(envoy.proc.pid)
+
+        faults = {"unsupported_types": UNSUPPORTED, "error_rate": args.error_rate, "reset_rate": args.reset_rate,
+                  "throttle_above_rps": args.rate_limit, "seed": args.seed}
+        emu.set_faults(**faults)
+        log(f"faults on: {json.dumps(faults)}")
+
+        total = plan_stats["writes"]
+        deadline = args.deadline_seconds or int(300 + total * 0.1)
+        summary_json = workdir / "standin-summary.json"
+        outcomes_path = workdir / "standin-outcomes.jsonl"
+        truth_path = workdir / "truth.jsonl"
+        stdout_path = workdir / "standin.out"
+        out = open(stdout_path, "wb")
+        cmd = [str(STANDIN_BIN), "send", "--endpoint", envoy.url, "--plan", str(workdir / "plan.jsonl"),
+               "--truth", str(truth_path), "--threads", str(args.threads),
+               "--retry-delay-ms", str(args.retry_delay_ms), "--max-attempts", str(args.max_attempts),
+               "--deadline-seconds", str(deadline), "--summary-json", str(summary_json),
+               "--outcomes", str(outcomes_path), "--bearer-token-env", "SMILE_SUBSCRIPTION_TOKEN"]
+        if args.quiet:
+            cmd.append("--quiet")
+        log(f"stand-in: {thousands(total)} deliveries, {args.threads} threads, retry after {args.retry_delay_ms} ms, "
+            f"{args.max_attempts} attempts, bearer token")
+        standin = StandIn(subprocess.Popen(cmd, stdout=out, env=dict(os.environ, SMILE_SUBSCRIPTION_TOKEN=token)),
+                          stdout_path, [out])
+        services.append(standin)
+        send_started = time.monotonic()
+
+        lines = LineCounter(envoy.access_log_path)
+        expire_at = int(total * args.expire_at)
+        restart_at = int(total * args.restart_at)
+        expired_keys: set[str] = set()
+        sts_before_expire = 0
+        events: dict = {}
+        sts_calls_first: list = []
+        requests_first: list = []
+        restarted = False
+        hard_deadline = send_started + deadline + 60
+        while standin.alive():
+            if time.monotonic() > hard_deadline:
+                raise TimeoutError("the stand-in did not finish in time")
+            n = lines.count()
+            if not expired_keys and n >= expire_at and not events.get("expire"):
+                status = emu.get_json("/_emulator/sts")
+                expired_keys = {i["access_key_id"] for i in status["issued"] if not i["expired"]}
+                sts_before_expire = sum(c["action"] == "AssumeRole" for c in status["calls"])
+                answer = post_json(emu.url + "/_emulator/sts/expire", "POST")
+                events["expire"] = {"at_access_log_line": n, "seconds": round(time.monotonic() - send_started, 1),
+                                    "expired_sets": answer["expired"], "keys": sorted(k[-4:] for k in expired_keys)}
+                log(f"credentials expired early (POST /_emulator/sts/expire): {answer['expired']} set(s), "
+                    f"after {thousands(n)} access-log lines")
+            if not restarted and n >= restart_at:
+                # What the first lifetime recorded, just before it goes (the request log is not kept).
+                sts_calls_first = emu.get_json("/_emulator/sts")["calls"]
+                requests_first = emu.requests()
+                t0 = time.monotonic()
+                emu.stop()
+                stopped = time.monotonic()
+                log(f"emulator stopped (SIGTERM, state saved in {stopped - t0:.1f} s) after {thousands(n)} "
+                    f"access-log lines; down for {args.down_seconds:.0f} s")
+                time.sleep(args.down_seconds)
+                services.remove(emu)
+                emu = relayctl.start_emulator(emu_dir, [], sts_upstream=moto.url, port=emu.port,
+                                              sts_port=emu.sts_port, extra_args=emulator_args(state_file))
+                services.append(emu)
+                emu.set_faults(**faults)
+                up = time.monotonic()
+                events["restart"] = {"at_access_log_line": n, "seconds": round(t0 - send_started, 1),
+                                     "save_seconds": round(stopped - t0, 2), "down_seconds": round(up - stopped, 2)}
+                log(f"emulator started again on the same ports ({up - stopped:.1f} s down), state loaded, faults re-applied")
+                restarted = True
+            time.sleep(0.1)
+        send_seconds = time.monotonic() - send_started
+        standin_rc = standin.proc.wait()
+        out.close()
+        standin_text = stdout_path.read_text()
+        log(f"stand-in finished (exit {standin_rc}) in {send_seconds:.1f} s")
+        summary = json.loads(summary_json.read_text()) if summary_json.exists() else {}
+        report["standin"] = summary
+        report["events"] = events
+
+        # The access log is written every 200 ms: wait for a line per answered request.
+        answered = sum(summary.get("responses_by_outcome", {}).values())
+        try:
+            relayctl.wait_until(lambda: lines.count() >= answered, 15, "every access-log line", interval=0.2)
+        except TimeoutError:
+            pass
+        rss_end = vm_rss_kib(envoy.proc.pid)
+        access = envoy.access_log()
+        stats = envoy.stats()
+
+        sts_second = emu.get_json("/_emulator/sts")
+        requests_second = emu.requests()
+        records = requests_first + requests_second
+        listing, stored = fetch_store(emu)
+        truth = read_truth(truth_path)
+        emu_log = emulator_log_tally(emu_dir / "emulator.log")
+        outcomes = [json.loads(line) for line in outcomes_path.read_text().splitlines()] if outcomes_path.exists() else []
+
+        checks = evaluate(summary, standin_rc, truth, listing, stored, records, emu_log, access, stats, outcomes,
+                          expired_keys, events, plan_stats, report)
+        calls = sts_calls_first + sts_second["calls"]
+        assume = [c for c in calls if c["action"] == "AssumeRole"]
+        report["credentials"] = {
+            "assume_role_calls": len(assume),
+            "assume_role_ok": sum(c["status"] == 200 for c in assume),
+            "assume_role_after_expire": len(assume) - sts_before_expire if events.get("expire") else None,
+            "refresh_attempted": stats.get("wasmcustom.healthlake_relay.credentials.refresh_attempted"),
+            "refresh_succeeded": stats.get("wasmcustom.healthlake_relay.credentials.refresh_succeeded"),
+            "refresh_failed": stats.get("wasmcustom.healthlake_relay.credentials.refresh_failed"),
+            "expiry_seconds": stats.get("wasmcustom.healthlake_relay.credentials.expiry_seconds"),
+        }
+        forced = report["credentials"]["assume_role_after_expire"]
+        checks.append(Check("relay refreshed its credentials after the early expiry",
+                            bool(forced) and forced >= 1,
+                            f"{forced} AssumeRole call(s) after the expiry, {len(assume)} in all"))
+        report["envoy_retries"] = {k.removeprefix("cluster.healthlake."): v for k, v in stats.items()
+                                   if k.startswith("cluster.healthlake.") and (
+                                       "retry" in k or k.endswith(("upstream_cx_connect_fail", "upstream_rq_pending_overflow",
+                                                                   "upstream_rq_total", "upstream_rq_per_try_timeout")))}
+        report["envoy_rss_kib"] = {"start": rss_start, "end": rss_end}
+        report["elapsed_seconds"] = {"send": round(send_seconds, 1), "total": round(time.monotonic() - STARTED, 1)}
+    finally:
+        for s in reversed(services):
+            try:
+                s.stop()
+            except Exception as e:  # noqa: BLE001 - stopping the rest matters more
+                print(f"backfill: stopping {getattr(s, 'name', s)}: {e}", file=sys.stderr)
+
+    print()
+    print(standin_text.rstrip())
+    print_summary(report, checks)
+    report["checks"] = [c.__dict__ for c in checks]
+    out_path = args.summary_json or (workdir / "backfill-summary.json")
+    Path(out_path).write_text(json.dumps(report, indent=2, sort_keys=False))
+    print(f"\nsummary JSON: {out_path}")
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        print(f"\nBACKFILL FAILED: {len(failed)} of {len(checks)} checks failed: " + "; ".join(c.name for c in failed))
+        return 1
+    print(f"\nBACKFILL PASSED: {len(checks)} checks")
+    return 0
+
+
+def evaluate(summary, standin_rc, truth, listing, stored, records, emu_log, access, stats, outcomes,
+             expired_keys, events, plan_stats, report) -> list[Check]:
+    checks: list[Check] = []
+    unsupported = set(UNSUPPORTED)
+
+    def rtype(key: str) -> str:
+        return key.split("/", 1)[0]
+
+    # 1. The store equals Smile CDR's holdings.
+    expected = {k: v for k, v in truth.items() if v is not None and rtype(k) not in unsupported}
+    deleted = {k for k, v in truth.items() if v is None}
+    present = set(stored)
+    missing = sorted(set(expected) - present)
+    extra = sorted(present - set(expected))
+    resurrected = sorted(present & deleted)
+    unsupported_present = sorted(k for k in present if rtype(k) in unsupported)
+    different = sorted(k for k in set(expected) & present if stored[k] != expected[k])
+    by_sha = {f"{r['resourceType']}/{r['id']}": r["sha256"] for r in listing}
+    sha_mismatch = sorted(k for k in present if hashlib.sha256(stored[k]).hexdigest() != by_sha.get(k))
+    report["store"] = {"expected_present": len(expected), "stored": len(present), "missing": len(missing),
+                       "extra": len(extra), "resurrected": len(resurrected), "different_bytes": len(different),
+                       "unsupported_present": len(unsupported_present),
+                       "examples": {"missing": missing[:10], "resurrected": resurrected[:10],
+                                    "different_bytes": different[:10], "extra": extra[:10]}}
+    checks.append(Check("every supported resource at its latest version, byte-identical",
+                        not missing and not different and not sha_mismatch,
+                        f"{thousands(len(expected) - len(missing) - len(different))} of {thousands(len(expected))} "
+                        f"identical; {len(missing)} missing, {len(different)} with other bytes"
+                        + (f" (missing e.g. {', '.join(missing[:5])})" if missing else "")
+                        + (f" (different e.g. {', '.join(different[:5])})" if different else "")))
+    checks.append(Check("no deleted resource present, nothing extra",
+                        not resurrected and not extra,
+                        f"{len(resurrected)} deleted in Smile CDR but present, {len(extra)} not in Smile CDR at all"
+                        + (f" (e.g. {', '.join(resurrected[:5])})" if resurrected else "")))
+    checks.append(Check("no resource of an unsupported type stored", not unsupported_present,
+                        f"{len(unsupported_present)} stored"))
+
+    # 2. The stand-in: every delivery done, none dead-lettered; unsupported ones answered as such.
+    dead = summary.get("dead_lettered", -1)
+    abandoned = summary.get("abandoned", -1)
+    checks.append(Check("zero dead letters, nothing abandoned", dead == 0 and abandoned == 0 and standin_rc == 0,
+                        f"dead-lettered {dead}, abandoned {abandoned}, stand-in exit {standin_rc}"))
+    unsup_deliveries = [o for o in outcomes if rtype(o["resource"]) in unsupported]
+    unsup_wrong = [o for o in unsup_deliveries if o["outcome"] != "unsupported-type"]
+    sup_unsup = [o for o in outcomes if rtype(o["resource"]) not in unsupported and o["outcome"] == "unsupported-type"]
+    checks.append(Check("each delivery of an unsupported type counted as unsupported-type",
+                        len(unsup_deliveries) == plan_stats["unsupported_writes"] and not unsup_wrong and not sup_unsup
+                        and summary.get("unsupported") == len(unsup_deliveries),
+                        f"{thousands(len(unsup_deliveries))} deliveries of unsupported types, "
+                        f"{len(unsup_wrong)} answered otherwise; {len(sup_unsup)} of supported types called unsupported"))
+    stale = [o for o in outcomes if o["outcome"] == "stale-version"]
+    report["stale_version"] = {"count": len(stale), "by_scenario": dict(Counter(o.get("scenario") for o in stale)),
+                               "examples": [f"{o['method']} {o['resource']} (line {o['line']})" for o in stale[:10]]}
+
+    # 3. Credentials and signatures, from the emulator's records (both lifetimes) and its stderr
+    #    (complete: it also has requests answered between the last snapshot and the stop).
+    codes = Counter(r["error_code"] for r in records if r["error_code"])
+    signature_errors = {k: v for k, v in codes.items() if k != "expired_token"}
+    log_signature_errors = {k: v for k, v in emu_log["rejected"].items() if k != "expired_token"}
+    expired = [r for r in records if r["error_code"] == "expired_token"]
+    expired_other_keys = [r for r in expired if r["access_key_id"] not in expired_keys]
+    report["emulator"] = {
+        "requests_recorded": len(records), "requests_in_stderr": emu_log["requests"],
+        "rejections_in_stderr": emu_log["rejected"], "error_codes": dict(codes),
+        "faults": dict(Counter(r["fault"] for r in records if r["fault"])),
+        "statuses": dict(Counter(str(r["status"]) for r in records)),
+    }
+    checks.append(Check("no request rejected for a bad signature (or unknown, wrong or missing credentials)",
+                        not signature_errors and not log_signature_errors,
+                        f"records: {signature_errors or 'none'}; stderr: {log_signature_errors or 'none'}"))
+    checks.append(Check("ExpiredTokenException only for the credentials expired on purpose",
+                        not expired_other_keys and emu_log["rejected"].get("expired_token", 0) >= len(expired),
+                        f"{len(expired)} requests signed with the force-expired set(s) got ExpiredTokenException "
+                        f"(stderr: {emu_log['rejected'].get('expired_token', 0)}); "
+                        f"{len(expired_other_keys)} with another set"))
+    ok_records = [r for r in records if 200 <= r["status"] < 300]
+    bad_ok = [r for r in ok_records if not (r["verified"] and r["credential_valid"] and r["credential_source"] == "sts")]
+    # The record that stored each final version: the last 2xx PUT of its path with its bytes.
+    last_put: dict[tuple[str, str], dict] = {}
+    for r in ok_records:
+        if r["method"] == "PUT":
+            m = re.match(r"^/datastore/[^/]+/r4/([A-Za-z]+)/([A-Za-z0-9.\-]+)$", r["path"])
+            if m:
+                last_put[(f"{m.group(1)}/{m.group(2)}", r["body_sha256"])] = r
+    final_found = 0
+    final_bad = []
+    for k in present:
+        r = last_put.get((k, by_sha.get(k)))
+        if r is None:
+            continue
+        final_found += 1
+        if not (r["verified"] and r["credential_valid"] and r["credential_source"] == "sts"):
+            final_bad.append(k)
+    checks.append(Check("every write HealthLake kept was signed with valid STS credentials",
+                        not bad_ok and not final_bad,
+                        f"{thousands(len(ok_records))} accepted requests all verified with unexpired STS credentials "
+                        f"({len(bad_ok)} not); the write of {thousands(final_found)} of {thousands(len(present))} stored "
+                        f"versions found in the request log, {len(final_bad)} of them bad"
+                        + ("" if final_found == len(present) else
+                           "; the others were answered between the last read of the first emulator's request log "
+                           "and its stop, seen only in its stderr, which shows no rejection but the expired ones")))
+
+    # 4. The access log against the stand-in: one line per answered request, same outcomes.
+    log_outcomes = Counter(e.get("outcome") or NO_OUTCOME for e in access)
+    standin_answers = Counter(summary.get("responses_by_outcome", {}))
+    final = Counter(summary.get("final_outcomes", {}))
+    transport = summary.get("transport_errors", 0)
+    non2xx_log = sum(1 for e in access if not 200 <= int(e.get("status") or 0) < 300)
+    failed_answers = summary.get("retried", 0) + summary.get("dead_lettered", 0) - transport
+    done_match = all(log_outcomes.get(o, 0) == final.get(o, 0) for o in DONE_OUTCOMES)
+    report["access_log"] = {"lines": len(access), "outcomes": dict(log_outcomes), "non_2xx": non2xx_log,
+                            "attempts": sum(int(e.get("attempts") or 0) for e in access),
+                            "response_flags": dict(Counter(e.get("response_flags") for e in access))}
+    checks.append(Check("access log = stand-in: the 2xx outcomes, and one failed line per retry",
+                        done_match and non2xx_log == failed_answers and (transport > 0 or log_outcomes == standin_answers),
+                        "2xx outcomes " + ", ".join(f"{o} {log_outcomes.get(o, 0)}/{final.get(o, 0)}" for o in DONE_OUTCOMES)
+                        + f" (log/stand-in); non-2xx lines {non2xx_log} = retried {summary.get('retried', 0)}"
+                        f" + dead-lettered {summary.get('dead_lettered', 0)} - no-answer {transport}; "
+                        f"{len(access)} lines for {summary.get('sent', 0)} requests sent"))
+    stat_outcomes = {k.rsplit(".", 1)[1].replace("_", "-"): v for k, v in stats.items()
+                     if k.startswith("wasmcustom.healthlake_relay.outcome.")}
+    if stat_outcomes:
+        mismatch = {o: (stat_outcomes.get(o, 0), n) for o, n in log_outcomes.items()
+                    if o != NO_OUTCOME and stat_outcomes.get(o, 0) != n}
+        checks.append(Check("Envoy stats count the same outcomes as the access log", not mismatch,
+                            f"differences (stats, log): {mismatch or 'none'}"))
+    return checks
+
+
+def print_summary(report: dict, checks: list[Check]) -> None:
+    s = report.get("standin", {})
+    plan = report.get("plan", {})
+    store = report.get("store", {})
+    emu = report.get("emulator", {})
+    cred = report.get("credentials", {})
+    rss = report.get("envoy_rss_kib", {})
+    access = report.get("access_log", {})
+    ev = report.get("events", {})
+    print("\n=== Historical backfill under faults ===")
+    print(f"plan        {thousands(plan.get('writes', 0))} writes ({thousands(plan.get('puts', 0))} PUT, "
+          f"{thousands(plan.get('deletes', 0))} DELETE) of {thousands(plan.get('resources', 0))} resources, "
+          f"{plan.get('types', 0)} types; {thousands(plan.get('unsupported_writes', 0))} writes of unsupported types")
+    print(f"            scenarios: " + ", ".join(f"{k} {v}" for k, v in plan.get("scenarios", {}).items()))
+    print(f"faults      error_rate {report['settings']['error_rate']}, reset_rate {report['settings']['reset_rate']}, "
+          f"throttle_above_rps {report['settings']['rate_limit']}; "
+          f"early expiry at {ev.get('expire', {}).get('seconds', '-')} s, "
+          f"restart at {ev.get('restart', {}).get('seconds', '-')} s "
+          f"(down {ev.get('restart', {}).get('down_seconds', '-')} s)")
+    print(f"stand-in    {thousands(s.get('deliveries', 0))} deliveries, {thousands(s.get('sent', 0))} requests "
+          f"({thousands(s.get('retried', 0))} retries) in {s.get('elapsed_seconds', 0):.1f} s, "
+          f"{s.get('throughput_per_second', 0):.1f} deliveries/s; dead-lettered {s.get('dead_lettered', '-')}")
+    print(f"            final: delivered {s.get('delivered', 0)}, deleted {s.get('deleted', 0)}, already-absent "
+          f"{s.get('already_absent', 0)}, unsupported-type {s.get('unsupported', 0)}, stale-version {s.get('stale', 0)}, "
+          f"other {s.get('other_2xx', 0)}")
+    print(f"access log  {thousands(access.get('lines', 0))} lines: " +
+          ", ".join(f"{k} {v}" for k, v in sorted(access.get("outcomes", {}).items())) +
+          f"; {thousands(access.get('attempts', 0))} upstream attempts")
+    print(f"emulator    {thousands(emu.get('requests_in_stderr', 0))} requests reached it "
+          f"({thousands(emu.get('requests_recorded', 0))} in the request logs); faults injected: " +
+          ", ".join(f"{k} {v}" for k, v in sorted(emu.get("faults", {}).items())))
+    print(f"            rejections: {emu.get('rejections_in_stderr') or 'none'}")
+    print(f"store       {thousands(store.get('stored', 0))} stored, {thousands(store.get('expected_present', 0))} "
+          f"expected; missing {store.get('missing', '-')}, other bytes {store.get('different_bytes', '-')}, "
+          f"resurrected {store.get('resurrected', '-')}, unsupported {store.get('unsupported_present', '-')}")
+    print(f"credentials {cred.get('assume_role_calls', '-')} AssumeRole calls ({cred.get('assume_role_after_expire', '-')} "
+          f"after the early expiry); relay refreshes attempted {cred.get('refresh_attempted', '-')}, succeeded "
+          f"{cred.get('refresh_succeeded', '-')}, failed {cred.get('refresh_failed', '-')}")
+    retries = report.get("envoy_retries", {})
+    if retries:
+        print(f"envoy       {thousands(retries.get('upstream_rq_total', 0))} upstream requests, "
+              f"{thousands(retries.get('upstream_rq_retry', 0))} retried by Envoy "
+              f"({thousands(retries.get('upstream_rq_retry_success', 0))} of them succeeded), "
+              f"{thousands(retries.get('upstream_rq_retry_overflow', 0))} retries skipped by the circuit breaker (UO), "
+              f"{thousands(retries.get('upstream_rq_retry_limit_exceeded', 0))} out of retries; "
+              f"{thousands(access.get('response_flags', {}).get('UO', 0) + sum(v for k, v in access.get('response_flags', {}).items() if k and k.startswith('UO,')))} "
+              f"access-log lines flagged UO")
+    if rss:
+        print(f"envoy RSS   {rss['start'] / 1024:.1f} MiB at start, {rss['end'] / 1024:.1f} MiB at the end")
+    stale = report.get("stale_version", {})
+    if stale.get("count"):
+        print(f"stale       {stale['count']} deliveries answered stale-version (by scenario: "
+              + ", ".join(f"{k} {v}" for k, v in stale["by_scenario"].items()) + "), e.g. "
+              + "; ".join(stale["examples"][:5]))
+    el = report.get("elapsed_seconds", {})
+    print(f"elapsed     {el.get('send', 0):.1f} s sending, {el.get('total', 0):.1f} s in all")
+    print("checks")
+    for c in checks:
+        print(f"  [{'PASS' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--writes", type=int, default=20_000, help="deliveries in the plan (default 20000)")
+    p.add_argument("--seed", type=int, default=401)
+    p.add_argument("--weights", default="", help="scenario weights for the plan (smile-standin plan --help)")
+    p.add_argument("--threads", type=int, default=8, help="the stand-in's delivery threads")
+    p.add_argument("--retry-delay-ms", type=int, default=500)
+    p.add_argument("--max-attempts", type=int, default=20)
+    p.add_argument("--concurrency", type=int, default=2, help="Envoy workers")
+    p.add_argument("--error-rate", type=float, default=0.05)
+    p.add_argument("--reset-rate", type=float, default=0.02)
+    p.add_argument("--rate-limit", type=int, default=150, help="the emulator's throttle_above_rps")
+    p.add_argument("--expire-at", type=float, default=0.3, help="expire the credentials at this share of the run")
+    p.add_argument("--restart-at", type=float, default=0.6, help="restart the emulator at this share of the run")
+    p.add_argument("--down-seconds", type=float, default=3.0)
+    p.add_argument("--deadline-seconds", type=int, default=0, help="the stand-in's deadline (default from --writes)")
+    p.add_argument("--workdir", type=Path, default=ROOT / "build" / "backfill")
+    p.add_argument("--summary-json", type=Path)
+    p.add_argument("--no-build", action="store_true", help="do not build the stand-in first")
+    p.add_argument("--quiet", action="store_true", help="no progress from the stand-in")
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    except (RuntimeError, TimeoutError, subprocess.CalledProcessError, relayctl.SettingsError) as e:
+        print(f"backfill: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("backfill: interrupted; every process started here was stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
