@@ -1,0 +1,45 @@
+"""`scripts/bench.py --quick`: the benchmark's smoke test.
+
+It runs the whole chain once, briefly: the signing check of (b) native and (c) relay against the
+emulator, the stub upstream, one short wrk run per set-up, and the report.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SETUPS = ("(a) plain", "(b) native", "(c) relay")
+
+
+def results_rows(markdown: str) -> list[dict[str, str]]:
+    """The rows of the first table whose header has a "requests/s" column, as {heading: cell}."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|") and "| requests/s |" in line)
+    header = [cell.strip() for cell in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))))
+    return rows
+
+
+def test_quick_benchmark_measures_every_setup(tmp_path):
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (make bench-deps installs it; make test does)")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
+    assert "signing check passed" in done.stdout
+    rows = results_rows((tmp_path / "results.md").read_text())
+    rates = {row["set-up"]: float(row["requests/s"].replace(",", "")) for row in rows}
+    assert set(rates) == set(SETUPS), rows
+    assert all(rate > 0 for rate in rates.values()), rates
