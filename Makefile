@@ -13,11 +13,14 @@ FHIR_VER    := 4.0.1
 FHIR_DIR    := build/fhir
 FHIR_READY  := $(FHIR_DIR)/package/.complete
 
-.PHONY: help run test deps build lint unit integration fixtures clean
+.PHONY: help run test deps build lint unit integration fixtures clean bench bench-soak bench-deps fuzz
 
 help:
-	@echo "make run    start the relay (Envoy + filter) on the local HealthLake emulator"
-	@echo "make test   lint, unit tests, and integration tests through the real Envoy"
+	@echo "make run          start the relay (Envoy + filter) on the local HealthLake emulator"
+	@echo "make test         lint, unit tests, and integration tests through the real Envoy"
+	@echo "make bench        plain forwarding vs Envoy's native SigV4 filter vs the relay"
+	@echo "make backfill     a 20,000-write historical backfill under faults, checked end to end"
+	@echo "make fuzz         fuzz the request/response handling for FUZZ_SECONDS (nightly toolchain)"
 
 deps: $(VENV)/.installed
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -30,7 +33,7 @@ $(VENV)/.installed: requirements.txt
 
 build: deps
 	cargo build --release --locked --target wasm32-wasip1 -p healthlake-relay
-	cargo build --release --locked -p healthlake-emulator
+	cargo build --release --locked -p healthlake-emulator -p smile-standin
 	@ls -l $(WASM) | awk '{print "relay wasm: " $$5 " bytes"}'
 
 # The official HL7 FHIR R4 examples (CC0), fetched from the npm registry, never committed.
@@ -48,7 +51,7 @@ lint: deps
 unit:
 	cargo test --locked --workspace
 
-integration: build fixtures
+integration: build fixtures bench-deps
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
 test: lint unit integration
@@ -56,5 +59,34 @@ test: lint unit integration
 run: build
 	@$(PY) scripts/relayctl.py run
 
+# wrk, the load generator of the benchmark (and of its smoke test in tests/), from Debian.
+bench-deps:
+	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+
+# Plain forwarding, Envoy's native SigV4 filter and the relay, side by side (scripts/bench.py --help).
+bench: build fixtures bench-deps
+	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+bench-soak: build fixtures bench-deps
+	$(PY) scripts/bench.py --soak $(BENCH_ARGS)
+
 clean:
 	rm -rf build target $(VENV)
+
+# Historical backfill under faults, proven end to end: the Smile CDR stand-in (standin/) replays a
+# $trigger-subscription burst through Envoy and the relay into the emulator while it throttles,
+# fails, restarts and the credentials expire; then the store is checked against Smile CDR's
+# (scripts/backfill.py --help; e.g. BACKFILL_ARGS="--writes 5000").
+.PHONY: backfill
+backfill: build fixtures
+	cargo build --release --locked -p smile-standin
+	$(PY) scripts/backfill.py --no-build $(BACKFILL_ARGS)
+
+# Hostile input for the host-agnostic core (fuzz/), seeded from the HL7 examples; needs the nightly
+# toolchain and cargo-fuzz, which this target installs (pinned).
+FUZZ_SECONDS ?= 600
+fuzz: fixtures
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --version 0.13.2 --locked
+	$(PY) scripts/fuzz_seeds.py
+	cd fuzz && cargo +nightly fuzz run requests -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
