@@ -728,13 +728,16 @@ def run() -> int:
         print(f"\nHealthLake relay listening on {relay}  (Envoy admin: http://127.0.0.1:{settings.admin_port})")
         if demo:
             print(f"Demo mode: HealthLake played by the local emulator at {env['AWS_ENDPOINT_URL_HEALTHLAKE']}")
+        if settings.inbound_auth == "none":
+            print("Inbound authentication is off (local demo): anyone who reaches the listener can write.")
         else:
             print(f"Forwarding to {settings.endpoint}, data store {settings.datastore_id}")
         print("\nWrite a resource as Smile CDR would, then read the access-log line:\n")
         print(
             f"  curl -sS -X PUT '{relay}/Patient/relay-demo' \\\n"
             "    -H 'Content-Type: application/fhir+json; charset=UTF-8' -H 'If-Match: W/\"1\"' \\\n"
-            f"    --data-binary @{example.relative_to(Path.cwd()) if example.is_relative_to(Path.cwd()) else example} -i; echo; "
+            + ("    -H \"Authorization: Bearer <one of RELAY_INBOUND_TOKENS>\" \\\n" if tokens else "")
+            + f"    --data-binary @{example.relative_to(Path.cwd()) if example.is_relative_to(Path.cwd()) else example} -i; echo; "
             f"sleep 1; tail -n 1 {envoy.access_log_path}\n"
         )
         if demo:
