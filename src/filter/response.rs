@@ -191,6 +191,13 @@ impl RelayHttp {
 
     /// The troubleshooting log line for a verdict, and learning unsupported types.
     fn explain(&self, forwarded: &Forwarded, upstream_status: u16, verdict: &Verdict) {
+        if matches!(
+            verdict.outcome,
+            Outcome::Delivered | Outcome::Deleted | Outcome::AlreadyAbsent
+        ) {
+            // The common case logs nothing: no formatting, no host call.
+            return;
+        }
         let target = &forwarded.target;
         let resource = format!("{}/{}", target.resource_type, target.id);
         let diagnostics = verdict
