@@ -103,7 +103,8 @@ def relay(emulator, tmp_path_factory):
 
 @pytest.fixture
 def fresh(emulator):
-    """An emulator with nothing stored and no requests recorded."""
+    """An emulator with nothing stored and no requests recorded (in a module that defines its own
+    `emulator` fixture, that one)."""
     emulator.reset()
     return emulator
 

@@ -52,12 +52,6 @@ def relay(emulator, tmp_path_factory):
     envoy.stop()
 
 
-@pytest.fixture
-def fresh(emulator):
-    emulator.reset()
-    return emulator
-
-
 def counter(stats: dict, outcome: str, rtype: str | None = None) -> int:
     name = outcome.replace("-", "_")
     key = (f"wasmcustom.healthlake_relay.type.{rtype}.outcome.{name}" if rtype

@@ -60,12 +60,6 @@ def relay(emulator, env, tmp_path_factory):
     envoy.stop()
 
 
-@pytest.fixture
-def fresh(emulator):
-    emulator.reset()
-    return emulator
-
-
 def upstream_requests(emulator) -> list[dict]:
     return [q for q in emulator.requests() if q["path"].startswith("/datastore/")]
 

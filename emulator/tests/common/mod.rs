@@ -178,3 +178,14 @@ pub fn patient(id: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// A fresh temporary directory per call (tests run in parallel in one process; the pid keeps test
+/// binaries apart).
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("hle-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
