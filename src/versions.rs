@@ -7,17 +7,23 @@
 //! the earlier attempt may have failed.
 //!
 //! The memory lives in Envoy's shared data (one process, all workers) and is bounded: entries are
-//! spread over [`SHARDS`] shard values by a fingerprint of `Type/id`, each shard keeps at most
-//! `max_entries / SHARDS` entries (the least recently recorded go first) and drops entries older
+//! spread over [`Limits::shards`] shard values by a fingerprint of `Type/id` (about
+//! [`ENTRIES_PER_SHARD`] each, at most [`MAX_SHARDS`] values), each shard keeps at most
+//! [`Limits::per_shard`] entries (the least recently recorded go first) and drops entries older
 //! than `max_age_seconds`. Shared data has no way to delete keys, so a fixed set of shard keys is
-//! what keeps it bounded. The guard is per Envoy process: a restart forgets.
+//! what keeps it bounded. Small shards keep the per-request cost low: every write copies its
+//! shard out of shared data once to check it and back once to record it. The guard is per Envoy
+//! process: a restart forgets.
 
 use crate::instant::Nanos;
 use crate::resource::Version;
 use sha2::{Digest, Sha256};
 
-/// Number of shard values.
-pub const SHARDS: usize = 1024;
+/// Entries a shard holds when the guard is full: small, since each write copies its shard.
+pub const ENTRIES_PER_SHARD: usize = 16;
+
+/// Most shard values (shared-data keys) the guard uses.
+pub const MAX_SHARDS: usize = 65_536;
 
 const FORMAT: u8 = 1;
 const ENTRY_LEN: usize = 16 + 16 + 8 + 1 + 8;
@@ -34,6 +40,20 @@ pub struct Limits {
     pub max_age_seconds: u64,
 }
 
+impl Limits {
+    /// How many shard values the entries are spread over.
+    pub fn shards(&self) -> usize {
+        self.max_entries
+            .div_ceil(ENTRIES_PER_SHARD)
+            .clamp(1, MAX_SHARDS)
+    }
+
+    /// Most entries one shard keeps.
+    pub fn per_shard(&self) -> usize {
+        self.max_entries.div_ceil(self.shards()).max(1)
+    }
+}
+
 /// What the guard knows of one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
@@ -48,7 +68,7 @@ pub struct Entry {
 }
 
 /// Where a resource's entry lives: the shared-data key of its shard, and its fingerprint.
-pub fn locate(resource_type: &str, id: &str) -> (String, Fingerprint) {
+pub fn locate(resource_type: &str, id: &str, limits: Limits) -> (String, Fingerprint) {
     let digest = Sha256::new()
         .chain_update(resource_type.as_bytes())
         .chain_update(b"/")
@@ -58,8 +78,28 @@ pub fn locate(resource_type: &str, id: &str) -> (String, Fingerprint) {
     for (dst, src) in fingerprint.iter_mut().zip(digest.iter()) {
         *dst = *src;
     }
-    let shard = (usize::from(fingerprint[0]) << 8 | usize::from(fingerprint[1])) % SHARDS;
-    (format!("healthlake_relay.versions.{shard}"), fingerprint)
+    let mut head = [0u8; 8];
+    for (dst, src) in head.iter_mut().zip(fingerprint.iter()) {
+        *dst = *src;
+    }
+    let shards = limits.shards() as u64;
+    let shard = u64::from_le_bytes(head) % shards;
+    // The shard count is part of the key: a different max_entries starts a fresh layout.
+    (
+        format!("healthlake_relay.versions.{shards}.{shard}"),
+        fingerprint,
+    )
+}
+
+/// What the guard knows of `fingerprint` in an encoded shard, read without decoding the rest.
+pub fn find(shard: Option<&[u8]>, fingerprint: &Fingerprint) -> Option<Entry> {
+    let (&format, body) = shard?.split_first()?;
+    if format != FORMAT || body.len() % ENTRY_LEN != 0 {
+        return None;
+    }
+    body.chunks_exact(ENTRY_LEN)
+        .find(|chunk| chunk.get(..16) == Some(fingerprint.as_slice()))
+        .and_then(decode_entry)
 }
 
 /// The guard's verdict on a write.
@@ -203,7 +243,7 @@ impl Shard {
     fn evict(&mut self, now: u64, limits: Limits) {
         self.entries
             .retain(|e| now.saturating_sub(e.recorded_at) <= limits.max_age_seconds);
-        let cap = (limits.max_entries / SHARDS).max(1);
+        let cap = limits.per_shard();
         if self.entries.len() > cap {
             self.entries
                 .sort_by_key(|e| std::cmp::Reverse(e.recorded_at));
@@ -250,15 +290,60 @@ mod tests {
 
     #[test]
     fn locate_is_stable_and_spreads() {
-        let (k1, f1) = locate("Patient", "a");
-        assert_eq!(locate("Patient", "a"), (k1.clone(), f1));
-        assert_ne!(locate("Patient", "b").1, f1);
-        assert_ne!(locate("Patien", "ta").1, locate("Patient", "a").1);
-        assert!(k1.starts_with("healthlake_relay.versions."));
-        let shards: std::collections::HashSet<_> = (0..2000)
-            .map(|i| locate("Observation", &i.to_string()).0)
-            .collect();
-        assert!(shards.len() > 800, "{}", shards.len());
+        let (k1, f1) = locate("Patient", "a", LIMITS);
+        assert_eq!(locate("Patient", "a", LIMITS), (k1.clone(), f1));
+        assert_ne!(locate("Patient", "b", LIMITS).1, f1);
+        assert_ne!(
+            locate("Patien", "ta", LIMITS).1,
+            locate("Patient", "a", LIMITS).1
+        );
+        assert!(k1.starts_with("healthlake_relay.versions.6250."), "{k1}");
+        // 100,000 entries: 6,250 shards of 16; 20,000 resources land in most of them, evenly.
+        let mut per_shard = std::collections::HashMap::new();
+        for i in 0..20_000 {
+            *per_shard
+                .entry(locate("Observation", &i.to_string(), LIMITS).0)
+                .or_insert(0) += 1;
+        }
+        assert!(per_shard.len() > 5_500, "{}", per_shard.len());
+        assert!(per_shard.values().all(|&n| n < 16), "{per_shard:?}");
+    }
+
+    #[test]
+    fn shard_count_follows_max_entries() {
+        let limits = |max_entries| Limits {
+            max_entries,
+            max_age_seconds: 1,
+        };
+        assert_eq!((LIMITS.shards(), LIMITS.per_shard()), (6_250, 16));
+        assert_eq!((limits(1).shards(), limits(1).per_shard()), (1, 1));
+        assert_eq!((limits(40).shards(), limits(40).per_shard()), (3, 14));
+        // At the top the shards grow instead: 10,000,000 over 65,536 values.
+        assert_eq!(limits(10_000_000).shards(), MAX_SHARDS);
+        assert_eq!(limits(10_000_000).per_shard(), 153);
+        for max in [1, 15, 16, 17, 1000, 99_999, 100_000, 3_000_000] {
+            let l = limits(max);
+            assert!(l.shards() * l.per_shard() >= max, "{max}");
+            assert!(l.shards() * l.per_shard() < max + l.shards(), "{max}");
+        }
+    }
+
+    #[test]
+    fn find_reads_one_entry_of_an_encoded_shard() {
+        let mut s = Shard::default();
+        for n in 1..=5 {
+            s.record_write(fp(n), &v("2026-01-02T00:00:00Z", "1"), 10, LIMITS);
+        }
+        s.record_delete(fp(3), 11, LIMITS);
+        let bytes = s.encode();
+        for n in 1..=5 {
+            assert_eq!(find(Some(&bytes), &fp(n)).as_ref(), s.get(&fp(n)));
+        }
+        assert!(find(Some(&bytes), &fp(3)).unwrap().deleted);
+        assert_eq!(find(Some(&bytes), &fp(9)), None);
+        assert_eq!(find(None, &fp(1)), None);
+        assert_eq!(find(Some(&bytes[..bytes.len() - 1]), &fp(1)), None);
+        assert_eq!(find(Some(&[9, 1, 2]), &fp(1)), None);
     }
 
     #[test]
@@ -365,8 +450,9 @@ mod tests {
 
     #[test]
     fn memory_is_bounded_by_entries_and_age() {
+        // Three entries: one shard of three.
         let limits = Limits {
-            max_entries: SHARDS * 3,
+            max_entries: 3,
             max_age_seconds: 100,
         };
         let mut s = Shard::default();

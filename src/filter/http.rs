@@ -3,6 +3,7 @@
 
 use super::credentials::ForSigning;
 use super::host;
+use super::shared::ShardRead;
 use super::Shared;
 use crate::headers::is_removed_before_signing;
 use crate::operation_outcome::{self, Severity, FHIR_JSON};
@@ -22,14 +23,14 @@ use std::time::SystemTime;
 /// Response header carrying the relay's verdict.
 pub const OUTCOME_HEADER: &str = "x-healthlake-outcome";
 
-/// Filter-state keys, printed in the access log as `%FILTER_STATE(wasm.<key>:PLAIN)%`.
+/// Filter-state keys, printed in the access log as `%FILTER_STATE(wasm.<key>:PLAIN)%`. (The
+/// outcome is logged from the [`OUTCOME_HEADER`] response header: one host call less.)
 pub mod state_key {
     pub const METHOD: &str = "relay_method";
     pub const PATH: &str = "relay_path";
     pub const UPSTREAM_PATH: &str = "relay_upstream_path";
     pub const RESOURCE_TYPE: &str = "relay_resource_type";
     pub const RESOURCE_ID: &str = "relay_resource_id";
-    pub const OUTCOME: &str = "relay_outcome";
     pub const UPSTREAM_STATUS: &str = "relay_upstream_status";
     pub const ERROR_CODE: &str = "relay_error_code";
 }
@@ -38,17 +39,28 @@ pub mod state_key {
 pub struct Forwarded {
     pub target: Target,
     pub signed: Signed,
-    /// The version a PUT carried, recorded by the version guard once HealthLake accepts it.
-    pub version: Option<Version>,
+    /// The version a PUT carried, recorded by the version guard once HealthLake accepts it,
+    /// and the guard's shard as read to check it.
+    pub version: Option<(Version, Option<ShardRead>)>,
     /// The generation of the credentials it was signed with (0: the environment's).
     pub generation: u64,
+}
+
+/// Which request headers already hold what is signed, so that rewriting them is skipped.
+#[derive(Clone, Copy, Default)]
+pub struct AsSigned {
+    /// `:method` is the target's (a PUT or DELETE, not a POST create).
+    pub method: bool,
+    /// `content-type` is exactly the one signed (or absent for a DELETE).
+    pub content_type: bool,
 }
 
 /// Everything needed to sign a request whose body has been checked.
 pub struct SignJob {
     pub target: Target,
+    pub as_signed: AsSigned,
     pub payload_sha256: String,
-    pub version: Option<Version>,
+    pub version: Option<(Version, Option<ShardRead>)>,
 }
 
 /// A request held until credentials exist; the root context signs and resumes it, or answers
@@ -102,14 +114,16 @@ pub enum Phase {
 pub struct RelayHttp {
     pub(super) shared: Option<Rc<Shared>>,
     pub(super) phase: Phase,
+    /// Request headers that need no rewriting for the signed request.
+    pub(super) as_signed: AsSigned,
     /// The resource type, once the request passed planning (for per-type stats).
     pub(super) resource_type: Option<String>,
     pub(super) context_id: u32,
 }
 
-/// Records the outcome of the current request: filter state for the access log, and the stats.
+/// Records the outcome of the current request in the stats (the access log reads it from the
+/// [`OUTCOME_HEADER`] of the answer).
 pub fn record(shared: Option<&Shared>, outcome: Outcome, resource_type: Option<&str>) {
-    host::set_filter_state(state_key::OUTCOME, outcome.as_str());
     if let Some(shared) = shared {
         shared.metrics.count(outcome, resource_type);
     }
@@ -165,10 +179,11 @@ pub fn sign_and_rewrite(
         host::log_error(&format!("healthlake-relay: {e}"));
         "signing failed"
     })?;
-    let mut ok = host::set_request_header(":method", Some(input.method))
+    let mut ok = (job.as_signed.method || host::set_request_header(":method", Some(input.method)))
         && host::set_request_header(":path", Some(&target.upstream_path))
         && host::set_request_header(":authority", Some(&shared.config.healthlake_host))
-        && host::set_request_header("content-type", input.content_type);
+        && (job.as_signed.content_type
+            || host::set_request_header("content-type", input.content_type));
     for (name, value) in &headers {
         ok = ok && host::set_request_header(name, Some(value));
     }
@@ -276,6 +291,7 @@ impl RelayHttp {
         RelayHttp {
             shared,
             phase: Phase::Start,
+            as_signed: AsSigned::default(),
             resource_type: None,
             context_id,
         }
@@ -400,7 +416,7 @@ impl RelayHttp {
         &mut self,
         target: Target,
         payload_sha256: &str,
-        version: Option<Version>,
+        version: Option<(Version, Option<ShardRead>)>,
     ) -> Action {
         let Some(shared) = self.shared.clone() else {
             return self.internal_error("the relay is not configured");
@@ -414,6 +430,7 @@ impl RelayHttp {
         };
         let job = SignJob {
             target,
+            as_signed: self.as_signed,
             payload_sha256: payload_sha256.to_owned(),
             version,
         };
@@ -453,7 +470,11 @@ impl RelayHttp {
         match host::request_body(from, to - from) {
             Some(chunk) => {
                 hasher.update(&chunk);
-                body.extend_from_slice(&chunk);
+                if body.is_empty() {
+                    *body = chunk; // Most resources arrive whole: no copy.
+                } else {
+                    body.extend_from_slice(&chunk);
+                }
                 true
             }
             None => false,
@@ -513,13 +534,17 @@ impl RelayHttp {
             Ok(r) => r,
             Err(r) => return self.refuse(&r),
         };
-        if shared.config.version_guard.is_some()
-            && super::shared::version_decision(&target, &parsed.version) == Decision::Stale
-        {
-            return self.answer_stale(&target);
-        }
+        let shard = match shared.config.version_guard {
+            Some(limits) => {
+                match super::shared::version_decision(&target, &parsed.version, limits) {
+                    (Decision::Stale, _) => return self.answer_stale(&target),
+                    (Decision::Forward, read) => Some(read),
+                }
+            }
+            None => None,
+        };
         let hash = hasher.finish_hex();
-        self.sign_and_forward(target, &hash, Some(parsed.version))
+        self.sign_and_forward(target, &hash, Some((parsed.version, shard)))
     }
 
     fn answer_stale(&mut self, target: &Target) -> Action {
@@ -609,6 +634,14 @@ impl RelayHttp {
     }
 }
 
+/// The `content-type` sent (and signed) with `op`: FHIR JSON with a body, none without.
+fn signed_content_type(op: Operation) -> Option<&'static str> {
+    match op {
+        Operation::Put => Some(FHIR_JSON),
+        Operation::Delete => None,
+    }
+}
+
 /// What is signed for `target`; rebuilt on the response side for the troubleshooting log.
 pub fn signing_input<'a>(
     shared: &'a Shared,
@@ -620,10 +653,7 @@ pub fn signing_input<'a>(
         method: target.op.method(),
         host: &shared.config.healthlake_host,
         path: &target.upstream_path,
-        content_type: match target.op {
-            Operation::Put => Some(FHIR_JSON),
-            Operation::Delete => None,
-        },
+        content_type: signed_content_type(target.op),
         payload_sha256,
         region: &shared.config.region,
         service: HEALTHLAKE_SERVICE,
@@ -676,6 +706,10 @@ impl HttpContext for RelayHttp {
         }
 
         let content_type = header("content-type");
+        // A repeated content-type is rewritten to the one signed value, never passed on.
+        let single_content_type = headers.iter().filter(|(n, _)| n == "content-type").count() <= 1;
+        let content_type_as_signed =
+            |op| single_content_type && content_type == signed_content_type(op);
         let target = match plan(method, path, &shared.config) {
             Plan::Read => {
                 return self.answer(
@@ -695,6 +729,10 @@ impl HttpContext for RelayHttp {
                 return self.receive(Pending::BasePost);
             }
             Plan::Create { resource_type } => {
+                self.as_signed = AsSigned {
+                    method: false,
+                    content_type: content_type_as_signed(Operation::Put),
+                };
                 host::set_filter_state(state_key::RESOURCE_TYPE, &resource_type);
                 self.resource_type = Some(resource_type.clone());
                 if let Some(action) = self.before_body(&headers, content_type, true) {
@@ -706,6 +744,10 @@ impl HttpContext for RelayHttp {
                 return self.receive(Pending::Create { resource_type });
             }
             Plan::Forward(target) => target,
+        };
+        self.as_signed = AsSigned {
+            method: method == target.op.method(),
+            content_type: content_type_as_signed(target.op),
         };
         host::set_filter_state(state_key::RESOURCE_TYPE, &target.resource_type);
         host::set_filter_state(state_key::RESOURCE_ID, &target.id);

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 impl RelayHttp {
     pub(super) fn response_headers(&mut self, end_of_stream: bool) -> Action {
-        let forwarded = match std::mem::replace(&mut self.phase, Phase::Done) {
+        let mut forwarded = match std::mem::replace(&mut self.phase, Phase::Done) {
             Phase::Forwarded(f) => f,
             Phase::AwaitingCredentials => {
                 // Signed and resumed by the root context, or answered by it.
@@ -37,7 +37,12 @@ impl RelayHttp {
         let status = host::response_header(":status")
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
-        let error_type = host::response_header("x-amzn-errortype");
+        // Only an error's type matters: a success costs no host call for it.
+        let error_type = if (200..300).contains(&status) {
+            None
+        } else {
+            host::response_header("x-amzn-errortype")
+        };
         match classify_headers(forwarded.target.op, status, error_type.as_deref()) {
             AtHeaders::Final(verdict) => {
                 if matches!(verdict.reply, Reply::Replace { .. }) && !end_of_stream {
@@ -49,12 +54,12 @@ impl RelayHttp {
                     };
                     return Action::Pause;
                 }
-                self.conclude(&forwarded, status, verdict, None);
+                self.conclude(&mut forwarded, status, verdict, None);
                 Action::Continue
             }
             AtHeaders::NeedBody if end_of_stream => {
                 let verdict = self.classify_error_body(&forwarded, status, error_type, b"");
-                self.conclude(&forwarded, status, verdict, None);
+                self.conclude(&mut forwarded, status, verdict, None);
                 Action::Continue
             }
             AtHeaders::NeedBody => {
@@ -79,20 +84,20 @@ impl RelayHttp {
         }
         match std::mem::replace(&mut self.phase, Phase::Done) {
             Phase::ReadingError {
-                forwarded,
+                mut forwarded,
                 status,
                 error_type,
             } => {
                 let body =
                     host::response_body(0, body_size.min(MAX_ERROR_BODY_BYTES)).unwrap_or_default();
                 let verdict = self.classify_error_body(&forwarded, status, error_type, &body);
-                self.conclude(&forwarded, status, verdict, Some(body_size));
+                self.conclude(&mut forwarded, status, verdict, Some(body_size));
             }
             Phase::Replacing {
-                forwarded,
+                mut forwarded,
                 status,
                 verdict,
-            } => self.conclude(&forwarded, status, verdict, Some(body_size)),
+            } => self.conclude(&mut forwarded, status, verdict, Some(body_size)),
             _ => {}
         }
         Action::Continue
@@ -120,7 +125,7 @@ impl RelayHttp {
     /// size of HealthLake's buffered body when the verdict is applied at its end.
     fn conclude(
         &mut self,
-        forwarded: &Forwarded,
+        forwarded: &mut Forwarded,
         upstream_status: u16,
         verdict: Verdict,
         body_size: Option<usize>,
@@ -174,13 +179,15 @@ impl RelayHttp {
     }
 
     /// Tells the version guard what HealthLake now holds.
-    fn remember(&self, forwarded: &Forwarded, outcome: Outcome) {
+    fn remember(&self, forwarded: &mut Forwarded, outcome: Outcome) {
         let Some(limits) = self.shared.as_ref().and_then(|s| s.config.version_guard) else {
             return;
         };
-        match (outcome, &forwarded.version) {
-            (Outcome::Delivered, Some(version)) => {
-                shared::record_write(&forwarded.target, version, limits)
+        match (outcome, forwarded.version.as_mut()) {
+            (Outcome::Delivered, Some((version, read))) => {
+                if let Some(read) = read.take() {
+                    shared::record_write(read, version, limits)
+                }
             }
             (Outcome::Deleted | Outcome::AlreadyAbsent, _) => {
                 shared::record_delete(&forwarded.target, limits)

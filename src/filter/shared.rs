@@ -6,7 +6,7 @@ use super::host;
 use crate::plan::Target;
 use crate::resource::Version;
 use crate::unsupported_types;
-use crate::versions::{self, Decision, Limits, Shard};
+use crate::versions::{self, Decision, Fingerprint, Limits, Shard};
 use std::time::SystemTime;
 
 /// Attempts of a compare-and-swap update before giving up (another worker kept winning).
@@ -39,37 +39,60 @@ pub fn learn_unsupported(resource_type: &str, ttl: u64) -> bool {
         )
 }
 
-/// The version guard's verdict on a write of `target` carrying `version`.
-pub fn version_decision(target: &Target, version: &Version) -> Decision {
-    let (key, fingerprint) = versions::locate(&target.resource_type, &target.id);
-    let (value, _) = host::shared_data(&key);
-    let shard = Shard::decode(value.as_deref());
-    versions::check(shard.get(&fingerprint), version)
+/// A version-guard shard as read to check a write: recording the write starts from it, so the
+/// common case copies the shard out of shared data once and back once.
+pub struct ShardRead {
+    key: String,
+    fingerprint: Fingerprint,
+    value: Option<Vec<u8>>,
+    cas: Option<u32>,
 }
 
-/// Applies `update` to the shard holding `target`, retrying when another worker wrote first.
-fn update_shard(target: &Target, update: impl Fn(&mut Shard, versions::Fingerprint)) {
-    let (key, fingerprint) = versions::locate(&target.resource_type, &target.id);
-    for _ in 0..CAS_ATTEMPTS {
+impl ShardRead {
+    fn now(target: &Target, limits: Limits) -> ShardRead {
+        let (key, fingerprint) = versions::locate(&target.resource_type, &target.id, limits);
         let (value, cas) = host::shared_data(&key);
-        let mut shard = Shard::decode(value.as_deref());
-        update(&mut shard, fingerprint);
-        if host::set_shared_data(&key, &shard.encode(), cas) {
-            return;
+        ShardRead {
+            key,
+            fingerprint,
+            value,
+            cas,
         }
     }
+}
+
+/// The version guard's verdict on a write of `target` carrying `version`, and the shard read.
+pub fn version_decision(
+    target: &Target,
+    version: &Version,
+    limits: Limits,
+) -> (Decision, ShardRead) {
+    let read = ShardRead::now(target, limits);
+    let known = versions::find(read.value.as_deref(), &read.fingerprint);
+    (versions::check(known.as_ref(), version), read)
+}
+
+/// Applies `update` to the shard in `read`, re-reading it when another worker wrote first.
+fn update_shard(mut read: ShardRead, update: impl Fn(&mut Shard, Fingerprint)) {
+    for _ in 0..CAS_ATTEMPTS {
+        let mut shard = Shard::decode(read.value.as_deref());
+        update(&mut shard, read.fingerprint);
+        if host::set_shared_data(&read.key, &shard.encode(), read.cas) {
+            return;
+        }
+        (read.value, read.cas) = host::shared_data(&read.key);
+    }
     log::warn!(
-        "healthlake-relay: version guard: could not record {}/{} after {CAS_ATTEMPTS} attempts \
-         (contention); a late older version of it would not be recognised as stale",
-        target.resource_type,
-        target.id
+        "healthlake-relay: version guard: could not record a write to {} after {CAS_ATTEMPTS} \
+         attempts (contention); a late older version of it would not be recognised as stale",
+        read.key
     );
 }
 
-/// Records that HealthLake accepted `version` of `target`.
-pub fn record_write(target: &Target, version: &Version, limits: Limits) {
+/// Records that HealthLake accepted `version` of the resource checked in `read`.
+pub fn record_write(read: ShardRead, version: &Version, limits: Limits) {
     let now = unix_now();
-    update_shard(target, |shard, fp| {
+    update_shard(read, |shard, fp| {
         shard.record_write(fp, version, now, limits)
     });
 }
@@ -77,5 +100,7 @@ pub fn record_write(target: &Target, version: &Version, limits: Limits) {
 /// Records that `target` is deleted in HealthLake.
 pub fn record_delete(target: &Target, limits: Limits) {
     let now = unix_now();
-    update_shard(target, |shard, fp| shard.record_delete(fp, now, limits));
+    update_shard(ShardRead::now(target, limits), |shard, fp| {
+        shard.record_delete(fp, now, limits)
+    });
 }
