@@ -5,24 +5,29 @@
     scripts/bench.py --quick    one short round, 2 KB bodies, concurrency 1 (used by the test suite)
     scripts/bench.py --soak     relay memory after 100,000 and 1,000,000 requests (make bench-soak)
 
-Three Envoy set-ups, rendered from the shipped envoy.yaml (relayctl.render) and differing only in
-the signing filter; the access log is off in all three:
+Four Envoy set-ups, rendered from the shipped envoy.yaml (relayctl.render) and differing only in
+the signing filter; the access log is off in all four:
 
   (a) plain   the relay's Wasm filter removed: plain forwarding, the limit;
   (b) native  Envoy's C++ filter envoy.filters.http.aws_request_signing: SigV4, service healthlake,
               payload signed (x-amz-content-sha256), host_rewrite to the HealthLake authority;
-  (c) relay   the shipped configuration with the built .wasm.
+  (c) relay   the shipped configuration with the built .wasm;
+  (d) floor   the same Wasm filter configuration loading bench/floor instead: the least a proxy-wasm
+              filter does to sign a body (hold the headers, hash the body, sign with aws-sigv4,
+              rewrite the path), with none of the relay's checks, verdicts, stats or state. What
+              the relay costs beyond (d) is the price of those; what (d) costs beyond (b) is the
+              price of doing it in Wasm at all.
 
 The native filter signs the path as it arrives, so clients of (a) and (b) request HealthLake's
-/datastore/{ds}/r4/{Type}/{id}, and clients of (c) request /{Type}/{id}, which the relay rewrites.
+/datastore/{ds}/r4/{Type}/{id}, and clients of (c) and (d) request /{Type}/{id}, which they rewrite.
 The upstream is a separate Envoy answering 200 from a direct_response (after buffering the body),
 so that the proxy under test is what is measured.
 
-Before timing, one PUT through (b) and one through (c) go to the HealthLake emulator, which verifies
-SigV4 on its own: both must be answered 2xx and recorded as verified, or the benchmark stops.
+Before timing, one PUT through each of (b), (c) and (d) goes to the HealthLake emulator, which
+verifies SigV4 on its own: each must be answered 2xx and recorded as verified, or the benchmark stops.
 
 Load is wrk (1 thread, 16 connections, bench/put.lua). Every timed run starts a fresh Envoy, warms it
-up, then measures; the set-ups alternate a, b, c, a, b, c ... and medians of the rounds are reported.
+up, then measures; the set-ups alternate a, b, c, d, a, b, c, d ... and medians of the rounds are reported.
 Every process started here is stopped by its pid, also on errors and Ctrl-C.
 """
 
@@ -63,8 +68,10 @@ RESULTS_DIR = ROOT / "bench" / "results"
 RUNS_DIR = ROOT / "build" / "bench"
 FHIR_EXAMPLES = ROOT / "build" / "fhir" / "package"
 
-SETUPS = ("plain", "native", "relay")
-SIGNING_SETUPS = ("native", "relay")
+SETUPS = ("plain", "native", "relay", "floor")
+SIGNING_SETUPS = ("native", "relay", "floor")
+# The floor of set-up (d): built by `make build` from bench/floor.
+FLOOR_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "relay_floor.wasm"
 CONNECTIONS = 16
 WRK_THREADS = 1
 WRK_TIMEOUT = "10s"
@@ -97,6 +104,7 @@ class Context:
     out: Path  # the output folder
     env: dict  # the environment of every Envoy started
     wasm: Path  # the relay measured: a copy of the build, so a rebuild meanwhile changes nothing
+    floor_wasm: Path  # set-up (d)'s filter, copied likewise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +186,7 @@ def make_bodies(keys: list[str], folder: Path) -> dict[str, Body]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The three set-ups and the stub upstream
+# The set-ups and the stub upstream
 
 
 def envoy_environment() -> dict[str, str]:
@@ -226,7 +234,7 @@ def native_signing_filter(settings: relayctl.Settings, env: dict[str, str]) -> d
     }
 
 
-def setup_config(setup: str, settings: relayctl.Settings, env: dict[str, str]) -> dict:
+def setup_config(setup: str, settings: relayctl.Settings, env: dict[str, str], floor_wasm: Path = FLOOR_WASM) -> dict:
     """The shipped configuration with the access log off and the signing filter of `setup`."""
     config = yaml.safe_load(relayctl.render(settings))
     manager = http_connection_manager(config)
@@ -237,6 +245,8 @@ def setup_config(setup: str, settings: relayctl.Settings, env: dict[str, str]) -
         del filters[relay_at]
     elif setup == "native":
         filters[relay_at] = native_signing_filter(settings, env)
+    elif setup == "floor":
+        filters[relay_at]["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(floor_wasm)
     elif setup != "relay":
         raise ValueError(f"unknown set-up {setup!r}")
     return config
@@ -252,7 +262,7 @@ class Target:
     datastore_id: str
 
     def request_path(self, body: Body) -> str:
-        return body.relay_path() if self.setup == "relay" else body.healthlake_path(self.datastore_id)
+        return body.relay_path() if self.setup in ("relay", "floor") else body.healthlake_path(self.datastore_id)
 
 
 def prepare_targets(ctx: Context, upstream_url: str, folder: Path, setups=SETUPS) -> dict[str, Target]:
@@ -261,9 +271,9 @@ def prepare_targets(ctx: Context, upstream_url: str, folder: Path, setups=SETUPS
     targets = {}
     for setup in setups:
         workdir = folder / setup
-        text = yaml.safe_dump(setup_config(setup, settings, ctx.env), sort_keys=False)
+        text = yaml.safe_dump(setup_config(setup, settings, ctx.env, ctx.floor_wasm), sort_keys=False)
         path = relayctl.write_config(text, workdir)
-        checked = relayctl.validate_config(path)
+        checked = relayctl.validate_config(path, ctx.env)
         if checked.returncode != 0:
             raise BenchError(f"the {setup} configuration ({path}) does not validate:\n{checked.stderr[-3000:]}")
         targets[setup] = Target(setup, path, workdir, settings.datastore_id)
@@ -444,7 +454,7 @@ def put(base_url: str, path: str, body: bytes) -> tuple[int, bytes]:
 
 
 def check_signing(ctx: Context, body: Body) -> list[dict]:
-    """One PUT through (b) and one through (c) to the emulator, which verifies SigV4 itself.
+    """One PUT through each of (b), (c) and (d) to the emulator, which verifies SigV4 itself.
 
     Raises BenchError unless each got a 2xx, the emulator recorded exactly that one request as
     verified at HealthLake's path, and stored the body byte for byte.
@@ -532,9 +542,10 @@ def run_benchmark(ctx: Context, options: argparse.Namespace) -> dict:
     estimate = total * (options.warmup + options.duration + RUN_OVERHEAD_S)
     print(f"bench: {total} timed runs, about {estimate / 60:.0f} min; output in {ctx.out}", flush=True)
 
-    print("bench: signing check through (b) native and (c) relay against the HealthLake emulator", flush=True)
+    print("bench: signing check through (b) native, (c) relay and (d) floor against the HealthLake emulator",
+          flush=True)
     checks = check_signing(ctx, bodies[options.sizes[0]])
-    print("bench: signing check passed: both requests answered 2xx and verified by the emulator", flush=True)
+    print("bench: signing check passed: every request answered 2xx and verified by the emulator", flush=True)
 
     runs = []
     with contextlib.ExitStack() as stack:
@@ -657,6 +668,7 @@ def command_line() -> str:
 def check_prerequisites() -> None:
     missing = [what for what, ok in (
         (f"the relay .wasm ({relayctl.WASM})", relayctl.WASM.exists()),
+        (f"the floor .wasm of set-up (d) ({FLOOR_WASM})", FLOOR_WASM.exists()),
         (f"the HealthLake emulator ({relayctl.EMULATOR_BIN})", relayctl.EMULATOR_BIN.exists()),
         ("the HL7 FHIR R4 examples (build/fhir/package)", (FHIR_EXAMPLES / ".complete").exists()),
     ) if not ok]
@@ -732,7 +744,9 @@ def main(argv: list[str]) -> int:
         out = output_folder(options, stamp)
         wasm = out / relayctl.WASM.name
         shutil.copyfile(relayctl.WASM, wasm)
-        ctx = Context(out, envoy_environment(), wasm)
+        floor_wasm = out / FLOOR_WASM.name
+        shutil.copyfile(FLOOR_WASM, floor_wasm)
+        ctx = Context(out, envoy_environment(), wasm, floor_wasm)
         meta = {
             "machine": machine_description(),
             "command": command_line(),

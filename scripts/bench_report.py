@@ -8,13 +8,14 @@ import statistics
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-SETUP_LABELS = {"plain": "(a) plain", "native": "(b) native", "relay": "(c) relay"}
+SETUP_LABELS = {"plain": "(a) plain", "native": "(b) native", "relay": "(c) relay", "floor": "(d) floor"}
 SETUP_NOTES = {
     "plain": "no signing filter: plain forwarding, the limit",
     "native": "Envoy's C++ envoy.filters.http.aws_request_signing",
     "relay": "the relay's Wasm filter (shipped configuration)",
+    "floor": "the least a Wasm SigV4 filter does (bench/floor: hold, hash, sign, rewrite; no checks)",
 }
-COLORS = {"plain": "#9aa5b1", "native": "#3b75af", "relay": "#e8853d"}
+COLORS = {"plain": "#9aa5b1", "native": "#3b75af", "relay": "#e8853d", "floor": "#c9b458"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,11 +73,11 @@ METRICS = (
     ("cpu_us_per_request", "CPU µs/request", _rate),
     ("peak_mib", "peak memory MiB", _mib),
 )
-BASES = (("native", "(b)"), ("plain", "(a)"))
+BASES = (("native", "(b)"), ("plain", "(a)"), ("floor", "(d)"))
 
 
 def with_ratios(rows: list[dict]) -> list[dict]:
-    """Each row's metrics divided by those of (b) native and of (a) plain at the same body and concurrency."""
+    """Each row's metrics divided by those of (b) native, (a) plain and (d) floor at the same body and concurrency."""
     by_key = {(r["concurrency"], r["size"], r["setup"]): r for r in rows}
     out = []
     for row in rows:
@@ -136,17 +137,21 @@ def method_section(meta: dict, data: dict) -> str:
                        for c in data["signing_check"])
     return f"""## Method
 
-Three Envoy set-ups rendered from `envoy.yaml`, identical but for the signing filter (same listener,
-route, retry policy and buffer limits; access log off in all three):
+Four Envoy set-ups rendered from `envoy.yaml`, identical but for the signing filter (same listener,
+route, retry policy and buffer limits; access log off in all four):
 
 {setups}
 
 Clients of (a) and (b) request HealthLake's path `/datastore/{{ds}}/r4/{{Type}}/{{id}}` (the native
-filter signs the path as it arrives); clients of (c) request `/{{Type}}/{{id}}` and the relay rewrites it.
-(b) and (c) both sign the body's SHA-256 (service `healthlake`, same region, host and credentials).
+filter signs the path as it arrives); clients of (c) and (d) request `/{{Type}}/{{id}}`, which they rewrite.
+(b), (c) and (d) all sign the body's SHA-256 (service `healthlake`, same region, host and credentials).
+(d) is `bench/floor`, a proxy-wasm filter that does only what signing a body inherently needs (hold
+the headers, hash the body as it arrives, sign with `aws-sigv4`, rewrite the path) and none of the
+relay's checks, verdicts, access-log state, stats or version guard: (c) ÷ (d) is the price of those,
+(d) ÷ (b) the price of signing in a Wasm VM at all.
 
 Signing check before timing, against the HealthLake emulator (its own SigV4 verifier): {checks};
-the emulator stored both bodies byte for byte.
+the emulator stored every body byte for byte.
 
 Upstream: a separate Envoy (`--concurrency {meta['stub_concurrency']}`) that buffers each request and answers
 200 from a `direct_response`. Load: wrk, {meta['wrk_threads']} thread, {meta['connections']} connections,
@@ -156,7 +161,7 @@ Bodies:
 {bodies}
 
 Every timed run starts a fresh Envoy under test, runs {o['warmup']} s of warm-up, then {o['duration']} s
-measured. Set-ups alternate a, b, c in each of {o['rounds']} round(s) per (body, concurrency); the
+measured. Set-ups alternate a, b, c, d in each of {o['rounds']} round(s) per (body, concurrency); the
 tables show medians. CPU per request: utime + stime of the Envoy process under test (all threads,
 `/proc/<pid>/stat`) over the measured run, divided by its requests. Peak memory: `VmHWM` of that
 Envoy at the end of the run (start-up, warm-up and measured run). wrk, the stub and the Envoy under
@@ -192,7 +197,8 @@ def results_markdown(meta: dict, data: dict, chart_name: str) -> str:
     return f"""{title}
 
 Requests/s (higher is better), latency, CPU per request and peak memory (lower is better) of one Envoy
-proxying FHIR `PUT`s, with no signing (a), Envoy's native SigV4 filter (b) and the relay (c).
+proxying FHIR `PUT`s, with no signing (a), Envoy's native SigV4 filter (b), the relay (c) and the least
+a Wasm signer does (d).
 Medians of {meta['options']['rounds']} round(s).
 
 ## Results
@@ -201,12 +207,12 @@ Medians of {meta['options']['rounds']} round(s).
 
 ## Ratios
 
-Each set-up's median divided by that of (b) native and of (a) plain at the same body and concurrency
+Each set-up's median divided by that of (b) native, (a) plain and (d) floor at the same body and concurrency
 (for requests/s above 1 is better; for the other metrics below 1 is better).
 
 {ratios}
 
-![Requests/s per body size, (a) plain, (b) native, (c) relay]({chart_name})
+![Requests/s per body size, (a) plain, (b) native, (c) relay, (d) floor]({chart_name})
 
 {machine_section(meta)}
 
@@ -240,7 +246,7 @@ def _text(x: float, y: float, text: str, size: int = 12, anchor: str = "middle",
 
 
 def _panel(x: float, y: float, rows: list[dict], title: str, width: float, height: float) -> list[str]:
-    """One group of bars, a/b/c, with its own y axis; (x, y) is the top left of the plot area."""
+    """One group of bars, a/b/c/d, with its own y axis; (x, y) is the top left of the plot area."""
     step, top = _axis(max(r["requests_per_s"] for r in rows))
     parts = [_text(x + width / 2, y - 12, title, 13, weight="bold")]
     value = 0.0
@@ -273,7 +279,7 @@ def chart_svg(meta: dict, data: dict) -> str:
     labels = {b["key"]: b["label"] for b in data["bodies"]}
     concurrencies = list(dict.fromkeys(r["concurrency"] for r in rows))
     sizes = list(dict.fromkeys(r["size"] for r in rows))
-    panel_w, panel_h, gap_x, left, top, row_h = 210, 170, 70, 70, 150, 270
+    panel_w, panel_h, gap_x, left, top, row_h = 260, 170, 70, 70, 160, 270
     width = max(760, left + len(sizes) * (panel_w + gap_x))
     height = top + len(concurrencies) * row_h + 30
     parts = [

@@ -26,5 +26,5 @@ pub mod text;
 pub mod unsupported_types;
 pub mod versions;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "filter"))]
 pub mod filter;

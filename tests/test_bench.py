@@ -1,11 +1,12 @@
 """`scripts/bench.py --quick`: the benchmark's smoke test.
 
-It runs the whole chain once, briefly: the signing check of (b) native and (c) relay against the
-emulator, the stub upstream, one short wrk run per set-up, and the report.
+It runs the whole chain once, briefly: the signing check of (b) native, (c) relay and (d) floor
+against the emulator, the stub upstream, one short wrk run per set-up, and the report.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SETUPS = ("(a) plain", "(b) native", "(c) relay")
+SETUPS = ("(a) plain", "(b) native", "(c) relay", "(d) floor")
 
 
 def results_rows(markdown: str) -> list[dict[str, str]]:
@@ -43,3 +44,7 @@ def test_quick_benchmark_measures_every_setup(tmp_path):
     rates = {row["set-up"]: float(row["requests/s"].replace(",", "")) for row in rows}
     assert set(rates) == set(SETUPS), rows
     assert all(rate > 0 for rate in rates.values()), rates
+    # Every signing set-up was checked against the emulator's own verifier before timing.
+    checks = json.loads((tmp_path / "results.json").read_text())["signing_check"]
+    assert {c["setup"]: c["verified"] for c in checks} == {
+        "native": [True], "relay": [True], "floor": [True]}, checks
