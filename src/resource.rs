@@ -87,7 +87,7 @@ pub const MAX_JSON_DEPTH: usize = 128;
 /// Whether the JSON text nests deeper than `max` (strings and escapes are skipped).
 fn nests_deeper_than(text: &[u8], max: usize) -> bool {
     // Every level opens with a bracket: a body with few brackets needs no scan (most resources).
-    if text.iter().filter(|&&b| b == b'{' || b == b'[').count() <= max {
+    if memchr::memchr2_iter(b'{', b'[', text).count() <= max {
         return false;
     }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
