@@ -318,9 +318,15 @@ mod tests {
 
 /// `YYYY-MM-DDThh:mm:ssZ` for Unix seconds, for log lines.
 pub fn rfc3339(unix_seconds: u64) -> String {
+    let ((year, month, day), (hour, minute, second)) = civil(unix_seconds);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z")
+}
+
+/// UTC ((year, month, day), (hour, minute, second)) of a Unix time (proleptic Gregorian).
+pub fn civil(unix_seconds: u64) -> ((i64, i64, i64), (u64, u64, u64)) {
     let days = i64::try_from(unix_seconds / 86_400).unwrap_or(0);
     let rem = unix_seconds % 86_400;
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    // Civil date from days since 1970-01-01.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -330,12 +336,7 @@ pub fn rfc3339(unix_seconds: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    ((year, month, day), (rem / 3600, rem % 3600 / 60, rem % 60))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use aws_sigv4::http_request::{
     sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
 };
 use aws_sigv4::sign::v4;
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::time::SystemTime;
@@ -135,7 +136,8 @@ pub fn sign_request(
 }
 
 /// The derived SigV4 signing key of the last credentials/day/region/service, so that the four
-/// HMACs that derive it run once a day per credentials instead of once per request.
+/// HMACs that derive it run once a day per credentials instead of once per request; kept as an
+/// HMAC already keyed with it, so that each signature also skips hashing the key's padding.
 #[derive(Default)]
 pub struct KeyCache {
     entry: Option<CachedKey>,
@@ -147,7 +149,7 @@ struct CachedKey {
     date: String,
     region: String,
     service: String,
-    key: Vec<u8>,
+    keyed: Hmac<Sha256>,
 }
 
 /// `YYYYMMDDTHHMMSSZ` (SigV4's `x-amz-date`) for a time.
@@ -155,12 +157,14 @@ pub fn amz_date(time: SystemTime) -> String {
     let secs = time
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    crate::refresh::rfc3339(secs).replace(['-', ':'], "")
+    let ((year, month, day), (hour, minute, second)) = crate::refresh::civil(secs);
+    format!("{year:04}{month:02}{day:02}T{hour:02}{minute:02}{second:02}Z")
 }
 
 /// Signs like [`sign_request`] (the same headers, byte for byte: a unit test compares them),
 /// building the canonical request for the relay's fixed header set directly and reusing the
-/// cached signing key. `aws-sigv4` still derives the key and computes the signature.
+/// cached signing key. `aws-sigv4` still derives the key; the signature is the HMAC-SHA256 of the
+/// string to sign under it.
 pub fn sign_request_cached(
     input: &SigningInput<'_>,
     credentials: &Credentials,
@@ -189,21 +193,24 @@ pub fn sign_request_cached(
             input.region,
             input.service,
         );
+        let keyed = <Hmac<Sha256> as KeyInit>::new_from_slice(key.as_ref())
+            .map_err(|e| SigningError(format!("signing key: {e}")))?;
         cache.entry = Some(CachedKey {
             access_key_id: credentials.access_key_id.clone(),
             secret_access_key: credentials.secret_access_key.clone(),
             date: date.to_owned(),
             region: input.region.to_owned(),
             service: input.service.to_owned(),
-            key: key.as_ref().to_vec(),
+            keyed,
         });
     }
-    let key = cache
+    let mut mac = cache
         .entry
         .as_ref()
-        .map(|k| k.key.as_slice())
+        .map(|k| k.keyed.clone())
         .ok_or_else(|| SigningError("no signing key".to_owned()))?;
-    let signature = v4::calculate_signature(key, string_to_sign.as_bytes());
+    mac.update(string_to_sign.as_bytes());
+    let signature = hex::encode(mac.finalize().into_bytes());
     let signed_headers = signed_header_names(input, token.is_some());
     let mut headers = Vec::with_capacity(4);
     headers.push(("x-amz-date".to_owned(), amz_date.clone()));
@@ -506,6 +513,15 @@ mod tests {
         assert_eq!(
             amz_date(SystemTime::UNIX_EPOCH + Duration::from_secs(1_440_938_160)),
             "20150830T123600Z"
+        );
+        // Leap day, and the last second of a year.
+        assert_eq!(
+            amz_date(SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_210_096)),
+            "20240229T123456Z"
+        );
+        assert_eq!(
+            amz_date(SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_599)),
+            "20251231T235959Z"
         );
     }
 
