@@ -44,6 +44,9 @@ pub struct Forwarded {
     pub version: Option<(Version, Option<ShardRead>)>,
     /// The generation of the credentials it was signed with (0: the environment's).
     pub generation: u64,
+    /// When it was signed (Unix seconds): the version guard's record time, so that recording
+    /// needs no clock call of its own.
+    pub signed_at: u64,
 }
 
 /// Which request headers already hold what is signed, so that rewriting them is skipped.
@@ -116,6 +119,8 @@ pub struct RelayHttp {
     pub(super) phase: Phase,
     /// Request headers that need no rewriting for the signed request.
     pub(super) as_signed: AsSigned,
+    /// The request's declared Content-Length (within the relay's limit).
+    pub(super) declared_length: Option<usize>,
     /// The resource type, once the request passed planning (for per-type stats).
     pub(super) resource_type: Option<String>,
     pub(super) context_id: u32,
@@ -197,6 +202,9 @@ pub fn sign_and_rewrite(
         signed,
         version: job.version,
         generation,
+        signed_at: now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     })
 }
 
@@ -292,6 +300,7 @@ impl RelayHttp {
             shared,
             phase: Phase::Start,
             as_signed: AsSigned::default(),
+            declared_length: None,
             resource_type: None,
             context_id,
         }
@@ -462,7 +471,13 @@ impl RelayHttp {
     }
 
     /// Takes the newly buffered body bytes, up to `to`: hashed, and kept for the checks.
-    fn receive_body(hasher: &mut PayloadHasher, body: &mut Vec<u8>, to: usize) -> bool {
+    /// `declared` is the request's Content-Length, if any.
+    fn receive_body(
+        hasher: &mut PayloadHasher,
+        body: &mut Vec<u8>,
+        to: usize,
+        declared: Option<usize>,
+    ) -> bool {
         let from = body.len();
         if to <= from {
             return true;
@@ -470,9 +485,11 @@ impl RelayHttp {
         match host::request_body(from, to - from) {
             Some(chunk) => {
                 hasher.update(&chunk);
-                if body.is_empty() {
+                if body.is_empty() && declared.is_none_or(|d| chunk.len() >= d) {
                     *body = chunk; // Most resources arrive whole: no copy.
                 } else {
+                    // A large body arrives in chunks: room for all of it at once, no regrowth.
+                    body.reserve(declared.unwrap_or(0).saturating_sub(body.len()));
                     body.extend_from_slice(&chunk);
                 }
                 true
@@ -599,6 +616,8 @@ impl RelayHttp {
         if declared.is_some_and(|len| len > max) {
             return Some(self.too_large(max));
         }
+        // Within the limit: room is reserved for it as the body arrives.
+        self.declared_length = declared.and_then(|len| usize::try_from(len).ok());
         if let Some(why) = self.credentials_problem() {
             return Some(self.no_credentials(&why));
         }
@@ -777,7 +796,7 @@ impl HttpContext for RelayHttp {
         if body_size as u64 > max {
             return self.too_large(max);
         }
-        if !Self::receive_body(hasher, body, body_size) {
+        if !Self::receive_body(hasher, body, body_size, self.declared_length) {
             return self.internal_error("could not read the request body");
         }
         if end_of_stream {

@@ -130,11 +130,6 @@ impl RelayHttp {
         verdict: Verdict,
         body_size: Option<usize>,
     ) {
-        let retry_after = self
-            .shared
-            .as_ref()
-            .map_or(5, |s| s.config.retry_after_seconds)
-            .to_string();
         match &verdict.reply {
             Reply::PassThrough => {}
             Reply::Status {
@@ -143,7 +138,11 @@ impl RelayHttp {
             } => {
                 host::set_response_header(":status", &status.to_string());
                 if *wants_retry_after && host::response_header("retry-after").is_none() {
-                    host::set_response_header("retry-after", &retry_after);
+                    let seconds = self
+                        .shared
+                        .as_ref()
+                        .map_or(5, |s| s.config.retry_after_seconds);
+                    host::set_response_header("retry-after", &seconds.to_string());
                 }
             }
             Reply::Replace { status, body } => {
@@ -186,11 +185,11 @@ impl RelayHttp {
         match (outcome, forwarded.version.as_mut()) {
             (Outcome::Delivered, Some((version, read))) => {
                 if let Some(read) = read.take() {
-                    shared::record_write(read, version, limits)
+                    shared::record_write(read, version, forwarded.signed_at, limits)
                 }
             }
             (Outcome::Deleted | Outcome::AlreadyAbsent, _) => {
-                shared::record_delete(&forwarded.target, limits)
+                shared::record_delete(&forwarded.target, forwarded.signed_at, limits)
             }
             _ => {}
         }

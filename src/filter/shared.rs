@@ -89,17 +89,16 @@ fn update_shard(mut read: ShardRead, update: impl Fn(&mut Shard, Fingerprint)) {
     );
 }
 
-/// Records that HealthLake accepted `version` of the resource checked in `read`.
-pub fn record_write(read: ShardRead, version: &Version, limits: Limits) {
-    let now = unix_now();
+/// Records that HealthLake accepted `version` of the resource checked in `read`, signed at `now`
+/// (Unix seconds).
+pub fn record_write(read: ShardRead, version: &Version, now: u64, limits: Limits) {
     update_shard(read, |shard, fp| {
         shard.record_write(fp, version, now, limits)
     });
 }
 
-/// Records that `target` is deleted in HealthLake.
-pub fn record_delete(target: &Target, limits: Limits) {
-    let now = unix_now();
+/// Records that `target` is deleted in HealthLake, signed at `now` (Unix seconds).
+pub fn record_delete(target: &Target, now: u64, limits: Limits) {
     update_shard(ShardRead::now(target, limits), |shard, fp| {
         shard.record_delete(fp, now, limits)
     });
