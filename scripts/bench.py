@@ -71,7 +71,7 @@ FHIR_EXAMPLES = ROOT / "build" / "fhir" / "package"
 SETUPS = ("plain", "native", "relay", "floor")
 SIGNING_SETUPS = ("native", "relay", "floor")
 # The floor of set-up (d): built by `make build` from bench/floor.
-FLOOR_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "relay_floor.wasm"
+FLOOR_WASM = ROOT / "target" / "floor" / "wasm32-wasip1" / "release" / "relay_floor.wasm"
 CONNECTIONS = 16
 WRK_THREADS = 1
 WRK_TIMEOUT = "10s"
