@@ -11,137 +11,33 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::process::{self, connect, exchange, plain, write_request, Emulator, Start, BIN};
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_healthlake-emulator");
-
-struct Emulator {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start(extra: &[&str]) -> (Emulator, String) {
+fn start(extra: &[&str]) -> Emulator {
     start_in(temp_dir("bin"), extra)
 }
 
-fn start_in(dir: std::path::PathBuf, extra: &[&str]) -> (Emulator, String) {
-    let port_file = dir.join("port");
-    let _ = std::fs::remove_file(&port_file);
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--port-file"])
-        .arg(&port_file)
-        .args(["--credential", &format!("{AKID}:{SECRET}")])
-        .args(extra)
-        .env(
-            "EMULATOR_CREDENTIALS",
-            format!("{TEMP_AKID}:{TEMP_SECRET}:{TOKEN}"),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port_text = std::fs::read_to_string(&port_file).unwrap();
-    assert!(port_text.ends_with('\n') && port_text.trim().chars().all(|c| c.is_ascii_digit()));
-    let port: u16 = port_text.trim().parse().unwrap();
-    assert_eq!(
-        line.trim_end(),
-        format!("healthlake-emulator listening on http://127.0.0.1:{port}")
-    );
-    (Emulator { child, port, dir }, line)
-}
-
-struct HttpResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl HttpResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Writes one request and reads one response (Content-Length framed) on a kept-alive connection.
-fn exchange(stream: &mut BufReader<TcpStream>, req: &http::Request<Vec<u8>>) -> HttpResponse {
-    write_request(stream, req);
-    read_response(stream)
-}
-
-fn write_request(stream: &mut BufReader<TcpStream>, req: &http::Request<Vec<u8>>) {
-    let mut head = format!("{} {} HTTP/1.1\r\n", req.method(), req.uri());
-    for (n, v) in req.headers() {
-        head.push_str(&format!("{}: {}\r\n", n, v.to_str().unwrap()));
-    }
-    head.push_str(&format!("content-length: {}\r\n\r\n", req.body().len()));
-    let s = stream.get_mut();
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(req.body()).unwrap();
-}
-
-fn read_response(stream: &mut BufReader<TcpStream>) -> HttpResponse {
-    let mut status_line = String::new();
-    stream.read_line(&mut status_line).unwrap();
-    let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        stream.read_line(&mut line).unwrap();
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (n, v) = line.split_once(':').unwrap();
-        headers.push((n.trim().to_string(), v.trim().to_string()));
-    }
-    let len: usize = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .map(|(_, v)| v.parse().unwrap())
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    stream.read_exact(&mut body).unwrap();
-    HttpResponse {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn plain(method: &str, uri: &str, port: u16) -> http::Request<Vec<u8>> {
-    http::Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("host", format!("127.0.0.1:{port}"))
-        .body(Vec::new())
-        .unwrap()
+fn start_in(dir: std::path::PathBuf, extra: &[&str]) -> Emulator {
+    let temporary = format!("{TEMP_AKID}:{TEMP_SECRET}:{TOKEN}");
+    process::start(
+        dir,
+        Start {
+            args: extra,
+            env: &[("EMULATOR_CREDENTIALS", &temporary)],
+            ..Start::default()
+        },
+    )
 }
 
 #[test]
 fn serves_signed_requests_over_keep_alive() {
-    let (mut emu, _) = start(&["--delete-absent-status", "404"]);
+    let mut emu = start(&["--delete-absent-status", "404"]);
     let port = emu.port;
     let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
@@ -207,15 +103,7 @@ fn serves_signed_requests_over_keep_alive() {
 
     // Stop it and read its stderr: one line per request, no secrets.
     drop(conn);
-    emu.child.kill().unwrap();
-    emu.child.wait().unwrap();
-    let mut stderr = String::new();
-    emu.child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = emu.kill_and_read_stderr();
     assert!(
         stderr.contains(AKID) && stderr.contains(TEMP_AKID),
         "{stderr}"
@@ -247,14 +135,6 @@ fn bad_credentials_fail_without_echoing_secrets() {
     assert!(!stderr.contains("verysecretvalue"), "{stderr}");
 }
 
-fn connect(port: u16) -> BufReader<TcpStream> {
-    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    BufReader::new(stream)
-}
-
 fn put_json(uri: &str, body: &str, port: u16) -> http::Request<Vec<u8>> {
     http::Request::builder()
         .method("PUT")
@@ -263,10 +143,6 @@ fn put_json(uri: &str, body: &str, port: u16) -> http::Request<Vec<u8>> {
         .header("content-type", "application/json")
         .body(body.as_bytes().to_vec())
         .unwrap()
-}
-
-fn json_of(r: &HttpResponse) -> serde_json::Value {
-    serde_json::from_slice(&r.body).unwrap()
 }
 
 fn signed_patient_put(id: &str, port: u16) -> http::Request<Vec<u8>> {
@@ -284,7 +160,7 @@ fn signed_patient_put(id: &str, port: u16) -> http::Request<Vec<u8>> {
 
 #[test]
 fn a_reset_fault_drops_the_connection_without_an_answer_and_serving_goes_on() {
-    let (mut emu, _) = start(&[]);
+    let mut emu = start(&[]);
     let port = emu.port;
     // A control connection, kept alive across the reset of another one.
     let mut ctl = connect(port);
@@ -326,7 +202,7 @@ fn a_reset_fault_drops_the_connection_without_an_answer_and_serving_goes_on() {
     );
     assert_eq!(r.status, 404);
     let r = exchange(&mut ctl, &plain("GET", "/_emulator/requests", port));
-    let log = json_of(&r);
+    let log = r.json();
     let got: Vec<(u64, serde_json::Value)> = log
         .as_array()
         .unwrap()
@@ -342,19 +218,11 @@ fn a_reset_fault_drops_the_connection_without_an_answer_and_serving_goes_on() {
         ]
     );
     let r = exchange(&mut ctl, &plain("GET", "/_emulator/faults", port));
-    assert_eq!(json_of(&r)["injected"], serde_json::json!({ "reset": 1 }));
+    assert_eq!(r.json()["injected"], serde_json::json!({ "reset": 1 }));
 
     // The reset is logged as such, not as a connection error.
     drop((ctl, fresh, victim));
-    emu.child.kill().unwrap();
-    emu.child.wait().unwrap();
-    let mut stderr = String::new();
-    emu.child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = emu.kill_and_read_stderr();
     assert!(
         stderr.contains(&format!(
             "PUT /datastore/{DATASTORE}/r4/Patient/gone -> (no answer)"
@@ -366,7 +234,7 @@ fn a_reset_fault_drops_the_connection_without_an_answer_and_serving_goes_on() {
 
 #[test]
 fn a_request_whose_client_leaves_during_a_delay_is_still_processed() {
-    let (emu, _) = start(&[]);
+    let emu = start(&[]);
     let port = emu.port;
     let mut ctl = connect(port);
     let r = exchange(
@@ -382,7 +250,7 @@ fn a_request_whose_client_leaves_during_a_delay_is_still_processed() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let r = exchange(&mut ctl, &plain("GET", "/_emulator/requests", port));
-        let log = json_of(&r);
+        let log = r.json();
         if let Some(entry) = log.as_array().unwrap().first() {
             assert_eq!(entry["status"], 201);
             assert_eq!(entry["fault"], "delay");
@@ -404,7 +272,7 @@ fn faults_can_be_set_at_start() {
     let dir = temp_dir("faults");
     let file = dir.join("faults.json");
     std::fs::write(&file, r#"{"next":["throttle-429"],"seed":5}"#).unwrap();
-    let (emu, _) = start_in(
+    let emu = start_in(
         dir,
         &[
             "--faults",
@@ -416,7 +284,7 @@ fn faults_can_be_set_at_start() {
     let port = emu.port;
     let mut conn = connect(port);
     let r = exchange(&mut conn, &plain("GET", "/_emulator/faults", port));
-    let v = json_of(&r);
+    let v = r.json();
     assert_eq!(
         v["settings"]["unsupported_types"],
         serde_json::json!(["Basic", "Subscription"])

@@ -11,61 +11,32 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use common::app::*;
+use common::process::{self, exchange_once, Emulator, Start, BIN};
 use common::*;
 use healthlake_emulator::{persist, timefmt, App, UpstreamOutcome, SHUTTING_DOWN};
 use http::StatusCode;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_healthlake-emulator");
-
-struct Running {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(dir: &Path, state: &Path, port: u16) -> Running {
-    let port_file = dir.join("port");
-    let _ = std::fs::remove_file(&port_file);
-    let mut child = Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--port-file"])
-        .arg(&port_file)
-        .args(["--credential", &format!("{AKID}:{SECRET}")])
-        .arg("--state-file")
-        .arg(state)
-        .env_remove("EMULATOR_CREDENTIALS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = std::fs::read_to_string(&port_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    Running { child, port }
+fn start(dir: &Path, state: &Path, port: u16) -> Emulator {
+    let state = state.to_str().unwrap();
+    process::start(
+        dir.to_path_buf(),
+        Start {
+            port,
+            args: &["--state-file", state],
+            keep_dir: true,
+            ..Start::default()
+        },
+    )
 }
 
 /// SIGTERM, as a harness stops it; returns its stderr.
-fn terminate(mut emu: Running) -> String {
+fn terminate(mut emu: Emulator) -> String {
     let status = Command::new("kill")
         .args(["-TERM", &emu.child.id().to_string()])
         .status()
@@ -73,52 +44,7 @@ fn terminate(mut emu: Running) -> String {
     assert!(status.success());
     let exit = emu.child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
-    let mut stderr = String::new();
-    emu.child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    stderr
-}
-
-/// One request on a fresh connection; returns status, headers and body.
-fn exchange(port: u16, req: &http::Request<Vec<u8>>) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut head = format!("{} {} HTTP/1.1\r\n", req.method(), req.uri());
-    for (n, v) in req.headers() {
-        head.push_str(&format!("{}: {}\r\n", n, v.to_str().unwrap()));
-    }
-    head.push_str(&format!(
-        "content-length: {}\r\nconnection: close\r\n\r\n",
-        req.body().len()
-    ));
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(req.body()).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .map(|l| {
-            let (n, v) = l.split_once(':').unwrap();
-            (n.trim().to_ascii_lowercase(), v.trim().to_string())
-        })
-        .collect();
-    (status, headers, raw[split + 4..].to_vec())
+    emu.stderr()
 }
 
 fn get(port: u16, path: &str) -> (u16, Vec<u8>) {
@@ -128,8 +54,8 @@ fn get(port: u16, path: &str) -> (u16, Vec<u8>) {
         .header("host", format!("127.0.0.1:{port}"))
         .body(Vec::new())
         .unwrap();
-    let (status, _, body) = exchange(port, &req);
-    (status, body)
+    let r = exchange_once(port, &req);
+    (r.status, r.body)
 }
 
 fn put(port: u16, type_: &str, id: &str, body: &[u8]) -> (u16, String) {
@@ -143,13 +69,8 @@ fn put(port: u16, type_: &str, id: &str, body: &[u8]) -> (u16, String) {
         body,
         &SignOpts::long_term(),
     );
-    let (status, headers, _) = exchange(port, &req);
-    let etag = headers
-        .iter()
-        .find(|(n, _)| n == "etag")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    (status, etag)
+    let r = exchange_once(port, &req);
+    (r.status, r.header("etag").unwrap_or_default().to_string())
 }
 
 fn delete(port: u16, type_: &str, id: &str) -> u16 {
@@ -160,7 +81,7 @@ fn delete(port: u16, type_: &str, id: &str) -> u16 {
         b"",
         &SignOpts::long_term(),
     );
-    exchange(port, &req).0
+    exchange_once(port, &req).status
 }
 
 fn listing(port: u16) -> Value {

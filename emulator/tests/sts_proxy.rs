@@ -12,77 +12,54 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
+use common::process::{self, Emulator, Start, BIN};
 use common::*;
 use healthlake_emulator::timefmt;
 use serde_json::{json, Value};
-
-const BIN: &str = env!("CARGO_BIN_EXE_healthlake-emulator");
 
 const ISSUED_AKID: &str = "ASIAFAKESTS000000001";
 const ISSUED_SECRET: &str = "fake/sts+Secret0000000000000000000000000";
 const ISSUED_TOKEN: &str = "FQoGZXIvYXdzEFakeStsSessionToken//////////+abc==";
 
-struct Emulator {
-    child: Child,
+/// The emulator with its STS proxy in front of `upstream`.
+struct Proxy {
+    _emu: Emulator,
     port: u16,
     sts_port: u16,
     stdout_second_line: String,
-    dir: std::path::PathBuf,
 }
 
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start(upstream: &str) -> Emulator {
+fn start(upstream: &str) -> Proxy {
     let dir = temp_dir("sts");
-    let port_file = dir.join("port");
     let sts_port_file = dir.join("sts.port");
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--port-file"])
-        .arg(&port_file)
-        .args(["--credential", &format!("{AKID}:{SECRET}")])
-        .args(["--sts-upstream", upstream, "--sts-listen", "127.0.0.1:0"])
-        .arg("--sts-port-file")
-        .arg(&sts_port_file)
-        .env_remove("EMULATOR_CREDENTIALS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    out.read_line(&mut first).unwrap();
-    let mut second = String::new();
-    out.read_line(&mut second).unwrap();
-    let read_port = |path: &std::path::Path| -> u16 {
-        let text = std::fs::read_to_string(path).unwrap();
-        assert!(text.ends_with('\n'), "{text:?}");
-        text.trim().parse().unwrap()
-    };
-    let port = read_port(&port_file);
-    let sts_port = read_port(&sts_port_file);
-    assert_eq!(
-        first.trim_end(),
-        format!("healthlake-emulator listening on http://127.0.0.1:{port}")
-    );
-    Emulator {
-        child,
-        port,
-        sts_port,
-        stdout_second_line: second.trim_end().to_string(),
+    let sts_port_path = sts_port_file.to_str().unwrap().to_string();
+    let emu = process::start(
         dir,
+        Start {
+            args: &[
+                "--sts-upstream",
+                upstream,
+                "--sts-listen",
+                "127.0.0.1:0",
+                "--sts-port-file",
+                &sts_port_path,
+            ],
+            stdout_lines: 2,
+            stderr: false,
+            ..Start::default()
+        },
+    );
+    Proxy {
+        port: emu.port,
+        sts_port: process::read_port_file(&sts_port_file),
+        stdout_second_line: emu.stdout.get(1).cloned().unwrap_or_default(),
+        _emu: emu,
     }
 }
 

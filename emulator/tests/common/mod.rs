@@ -19,6 +19,7 @@ use aws_sigv4::sign::v4;
 use healthlake_emulator::sigv4::{self, Credential, Policy, Request};
 
 pub mod app;
+pub mod process;
 
 pub const AKID: &str = "AKIDEMULATORTEST";
 pub const SECRET: &str = "emulator/test+secret/KEYEXAMPLEKEYEXAMPLE";
