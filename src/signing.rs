@@ -173,7 +173,8 @@ pub fn sign_request_cached(
     let amz_date = amz_date(input.time);
     let date = amz_date.get(..8).unwrap_or_default();
     let token = credentials.session_token.as_deref();
-    let canonical = canonical_request(input, &amz_date, token);
+    let headers = signed_headers(input, &amz_date, token);
+    let canonical = canonical_request(input, &headers);
     let scope = format!("{date}/{}/{}/aws4_request", input.region, input.service);
     let string_to_sign = format!(
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
@@ -211,7 +212,7 @@ pub fn sign_request_cached(
         .ok_or_else(|| SigningError("no signing key".to_owned()))?;
     mac.update(string_to_sign.as_bytes());
     let signature = hex::encode(mac.finalize().into_bytes());
-    let signed_headers = signed_header_names(input, token.is_some());
+    let signed_headers = header_names(&headers);
     let mut headers = Vec::with_capacity(4);
     headers.push(("x-amz-date".to_owned(), amz_date.clone()));
     headers.push((
@@ -229,19 +230,6 @@ pub fn sign_request_cached(
         ),
     ));
     Ok(headers)
-}
-
-/// The `SignedHeaders` list of the relay's fixed header set.
-fn signed_header_names(input: &SigningInput<'_>, with_token: bool) -> String {
-    let mut names: Vec<&str> = Vec::with_capacity(5);
-    if input.content_type.is_some() {
-        names.push("content-type");
-    }
-    names.extend(["host", "x-amz-content-sha256", "x-amz-date"]);
-    if with_token {
-        names.push("x-amz-security-token");
-    }
-    names.join(";")
 }
 
 /// What was signed, kept for the troubleshooting log of an `auth-failed` answer.
@@ -273,17 +261,19 @@ impl Signed {
 /// session token's value replaced by `<redacted>`: compare it with the canonical request
 /// HealthLake's error (or the emulator's) says it expected. It holds no secret.
 pub fn canonical_request_for_log(input: &SigningInput<'_>, signed: &Signed) -> String {
-    canonical_request(
-        input,
-        &signed.amz_date,
-        signed.with_session_token.then_some("<redacted>"),
-    )
+    let token = signed.with_session_token.then_some("<redacted>");
+    canonical_request(input, &signed_headers(input, &signed.amz_date, token))
 }
 
-/// The canonical request for the relay's fixed header set (AWS SigV4 specification: method,
-/// URI-encoded path, empty query, sorted lowercase headers, signed-header list, payload hash).
-fn canonical_request(input: &SigningInput<'_>, amz_date: &str, token: Option<&str>) -> String {
-    let mut headers: Vec<(&str, &str)> = Vec::with_capacity(5);
+/// The relay's fixed set of signed headers, (name, value) sorted by name: `content-type` when
+/// there is a body, `host`, `x-amz-content-sha256`, `x-amz-date`, and `x-amz-security-token` for
+/// temporary credentials.
+fn signed_headers<'a>(
+    input: &SigningInput<'a>,
+    amz_date: &'a str,
+    token: Option<&'a str>,
+) -> Vec<(&'static str, &'a str)> {
+    let mut headers = Vec::with_capacity(5);
     if let Some(ct) = input.content_type {
         headers.push(("content-type", ct));
     }
@@ -293,6 +283,18 @@ fn canonical_request(input: &SigningInput<'_>, amz_date: &str, token: Option<&st
     if let Some(t) = token {
         headers.push(("x-amz-security-token", t));
     }
+    headers
+}
+
+/// The `SignedHeaders` list: the names, `;`-separated.
+fn header_names(headers: &[(&str, &str)]) -> String {
+    let names: Vec<&str> = headers.iter().map(|(n, _)| *n).collect();
+    names.join(";")
+}
+
+/// The canonical request over `headers` (AWS SigV4 specification: method, URI-encoded path,
+/// empty query, sorted lowercase headers, signed-header list, payload hash).
+fn canonical_request(input: &SigningInput<'_>, headers: &[(&str, &str)]) -> String {
     let mut out = String::with_capacity(256);
     out.push_str(input.method);
     out.push('\n');
@@ -303,15 +305,14 @@ fn canonical_request(input: &SigningInput<'_>, amz_date: &str, token: Option<&st
         uri_encode_into(&mut out, segment);
     }
     out.push_str("\n\n");
-    for (name, value) in &headers {
+    for (name, value) in headers {
         out.push_str(name);
         out.push(':');
         out.push_str(value.trim());
         out.push('\n');
     }
     out.push('\n');
-    let names: Vec<&str> = headers.iter().map(|(n, _)| *n).collect();
-    out.push_str(&names.join(";"));
+    out.push_str(&header_names(headers));
     out.push('\n');
     out.push_str(input.payload_sha256);
     out
@@ -418,7 +419,7 @@ mod tests {
             assert_eq!(signed.with_session_token, token.is_some());
 
             // The canonical request with the real token reproduces aws-sigv4's signature.
-            let creq = canonical_request(&i, &signed.amz_date, token);
+            let creq = canonical_request(&i, &signed_headers(&i, &signed.amz_date, token));
             let string_to_sign = format!(
                 "AWS4-HMAC-SHA256\n{}\n20150830/us-east-1/healthlake/aws4_request\n{}",
                 signed.amz_date,

@@ -424,7 +424,7 @@ impl RelayHttp {
     fn sign_and_forward(
         &mut self,
         target: Target,
-        payload_sha256: &str,
+        payload_sha256: String,
         version: Option<(Version, Option<ShardRead>)>,
     ) -> Action {
         let Some(shared) = self.shared.clone() else {
@@ -440,7 +440,7 @@ impl RelayHttp {
         let job = SignJob {
             target,
             as_signed: self.as_signed,
-            payload_sha256: payload_sha256.to_owned(),
+            payload_sha256,
             version,
         };
         match decision {
@@ -517,21 +517,23 @@ impl RelayHttp {
         let Some(shared) = self.shared.clone() else {
             return self.internal_error("the relay is not configured");
         };
-        let target = match pending {
+        let (target, parsed) = match pending {
             Pending::BasePost => return self.refuse(&resource::base_post_rejection(body)),
             Pending::Write(target) if target.op == Operation::Delete => {
-                let hash = hasher.finish_hex();
-                return self.sign_and_forward(target, &hash, None);
+                return self.sign_and_forward(target, hasher.finish_hex(), None);
             }
-            Pending::Write(target) => target,
+            _ if body.is_empty() => return self.empty_put(),
+            Pending::Write(target) => match resource::parse(body).and_then(|r| {
+                resource::check_matches(&r, &target.resource_type, &target.id).map(|()| r)
+            }) {
+                Ok(r) => (target, r),
+                Err(r) => return self.refuse(&r),
+            },
             Pending::Create { resource_type } => {
-                if body.is_empty() {
-                    return self.empty_put();
-                }
-                let id = match resource::parse(body)
-                    .and_then(|r| resource::id_for_create(&r, &resource_type))
+                let (id, r) = match resource::parse(body)
+                    .and_then(|r| resource::id_for_create(&r, &resource_type).map(|id| (id, r)))
                 {
-                    Ok(id) => id,
+                    Ok(found) => found,
                     Err(r) => return self.refuse(&r),
                 };
                 host::set_filter_state(state_key::RESOURCE_ID, &id);
@@ -539,17 +541,8 @@ impl RelayHttp {
                 if self.known_unsupported(&shared, &target.resource_type) {
                     return self.answer_unsupported(&target);
                 }
-                target
+                (target, r)
             }
-        };
-        if body.is_empty() {
-            return self.empty_put();
-        }
-        let parsed = match resource::parse(body).and_then(|r| {
-            resource::check_matches(&r, &target.resource_type, &target.id).map(|()| r)
-        }) {
-            Ok(r) => r,
-            Err(r) => return self.refuse(&r),
         };
         let shard = match shared.config.version_guard {
             Some(limits) => {
@@ -560,8 +553,7 @@ impl RelayHttp {
             }
             None => None,
         };
-        let hash = hasher.finish_hex();
-        self.sign_and_forward(target, &hash, Some((parsed.version, shard)))
+        self.sign_and_forward(target, hasher.finish_hex(), Some((parsed.version, shard)))
     }
 
     fn answer_stale(&mut self, target: &Target) -> Action {
@@ -782,7 +774,7 @@ impl HttpContext for RelayHttp {
         if end_of_stream {
             return match target.op {
                 Operation::Put => self.empty_put(),
-                Operation::Delete => self.sign_and_forward(target, EMPTY_SHA256, None),
+                Operation::Delete => self.sign_and_forward(target, EMPTY_SHA256.to_owned(), None),
             };
         }
         self.receive(Pending::Write(target))
