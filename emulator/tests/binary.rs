@@ -13,10 +13,9 @@ mod common;
 
 use std::io::{BufReader, Read};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::process::{self, connect, exchange, plain, write_request, Emulator, Start, BIN};
+use common::process::{self, connect, exchange, plain, write_request, Emulator, Start};
 use common::*;
 
 fn start(extra: &[&str]) -> Emulator {
@@ -123,14 +122,7 @@ fn serves_signed_requests_over_keep_alive() {
 
 #[test]
 fn bad_credentials_fail_without_echoing_secrets() {
-    let out = Command::new(BIN)
-        .args(["--credential", "AKIDBAD:verysecretvalue:"])
-        .env_remove("EMULATOR_CREDENTIALS")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = process::refused(&["--credential", "AKIDBAD:verysecretvalue:"]);
     assert!(stderr.contains("AKIDBAD"), "{stderr}");
     assert!(!stderr.contains("verysecretvalue"), "{stderr}");
 }
@@ -318,20 +310,9 @@ fn bad_fault_files_are_a_configuration_error() {
     let dir = temp_dir("badfaults");
     let file = dir.join("faults.json");
     std::fs::write(&file, r#"{"error_rate":3}"#).unwrap();
-    let out = Command::new(BIN)
-        .args(["--faults", file.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = process::refused(&["--faults", file.to_str().unwrap()]);
     assert!(stderr.contains("error_rate must be between"), "{stderr}");
-    let out = Command::new(BIN)
-        .args(["--unsupported-types", "Basic,not_a_type"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--unsupported-types"));
+    let stderr = process::refused(&["--unsupported-types", "Basic,not_a_type"]);
+    assert!(stderr.contains("--unsupported-types"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -12,11 +12,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use common::app::*;
-use common::process::{self, exchange_once, Emulator, Start, BIN};
+use common::process::{self, exchange_once, Emulator, Start};
 use common::*;
 use healthlake_emulator::{persist, timefmt, App, UpstreamOutcome, SHUTTING_DOWN};
 use http::StatusCode;
@@ -180,15 +180,7 @@ fn an_unreadable_state_file_stops_the_start() {
         "{\"kind\":\"header\",\"format\":\"something-else\",\"version\":1,\"saved_at\":\"\"}\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["--state-file"])
-        .arg(&state)
-        .env_remove("EMULATOR_CREDENTIALS")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = process::refused(&["--state-file", state.to_str().unwrap()]);
     assert!(stderr.contains("not a state file"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

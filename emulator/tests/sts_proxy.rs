@@ -14,11 +14,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
-use common::process::{self, Emulator, Start, BIN};
+use common::process::{self, Emulator, Start};
 use common::*;
 use healthlake_emulator::timefmt;
 use serde_json::{json, Value};
@@ -404,14 +403,7 @@ fn bad_sts_flags_are_a_configuration_error() {
         (vec!["--sts-upstream", "https://127.0.0.1:5000"], "http://"),
         (vec!["--sts-listen", "127.0.0.1:0"], "--sts-upstream"),
     ] {
-        let out = Command::new(BIN)
-            .args(&args)
-            .env_remove("EMULATOR_CREDENTIALS")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = process::refused(&args);
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }

@@ -6,6 +6,8 @@ use std::fmt;
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
+use crate::sigv4::{Reason, EXPIRED_TOKEN_MESSAGE};
+
 /// The longest delay a `delay:N` entry or `latency_ms` may ask for, in milliseconds.
 pub const MAX_DELAY_MS: u64 = 600_000;
 
@@ -157,8 +159,8 @@ impl Fault {
             },
             Fault::ExpiredToken => FaultReply::AwsError {
                 status: StatusCode::FORBIDDEN,
-                error_type: "ExpiredTokenException",
-                message: "The security token included in the request is expired",
+                error_type: Reason::ExpiredToken.error_type(),
+                message: EXPIRED_TOKEN_MESSAGE,
                 retry_after_seconds: None,
             },
             Fault::InvalidSignature => FaultReply::AwsError {

@@ -163,7 +163,7 @@ impl FaultInjector {
         if roll < reset {
             Some(Fault::Reset)
         } else if roll < error {
-            let index = usize::try_from(pick % 4).unwrap_or(0);
+            let index = usize::try_from(pick % RANDOM_SERVER_ERRORS.len() as u64).unwrap_or(0);
             RANDOM_SERVER_ERRORS
                 .get(index)
                 .copied()

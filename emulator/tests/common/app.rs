@@ -1,14 +1,6 @@
 //! Handler-test helpers: feeding signed or unsigned requests straight to `App::handle_at` (no
 //! network) and reading the answer.
 
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::time::SystemTime;
 
 use bytes::Bytes;

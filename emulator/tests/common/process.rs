@@ -81,6 +81,19 @@ impl Default for Start<'_> {
     }
 }
 
+/// Runs the binary with `args` (and no `EMULATOR_CREDENTIALS`), expects it to refuse to start
+/// (exit code 2, a configuration error), and returns what it wrote to stderr.
+pub fn refused(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("EMULATOR_CREDENTIALS")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A port file as the emulator writes it: digits and a newline.
 pub fn read_port_file(path: &Path) -> u16 {
     let text = std::fs::read_to_string(path).unwrap();
