@@ -191,9 +191,10 @@ class Settings:
                 raise SettingsError(f"RELAY_INBOUND_TOKENS_FILE cannot be read: {e.strerror}") from None
         mtls = get("RELAY_INBOUND_MTLS").lower() in ("1", "true", "yes")
         tls = {name: get(name) for name in ("RELAY_TLS_CERT_FILE", "RELAY_TLS_KEY_FILE", "RELAY_TLS_CLIENT_CA_FILE")}
-        if mtls and not all(tls.values()):
+        if (mtls or any(tls.values())) and not all(tls.values()):
+            # The listener's TLS always verifies client certificates: the three files go together.
             missing = ", ".join(k for k, v in tls.items() if not v)
-            raise SettingsError(f"RELAY_INBOUND_MTLS needs {missing}")
+            raise SettingsError(f"{'RELAY_INBOUND_MTLS' if mtls else 'TLS on the listener'} needs {missing}")
         if tokens:
             inbound_auth = "bearer"
         elif mtls:
@@ -599,7 +600,7 @@ class Envoy(Service):
         return [json.loads(line) for line in lines if line.startswith("{")]
 
     def wait_for_log(self, predicate: Callable[[dict], bool], timeout: float = 10.0) -> dict:
-        """The first access-log entry matching `predicate` (Envoy flushes the log about each second)."""
+        """The first access-log entry matching `predicate` (Envoy flushes the log every 200 ms here)."""
         return wait_until(
             lambda: next((e for e in self.access_log() if predicate(e)), None), timeout, "an access-log entry"
         )
