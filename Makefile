@@ -20,6 +20,7 @@ help:
 	@echo "make run          start the relay (Envoy + filter) on the local HealthLake emulator"
 	@echo "make test         lint, unit tests, and integration tests through the real Envoy"
 	@echo "make bench        plain forwarding vs Envoy's native SigV4 filter vs the relay (vs a minimal Wasm signer)"
+	@echo "make bench-soak   the relay's memory after 100,000 and 1,000,000 requests"
 	@echo "make backfill     a 20,000-write historical backfill under faults, checked end to end"
 	@echo "make fuzz         fuzz the request/response handling for FUZZ_SECONDS (nightly toolchain)"
 
@@ -69,7 +70,8 @@ run: build
 bench-deps:
 	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 
-# Plain forwarding, Envoy's native SigV4 filter and the relay, side by side (scripts/bench.py --help).
+# Plain forwarding, Envoy's native SigV4 filter, the relay and the floor of a Wasm signer
+# (bench/floor), side by side (scripts/bench.py --help).
 bench: build fixtures bench-deps
 	$(PY) scripts/bench.py $(BENCH_ARGS)
 

@@ -35,12 +35,10 @@ import secrets
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -133,12 +131,8 @@ def start_relay(workdir: Path, emulator: relayctl.Emulator, iam: relayctl.IamSet
         "RELAY_CREDENTIALS_WAIT_MS": "5000",
         "RELAY_INBOUND_TOKENS": token,
     })
-    text = relayctl.render(settings)
-    path = relayctl.write_config(yaml.safe_dump(yaml.safe_load(text), sort_keys=False), workdir)
-    try:
-        checked = relayctl.validate_config(path, env)
-    except TypeError:  # an older relayctl without the environment argument
-        checked = relayctl.validate_config(path)
+    path = relayctl.write_config(relayctl.render(settings), workdir)
+    checked = relayctl.validate_config(path, env)
     if checked.returncode != 0:
         raise RuntimeError(f"envoy --mode validate failed:\n{checked.stderr}")
     return relayctl.start_envoy(path, workdir, env, concurrency=concurrency)
@@ -149,13 +143,6 @@ def vm_rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def post_json(url: str, method: str, body: dict | None = None):
-    data = json.dumps(body).encode() if body is not None else b""
-    req = urllib.request.Request(url, method=method, data=data, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
 
 
 class LineCounter:
@@ -329,7 +316,7 @@ def run(args) -> int:
                 status = emu.get_json("/_emulator/sts")
                 expired_keys = {i["access_key_id"] for i in status["issued"] if not i["expired"]}
                 sts_before_expire = sum(c["action"] == "AssumeRole" for c in status["calls"])
-                answer = post_json(emu.url + "/_emulator/sts/expire", "POST")
+                answer = json.loads(emu.post("/_emulator/sts/expire"))
                 events["expire"] = {"at_access_log_line": n, "seconds": round(time.monotonic() - send_started, 1),
                                     "expired_sets": answer["expired"], "keys": sorted(k[-4:] for k in expired_keys)}
                 log(f"credentials expired early (POST /_emulator/sts/expire): {answer['expired']} set(s), "

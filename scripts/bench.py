@@ -701,7 +701,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="1 round of 1 s runs, concurrency 1, 2 KB only")
     mode.add_argument("--soak", action="store_true", help="relay RSS growth from 100,000 to 1,000,000 requests")
-    parser.add_argument("--rounds", type=int, help="rounds of a, b, c per (body, concurrency) (default 3)")
+    parser.add_argument("--rounds", type=int, help="rounds of a, b, c, d per (body, concurrency) (default 3)")
     parser.add_argument("--duration", type=int, help="measured seconds per run (default 10)")
     parser.add_argument("--warmup", type=int, help="warm-up seconds before each run (default 3; 0: none)")
     parser.add_argument("--concurrency", type=comma_list(int), help="Envoy --concurrency values (default 1,2)")
