@@ -10,6 +10,17 @@ use std::fmt;
 /// that the relay, not Envoy, answers oversize bodies with an OperationOutcome.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Largest `max_body_bytes` accepted (256 MiB): a body is held whole in the Wasm VM, whose memory
+/// Envoy caps at 1 GiB.
+pub const MAX_MAX_BODY_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Default bytes of request bodies one worker's VM holds at once (256 MiB, a quarter of the VM's
+/// 1 GiB, leaving room for the copy of each chunk, allocator slack and everything else).
+pub const DEFAULT_BODY_BUDGET_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Largest `body_budget_bytes` accepted (768 MiB of the VM's 1 GiB).
+pub const MAX_BODY_BUDGET_BYTES: u64 = 768 * 1024 * 1024;
+
 /// Default time a resource type HealthLake called unsupported is answered locally (1 hour), after
 /// which the next write of that type asks HealthLake again.
 pub const DEFAULT_UNSUPPORTED_TYPE_TTL_SECONDS: u64 = 3600;
@@ -22,6 +33,10 @@ pub const DEFAULT_VERSION_GUARD_MAX_ENTRIES: usize = 100_000;
 
 /// Default age after which the version guard forgets a resource (7 days).
 pub const DEFAULT_VERSION_GUARD_MAX_AGE_SECONDS: u64 = 7 * 24 * 3600;
+
+/// Default clock skew allowed between Smile CDR's `meta.lastUpdated` and the relay's clock (5
+/// minutes, as SigV4 allows): a later `lastUpdated` is forwarded but not recorded by the guard.
+pub const DEFAULT_VERSION_GUARD_CLOCK_SKEW_SECONDS: u64 = 300;
 
 /// What the plugin accepts in its JSON configuration. Unknown fields are rejected, so that a typo
 /// is an error rather than a silently ignored setting.
@@ -36,6 +51,8 @@ struct RawConfig {
     #[serde(default)]
     max_body_bytes: Option<u64>,
     #[serde(default)]
+    body_budget_bytes: Option<u64>,
+    #[serde(default)]
     unsupported_types: Option<Vec<String>>,
     #[serde(default)]
     unsupported_type_ttl_seconds: Option<u64>,
@@ -45,6 +62,8 @@ struct RawConfig {
     version_guard_max_entries: Option<usize>,
     #[serde(default)]
     version_guard_max_age_seconds: Option<u64>,
+    #[serde(default)]
+    version_guard_clock_skew_seconds: Option<u64>,
     #[serde(default)]
     assume_role: Option<RawAssumeRole>,
     #[serde(default)]
@@ -187,6 +206,9 @@ pub struct Config {
     pub inbound_base_path: String,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: u64,
+    /// Most bytes of request bodies one worker holds at once; past it writes get `503
+    /// overloaded`.
+    pub body_budget_bytes: u64,
     /// Resource types answered `unsupported-type` without asking HealthLake (sorted).
     pub unsupported_types: Vec<String>,
     /// How long a type HealthLake called unsupported is answered locally.
@@ -295,8 +317,23 @@ impl Config {
         let inbound_base_path = normalise_base_path(raw.inbound_base_path.unwrap_or_default())?;
 
         let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
-        if max_body_bytes == 0 {
-            return Err(err("max_body_bytes", "expected a positive number of bytes"));
+        if !(1..=MAX_MAX_BODY_BYTES).contains(&max_body_bytes) {
+            return Err(err(
+                "max_body_bytes",
+                format!(
+                    "expected 1 to {MAX_MAX_BODY_BYTES} bytes (a body is held whole in the Wasm \
+                     VM, whose memory Envoy caps at 1 GiB)"
+                ),
+            ));
+        }
+        let body_budget_bytes = raw.body_budget_bytes.unwrap_or(DEFAULT_BODY_BUDGET_BYTES);
+        if !(max_body_bytes..=MAX_BODY_BUDGET_BYTES).contains(&body_budget_bytes) {
+            return Err(err(
+                "body_budget_bytes",
+                format!(
+                    "expected max_body_bytes ({max_body_bytes}) to {MAX_BODY_BUDGET_BYTES} bytes"
+                ),
+            ));
         }
 
         let mut unsupported_types = raw.unsupported_types.unwrap_or_default();
@@ -349,9 +386,19 @@ impl Config {
                 "expected a positive number of seconds",
             ));
         }
+        let clock_skew_seconds = raw
+            .version_guard_clock_skew_seconds
+            .unwrap_or(DEFAULT_VERSION_GUARD_CLOCK_SKEW_SECONDS);
+        if clock_skew_seconds > 24 * 3600 {
+            return Err(err(
+                "version_guard_clock_skew_seconds",
+                "expected 0 to 86400 seconds",
+            ));
+        }
         let version_guard = (max_entries > 0).then_some(crate::versions::Limits {
             max_entries,
             max_age_seconds,
+            clock_skew_seconds,
         });
 
         let assume_role = match raw.assume_role {
@@ -378,6 +425,7 @@ impl Config {
             healthlake_host,
             inbound_base_path,
             max_body_bytes,
+            body_budget_bytes,
             unsupported_types,
             unsupported_type_ttl_seconds,
             retry_after_seconds,
@@ -439,6 +487,38 @@ mod tests {
         assert_eq!(
             c.version_guard.map(|l| l.max_entries),
             Some(DEFAULT_VERSION_GUARD_MAX_ENTRIES)
+        );
+        // The documented values, not the constants compared with themselves.
+        assert_eq!(c.body_budget_bytes, 268_435_456);
+        assert_eq!(c.version_guard.map(|l| l.clock_skew_seconds), Some(300));
+    }
+
+    #[test]
+    fn body_sizes_stay_within_what_a_vm_can_hold() {
+        let with = |fields: &str| {
+            parse(&format!(
+                r#"{{"region":"us-east-1","datastore_id":"d","healthlake_host":"h",{fields}}}"#
+            ))
+        };
+        let c = with(r#""max_body_bytes":268435456"#).unwrap();
+        assert_eq!(c.body_budget_bytes, 268_435_456);
+        assert_eq!(
+            with(r#""max_body_bytes":268435457"#).unwrap_err().field,
+            "max_body_bytes"
+        );
+        let c = with(r#""max_body_bytes":1048576,"body_budget_bytes":1048576"#).unwrap();
+        assert_eq!(c.body_budget_bytes, 1_048_576);
+        for bad in [
+            r#""max_body_bytes":2097152,"body_budget_bytes":1048576"#,
+            r#""body_budget_bytes":805306369"#,
+        ] {
+            assert_eq!(with(bad).unwrap_err().field, "body_budget_bytes", "{bad}");
+        }
+        assert_eq!(
+            with(r#""version_guard_clock_skew_seconds":86401"#)
+                .unwrap_err()
+                .field,
+            "version_guard_clock_skew_seconds"
         );
     }
 

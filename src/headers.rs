@@ -20,8 +20,11 @@ const FORWARDED: &[&str] = &[
 ];
 
 /// Whether an inbound request header is removed before the request is signed and forwarded.
-pub fn is_removed_before_signing(name: &str) -> bool {
-    !name.starts_with(':') && !FORWARDED.iter().any(|f| f.eq_ignore_ascii_case(name))
+pub fn is_removed_before_signing(name: &[u8]) -> bool {
+    !name.starts_with(b":")
+        && !FORWARDED
+            .iter()
+            .any(|f| f.as_bytes().eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]
@@ -49,8 +52,9 @@ mod tests {
             "accept-encoding",
             "x-http-method-override",
             "prefer",
+            "x-caf\u{e9}",
         ] {
-            assert!(is_removed_before_signing(h), "{h}");
+            assert!(is_removed_before_signing(h.as_bytes()), "{h}");
         }
         for h in [
             "content-type",
@@ -62,7 +66,7 @@ mod tests {
             ":path",
             ":authority",
         ] {
-            assert!(!is_removed_before_signing(h), "{h}");
+            assert!(!is_removed_before_signing(h.as_bytes()), "{h}");
         }
     }
 }

@@ -23,9 +23,9 @@ impl fmt::Debug for Tokens {
     }
 }
 
-fn digest(token: &str) -> [u8; 32] {
+fn digest(token: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
-    out.copy_from_slice(&Sha256::digest(token.as_bytes()));
+    out.copy_from_slice(&Sha256::digest(token));
     out
 }
 
@@ -84,7 +84,7 @@ impl Tokens {
             ));
         }
         Ok(Tokens {
-            digests: tokens.into_iter().map(digest).collect(),
+            digests: tokens.into_iter().map(|t| digest(t.as_bytes())).collect(),
         })
     }
 
@@ -96,15 +96,20 @@ impl Tokens {
         self.digests.is_empty()
     }
 
-    /// Checks an `Authorization` header value. Every configured token is compared, whatever
+    /// Checks an `Authorization` header value, as the bytes received (any bytes: a value that is
+    /// not UTF-8 is simply not a configured token). Every configured token is compared, whatever
     /// matches, so the time taken does not depend on which one (if any) does.
-    pub fn check(&self, authorization: Option<&str>) -> Result<(), Refusal> {
-        let value = authorization.ok_or(Refusal::Missing)?.trim();
-        let (scheme, token) = value.split_once(' ').ok_or(Refusal::NotBearer)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
+    pub fn check(&self, authorization: Option<&[u8]>) -> Result<(), Refusal> {
+        let value = authorization.ok_or(Refusal::Missing)?.trim_ascii();
+        let space = value
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or(Refusal::NotBearer)?;
+        let (scheme, token) = value.split_at(space);
+        if !scheme.eq_ignore_ascii_case(b"bearer") {
             return Err(Refusal::NotBearer);
         }
-        let presented = digest(token.trim());
+        let presented = digest(token.trim_ascii());
         let matched = self
             .digests
             .iter()
@@ -115,6 +120,18 @@ impl Tokens {
             Err(Refusal::WrongToken)
         }
     }
+}
+
+/// Whether a peer address as Envoy gives it (`source.address`: `127.0.0.1:5000`,
+/// `[::1]:5000`) is on this machine. Anything unreadable is not.
+pub fn is_loopback_peer(address: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(address) else {
+        return false;
+    };
+    text.parse::<std::net::SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| text.parse::<std::net::IpAddr>())
+        .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -128,33 +145,63 @@ mod tests {
     fn accepts_any_configured_token_for_rotation() {
         let t = Tokens::parse(&format!(" {A} ,{B},")).unwrap();
         assert_eq!(t.len(), 2);
-        assert_eq!(t.check(Some(&format!("Bearer {A}"))), Ok(()));
-        assert_eq!(t.check(Some(&format!("bearer {B}"))), Ok(()));
-        assert_eq!(t.check(Some(&format!("BEARER  {B} "))), Ok(()));
+        assert_eq!(t.check(Some(format!("Bearer {A}").as_bytes())), Ok(()));
+        assert_eq!(t.check(Some(format!("bearer {B}").as_bytes())), Ok(()));
+        assert_eq!(t.check(Some(format!("BEARER  {B} ").as_bytes())), Ok(()));
     }
 
     #[test]
     fn refuses_missing_malformed_and_wrong() {
         let t = Tokens::parse(A).unwrap();
         assert_eq!(t.check(None), Err(Refusal::Missing));
-        assert_eq!(t.check(Some("")), Err(Refusal::NotBearer));
-        assert_eq!(t.check(Some(A)), Err(Refusal::NotBearer));
+        assert_eq!(t.check(Some(b"")), Err(Refusal::NotBearer));
+        assert_eq!(t.check(Some(A.as_bytes())), Err(Refusal::NotBearer));
         assert_eq!(
-            t.check(Some(&format!("Basic {A}"))),
+            t.check(Some(format!("Basic {A}").as_bytes())),
             Err(Refusal::NotBearer)
         );
-        assert_eq!(t.check(Some("Bearer nope")), Err(Refusal::WrongToken));
+        assert_eq!(t.check(Some(b"Bearer nope")), Err(Refusal::WrongToken));
         assert_eq!(
-            t.check(Some(&format!("Bearer {A}x"))),
+            t.check(Some(format!("Bearer {A}x").as_bytes())),
             Err(Refusal::WrongToken)
         );
         assert_eq!(
-            t.check(Some(&format!("Bearer {}", &A[..10]))),
+            t.check(Some(format!("Bearer {}", &A[..10]).as_bytes())),
             Err(Refusal::WrongToken)
         );
+        // Bytes that are not UTF-8 are just another wrong token (or scheme).
+        assert_eq!(
+            t.check(Some(b"Bearer caf\xe9-token-0123456789")),
+            Err(Refusal::WrongToken)
+        );
+        assert_eq!(t.check(Some(b"Bear\xff token")), Err(Refusal::NotBearer));
         for r in [Refusal::Missing, Refusal::NotBearer, Refusal::WrongToken] {
             assert!(!r.diagnostics().contains(A));
         }
+    }
+
+    #[test]
+    fn only_loopback_peers_are_local() {
+        for local in [
+            "127.0.0.1:5000",
+            "127.8.9.10:1",
+            "[::1]:443",
+            "::1",
+            "127.0.0.1",
+        ] {
+            assert!(is_loopback_peer(local.as_bytes()), "{local}");
+        }
+        for remote in [
+            "10.0.0.1:5000",
+            "[fd00::1]:1",
+            "0.0.0.0:1",
+            "",
+            "localhost:1",
+            "\u{ff}",
+        ] {
+            assert!(!is_loopback_peer(remote.as_bytes()), "{remote}");
+        }
+        assert!(!is_loopback_peer(b"127.0.0.1\xff"));
     }
 
     #[test]

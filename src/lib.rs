@@ -9,16 +9,19 @@
 //! The filter must never panic: a panic traps the Wasm VM and fails every later request on that
 //! worker. `unwrap`, `expect`, `panic!` and slice indexing are denied by clippy lints in Cargo.toml.
 
+pub mod body_budget;
 pub mod config;
 pub mod credentials;
 pub mod fhir;
 pub mod headers;
+pub mod host_encoding;
 pub mod inbound_auth;
 pub mod instant;
 pub mod operation_outcome;
 pub mod outcome;
 pub mod plan;
 pub mod refresh;
+pub mod request_head;
 pub mod resource;
 pub mod signing;
 pub mod sts;

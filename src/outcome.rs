@@ -37,11 +37,14 @@ pub enum Outcome {
     InvalidRequest,
     /// The caller did not present an accepted credential.
     Unauthorized,
+    /// The worker holds as many request bodies as its memory budget allows: nothing was
+    /// forwarded; Smile CDR retries after `Retry-After`.
+    Overloaded,
 }
 
 impl Outcome {
     /// Every outcome, for defining one stat each.
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 14] = [
         Outcome::Delivered,
         Outcome::Deleted,
         Outcome::AlreadyAbsent,
@@ -55,6 +58,7 @@ impl Outcome {
         Outcome::NoCredentials,
         Outcome::InvalidRequest,
         Outcome::Unauthorized,
+        Outcome::Overloaded,
     ];
 
     /// The fixed string operators see.
@@ -73,6 +77,7 @@ impl Outcome {
             Outcome::NoCredentials => "no-credentials",
             Outcome::InvalidRequest => "invalid-request",
             Outcome::Unauthorized => "unauthorized",
+            Outcome::Overloaded => "overloaded",
         }
     }
 
@@ -92,6 +97,7 @@ impl Outcome {
             Outcome::NoCredentials => "no_credentials",
             Outcome::InvalidRequest => "invalid_request",
             Outcome::Unauthorized => "unauthorized",
+            Outcome::Overloaded => "overloaded",
         }
     }
 
@@ -228,6 +234,8 @@ struct ErrorBody {
     message: Option<String>,
     issue_codes: Vec<String>,
     diagnostics: Option<String>,
+    /// The diagnostics of each `not-supported` issue.
+    not_supported: Vec<String>,
 }
 
 fn parse_error_body(body: &[u8]) -> ErrorBody {
@@ -245,6 +253,10 @@ fn parse_error_body(body: &[u8]) -> ErrorBody {
         if let Some(issues) = map.get("issue").and_then(|v| v.as_array()) {
             for issue in issues {
                 if let Some(code) = text(issue.get("code")) {
+                    if code == "not-supported" {
+                        out.not_supported
+                            .push(text(issue.get("diagnostics")).unwrap_or_default());
+                    }
                     out.issue_codes.push(code);
                 }
                 if out.diagnostics.is_none() {
@@ -254,6 +266,16 @@ fn parse_error_body(body: &[u8]) -> ErrorBody {
         }
     }
     out
+}
+
+/// Whether HealthLake's diagnostics name `resource_type` as a word: only then is a
+/// `not-supported` issue about the type (remembered for every write of it) rather than about one
+/// resource (`rejected`, that resource alone).
+fn names_type(diagnostics: &str, resource_type: &str) -> bool {
+    !resource_type.is_empty()
+        && diagnostics
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .any(|word| word == resource_type)
 }
 
 /// Final classification of a 4xx from its body (at most [`MAX_ERROR_BODY_BYTES`] of it).
@@ -281,7 +303,12 @@ pub fn classify_body(
 
     let mut verdict = if error_type.as_deref().is_some_and(is_throttling) {
         throttled()
-    } else if status == 400 && parsed.issue_codes.iter().any(|c| c == "not-supported") {
+    } else if status == 400
+        && parsed
+            .not_supported
+            .iter()
+            .any(|d| names_type(d, resource_type))
+    {
         unsupported_verdict(resource_type, resource)
     } else if status == 401 || status == 403 {
         Verdict::new(
@@ -500,6 +527,17 @@ mod tests {
             body(422, None, SEED_NOT_SUPPORTED).outcome,
             Outcome::Rejected
         );
+        // not-supported about something else than the type (one resource's content): rejected,
+        // and nothing is learned about the type.
+        for other in [
+            r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-supported","diagnostics":"Extension http://x/y is not supported."}]}"#,
+            r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-supported"}]}"#,
+            r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-supported","diagnostics":"ResourceType BasicX is not supported."}]}"#,
+        ] {
+            let v = body(400, None, other);
+            assert_eq!(v.outcome, Outcome::Rejected, "{other}");
+            assert_eq!(v.reply, Reply::PassThrough);
+        }
         // Unparseable bodies are rejected, not unsupported.
         assert_eq!(body(400, None, "<html>").outcome, Outcome::Rejected);
         assert_eq!(body(400, None, "").outcome, Outcome::Rejected);

@@ -77,6 +77,20 @@ fn reject(status: u16, issue_code: &'static str, diagnostics: impl Into<String>)
     })
 }
 
+/// Decides what to do with a request line as the bytes received: one that is not UTF-8 cannot
+/// be a FHIR write (types, ids and methods are ASCII) and gets `400`.
+pub fn plan_request(method: &[u8], path: &[u8], config: &Config) -> Plan {
+    match (std::str::from_utf8(method), std::str::from_utf8(path)) {
+        (Ok(method), Ok(path)) => plan(method, path, config),
+        _ => reject(
+            400,
+            "invalid",
+            "The request's method or path is not valid UTF-8; the relay accepts PUT and DELETE \
+             of /{type}/{id} as sent by a Smile CDR REST-hook subscription.",
+        ),
+    }
+}
+
 /// Decides what to do with `method` on `path` (as received, query string included).
 pub fn plan(method: &str, path: &str, config: &Config) -> Plan {
     match method {
@@ -361,5 +375,23 @@ mod tests {
         assert!(r.diagnostics.contains("\\n"), "{}", r.diagnostics);
         let r = rejected(plan("PUT", &format!("/{}/x", "A".repeat(500)), &c));
         assert!(r.diagnostics.len() < 200);
+    }
+
+    #[test]
+    fn a_request_line_that_is_not_utf8_is_a_400() {
+        let c = config("");
+        for (method, path) in [
+            (&b"PUT"[..], &b"/Patient/caf\xe9"[..]),
+            (b"PUT", b"/Pat\xffient/x"),
+            (b"P\xffT", b"/Patient/x"),
+        ] {
+            let r = rejected(plan_request(method, path, &c));
+            assert_eq!((r.status, r.issue_code), (400, "invalid"));
+            assert!(r.diagnostics.contains("UTF-8"), "{}", r.diagnostics);
+        }
+        assert_eq!(
+            plan_request(b"PUT", b"/Patient/x", &c),
+            plan("PUT", "/Patient/x", &c)
+        );
     }
 }

@@ -38,9 +38,19 @@ pub type Fingerprint = [u8; 16];
 pub struct Limits {
     pub max_entries: usize,
     pub max_age_seconds: u64,
+    /// How far past the relay's clock a `meta.lastUpdated` is still believed (clock skew between
+    /// Smile CDR and the relay). A later one is never the reason to hold a write back.
+    pub clock_skew_seconds: u64,
 }
 
 impl Limits {
+    /// Whether a `lastUpdated` can be trusted at `now` (Unix seconds): not beyond now plus the
+    /// clock-skew allowance.
+    pub fn trusts(&self, time: Nanos, now: u64) -> bool {
+        let latest = i128::from(now).saturating_add(i128::from(self.clock_skew_seconds));
+        time <= latest.saturating_mul(1_000_000_000)
+    }
+
     /// How many shard values the entries are spread over.
     pub fn shards(&self) -> usize {
         self.max_entries
@@ -108,14 +118,32 @@ pub enum Decision {
     Forward,
     /// Older than what HealthLake has (or than its deletion): not forwarded.
     Stale,
+    /// Its `lastUpdated` lies beyond the relay's clock plus the skew allowance: forwarded (it is
+    /// Smile CDR's data, and refusing it would lose it) but not recorded, so that a timestamp the
+    /// relay has no reason to trust never holds a later write back.
+    Unrecorded,
 }
 
 fn numeric_version(v: &Version) -> Option<u64> {
     v.version_id.as_deref().and_then(|s| s.parse().ok())
 }
 
+/// The guard's verdict on an incoming write at `now` (Unix seconds). What it knows with an
+/// untrusted `lastUpdated` (recorded before the allowance existed, or by a relay whose clock was
+/// behind) counts as nothing known.
+pub fn check(known: Option<&Entry>, incoming: &Version, now: u64, limits: Limits) -> Decision {
+    if incoming
+        .last_updated
+        .is_some_and(|t| !limits.trusts(t, now))
+    {
+        return Decision::Unrecorded;
+    }
+    let known = known.filter(|k| k.last_updated.is_none_or(|t| limits.trusts(t, now)));
+    order(known, incoming)
+}
+
 /// Compares an incoming write with what the guard knows.
-pub fn check(known: Option<&Entry>, incoming: &Version) -> Decision {
+fn order(known: Option<&Entry>, incoming: &Version) -> Decision {
     let (Some(known), Some(incoming_time)) = (known, incoming.last_updated) else {
         return Decision::Forward;
     };
@@ -210,13 +238,11 @@ impl Shard {
             .iter_mut()
             .find(|e| e.fingerprint == fingerprint)
         {
-            Some(e) => {
-                if check(Some(e), v) == Decision::Forward {
-                    *e = candidate;
-                } else {
-                    e.recorded_at = now;
-                }
-            }
+            Some(e) => match check(Some(e), v, now, limits) {
+                Decision::Forward => *e = candidate,
+                Decision::Stale => e.recorded_at = now,
+                Decision::Unrecorded => return,
+            },
             None => self.entries.push(candidate),
         }
         self.evict(now, limits);
@@ -275,7 +301,15 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_entries: 100_000,
         max_age_seconds: 3600,
+        clock_skew_seconds: 300,
     };
+
+    /// The relay's clock in these tests: 2026-03-01T00:00:00Z (after every lastUpdated used).
+    const T0: u64 = 1_772_323_200;
+
+    fn decide(known: Option<&Entry>, incoming: &Version) -> Decision {
+        check(known, incoming, T0 + 10, LIMITS)
+    }
 
     fn v(time: &str, version: &str) -> Version {
         Version {
@@ -314,6 +348,7 @@ mod tests {
         let limits = |max_entries| Limits {
             max_entries,
             max_age_seconds: 1,
+            clock_skew_seconds: 300,
         };
         assert_eq!((LIMITS.shards(), LIMITS.per_shard()), (6_250, 16));
         assert_eq!((limits(1).shards(), limits(1).per_shard()), (1, 1));
@@ -332,9 +367,9 @@ mod tests {
     fn find_reads_one_entry_of_an_encoded_shard() {
         let mut s = Shard::default();
         for n in 1..=5 {
-            s.record_write(fp(n), &v("2026-01-02T00:00:00Z", "1"), 10, LIMITS);
+            s.record_write(fp(n), &v("2026-01-02T00:00:00Z", "1"), T0 + 10, LIMITS);
         }
-        s.record_delete(fp(3), 11, LIMITS);
+        s.record_delete(fp(3), T0 + 11, LIMITS);
         let bytes = s.encode();
         for n in 1..=5 {
             assert_eq!(find(Some(&bytes), &fp(n)).as_ref(), s.get(&fp(n)));
@@ -349,46 +384,92 @@ mod tests {
     #[test]
     fn newer_and_equal_versions_pass_older_are_stale() {
         let mut s = Shard::default();
-        s.record_write(fp(1), &v("2026-01-02T00:00:00Z", "2"), 10, LIMITS);
+        s.record_write(fp(1), &v("2026-01-02T00:00:00Z", "2"), T0 + 10, LIMITS);
         let known = s.get(&fp(1));
         assert_eq!(
-            check(known, &v("2026-01-03T00:00:00Z", "3")),
+            decide(known, &v("2026-01-03T00:00:00Z", "3")),
             Decision::Forward
         );
         assert_eq!(
-            check(known, &v("2026-01-02T00:00:00Z", "2")),
+            decide(known, &v("2026-01-02T00:00:00Z", "2")),
             Decision::Forward
         );
         assert_eq!(
-            check(known, &v("2026-01-01T00:00:00Z", "1")),
+            decide(known, &v("2026-01-01T00:00:00Z", "1")),
             Decision::Stale
         );
         // Same instant, lower version: stale; higher: forward.
         assert_eq!(
-            check(known, &v("2026-01-02T00:00:00Z", "1")),
+            decide(known, &v("2026-01-02T00:00:00Z", "1")),
             Decision::Stale
         );
         assert_eq!(
-            check(known, &v("2026-01-02T00:00:00Z", "5")),
+            decide(known, &v("2026-01-02T00:00:00Z", "5")),
             Decision::Forward
         );
         // Unknown resources and writes without lastUpdated always pass.
         assert_eq!(
-            check(None, &v("2000-01-01T00:00:00Z", "1")),
+            decide(None, &v("2000-01-01T00:00:00Z", "1")),
             Decision::Forward
         );
         let no_time = Version {
             last_updated: None,
             version_id: None,
         };
-        assert_eq!(check(known, &no_time), Decision::Forward);
+        assert_eq!(decide(known, &no_time), Decision::Forward);
+    }
+
+    #[test]
+    fn a_lastupdated_beyond_the_clock_is_forwarded_and_never_holds_anything_back() {
+        let now = T0 + 10;
+        let at = |secs: u64| Version {
+            last_updated: Some(i128::from(secs) * 1_000_000_000),
+            version_id: Some("1".to_owned()),
+        };
+        // Within the allowance: trusted as usual.
+        assert!(LIMITS.trusts(i128::from(now + 300) * 1_000_000_000, now));
+        assert!(!LIMITS.trusts(i128::from(now + 301) * 1_000_000_000, now));
+        let mut s = Shard::default();
+        assert_eq!(
+            check(None, &at(now + 301), now, LIMITS),
+            Decision::Unrecorded
+        );
+        // Recording it (the glue does not) would change nothing.
+        s.record_write(fp(1), &at(now - 60), now, LIMITS);
+        s.record_write(fp(1), &at(u64::MAX / 2_000_000_000), now, LIMITS);
+        assert_eq!(
+            s.get(&fp(1)).unwrap().last_updated,
+            at(now - 60).last_updated
+        );
+        // An entry already poisoned (9999-12-31, recorded before the allowance existed) counts as
+        // nothing known: later writes and re-creations pass, and replace it.
+        let far = v("9999-12-31T23:59:59Z", "9");
+        let poisoned = Entry {
+            fingerprint: fp(2),
+            last_updated: far.last_updated,
+            version: Some(9),
+            deleted: true,
+            recorded_at: now,
+        };
+        assert_eq!(
+            check(Some(&poisoned), &at(now), now, LIMITS),
+            Decision::Forward
+        );
+        let mut p = Shard::decode(Some(&{
+            let mut one = Shard::default();
+            one.entries.push(poisoned);
+            one.encode()
+        }));
+        p.record_write(fp(2), &at(now), now, LIMITS);
+        assert_eq!(p.get(&fp(2)).unwrap().last_updated, at(now).last_updated);
+        assert!(!p.get(&fp(2)).unwrap().deleted);
     }
 
     #[test]
     fn recording_never_lowers_the_known_version() {
         let mut s = Shard::default();
-        s.record_write(fp(1), &v("2026-01-03T00:00:00Z", "3"), 10, LIMITS);
-        s.record_write(fp(1), &v("2026-01-02T00:00:00Z", "2"), 11, LIMITS);
+        s.record_write(fp(1), &v("2026-01-03T00:00:00Z", "3"), T0 + 10, LIMITS);
+        s.record_write(fp(1), &v("2026-01-02T00:00:00Z", "2"), T0 + 11, LIMITS);
         assert_eq!(s.get(&fp(1)).unwrap().version, Some(3));
         assert_eq!(s.len(), 1);
     }
@@ -396,31 +477,31 @@ mod tests {
     #[test]
     fn tombstones_stop_resurrection_but_not_recreation() {
         let mut s = Shard::default();
-        s.record_write(fp(1), &v("2026-01-02T00:00:00Z", "2"), 10, LIMITS);
-        s.record_delete(fp(1), 11, LIMITS);
+        s.record_write(fp(1), &v("2026-01-02T00:00:00Z", "2"), T0 + 10, LIMITS);
+        s.record_delete(fp(1), T0 + 11, LIMITS);
         let known = s.get(&fp(1));
         assert!(known.unwrap().deleted);
         assert_eq!(
-            check(known, &v("2026-01-01T00:00:00Z", "1")),
+            decide(known, &v("2026-01-01T00:00:00Z", "1")),
             Decision::Stale
         );
         assert_eq!(
-            check(known, &v("2026-01-02T00:00:00Z", "2")),
+            decide(known, &v("2026-01-02T00:00:00Z", "2")),
             Decision::Stale
         );
         assert_eq!(
-            check(known, &v("2026-01-05T00:00:00Z", "4")),
+            decide(known, &v("2026-01-05T00:00:00Z", "4")),
             Decision::Forward
         );
-        s.record_write(fp(1), &v("2026-01-05T00:00:00Z", "4"), 12, LIMITS);
+        s.record_write(fp(1), &v("2026-01-05T00:00:00Z", "4"), T0 + 12, LIMITS);
         assert!(!s.get(&fp(1)).unwrap().deleted);
 
         // Deleting a resource never seen leaves nothing: any later write of it is forwarded,
         // whatever its lastUpdated (a re-created resource re-delivered by a backfill).
-        s.record_delete(fp(2), 13, LIMITS);
+        s.record_delete(fp(2), T0 + 13, LIMITS);
         assert!(s.get(&fp(2)).is_none());
         assert_eq!(
-            check(s.get(&fp(2)), &v("2000-01-31T00:00:00Z", "7")),
+            decide(s.get(&fp(2)), &v("2000-01-31T00:00:00Z", "7")),
             Decision::Forward
         );
     }
@@ -428,7 +509,12 @@ mod tests {
     #[test]
     fn encoding_round_trips_and_garbage_is_empty() {
         let mut s = Shard::default();
-        s.record_write(fp(1), &v("2026-01-02T00:00:00.123456789Z", "2"), 10, LIMITS);
+        s.record_write(
+            fp(1),
+            &v("2026-01-02T00:00:00.123456789Z", "2"),
+            T0 + 10,
+            LIMITS,
+        );
         s.record_write(
             fp(2),
             &Version {
@@ -438,8 +524,8 @@ mod tests {
             11,
             LIMITS,
         );
-        s.record_write(fp(3), &v("2026-01-01T00:00:00Z", "1"), 12, LIMITS);
-        s.record_delete(fp(3), 12, LIMITS);
+        s.record_write(fp(3), &v("2026-01-01T00:00:00Z", "1"), T0 + 12, LIMITS);
+        s.record_delete(fp(3), T0 + 12, LIMITS);
         let bytes = s.encode();
         assert_eq!(Shard::decode(Some(&bytes)), s);
         assert!(Shard::decode(None).is_empty());
@@ -454,15 +540,21 @@ mod tests {
         let limits = Limits {
             max_entries: 3,
             max_age_seconds: 100,
+            clock_skew_seconds: 300,
         };
         let mut s = Shard::default();
         for n in 0..10u8 {
-            s.record_write(fp(n), &v("2026-01-02T00:00:00Z", "1"), u64::from(n), limits);
+            s.record_write(
+                fp(n),
+                &v("2026-01-02T00:00:00Z", "1"),
+                T0 + u64::from(n),
+                limits,
+            );
         }
         assert_eq!(s.len(), 3);
         // The most recently recorded stay.
         assert!(s.get(&fp(9)).is_some() && s.get(&fp(7)).is_some() && s.get(&fp(0)).is_none());
-        s.record_write(fp(20), &v("2026-01-02T00:00:00Z", "1"), 500, limits);
+        s.record_write(fp(20), &v("2026-01-02T00:00:00Z", "1"), T0 + 500, limits);
         assert_eq!(s.len(), 1);
     }
 }

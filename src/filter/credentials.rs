@@ -6,13 +6,13 @@
 //! signing with the still-valid credentials meanwhile. Writes that arrive before any credentials
 //! exist wait (see `waiters`), for `first_fetch_wait_ms` at most.
 
+use super::abi::{Buffer, Map};
 use super::host;
 use super::metrics::Metrics;
 use crate::credentials::{Credentials, Unavailable};
 use crate::refresh::{self, unix_ms, Published, RefreshState, CREDENTIALS_KEY, STATE_KEY};
 use crate::sts::{self, AssumeRole};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
@@ -149,6 +149,7 @@ impl CredentialCache {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
+        // The SDK's call, not abi's: its dispatcher must know the token to route the answer.
         match hostcalls::dispatch_http_call(
             &role.cluster,
             headers,
@@ -176,15 +177,13 @@ impl CredentialCache {
         }
         self.call = None;
         let now_ms = host::now().map_or(0, unix_ms);
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| s.parse::<u16>().ok())
-            .unwrap_or(0);
-        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let status = host::status_code(
+            super::abi::header(Map::HttpCallResponse, b":status")
+                .ok()
+                .flatten()
+                .as_deref(),
+        );
+        let body = host::buffer(Buffer::HttpCallResponseBody, 0, body_size).unwrap_or_default();
         match sts::parse_response(status, &body) {
             Ok(creds) => self.publish(&creds, now_ms, metrics),
             Err(e) => self.failed(now_ms, &e.to_string(), metrics),

@@ -5,10 +5,15 @@ use super::credentials::ForSigning;
 use super::host;
 use super::shared::ShardRead;
 use super::Shared;
-use crate::headers::is_removed_before_signing;
+use crate::body_budget::{Body, Refused};
+use crate::host_encoding::HeaderPairs;
+use crate::inbound_auth::is_loopback_peer;
 use crate::operation_outcome::{self, Severity, FHIR_JSON};
 use crate::outcome::{unsupported_body, Outcome, Verdict};
-use crate::plan::{plan, Operation, Plan, Rejection, Target, ALLOWED_METHODS, READ_DIAGNOSTICS};
+use crate::plan::{
+    plan_request, Operation, Plan, Rejection, Target, ALLOWED_METHODS, READ_DIAGNOSTICS,
+};
+use crate::request_head::{logged_path, removed_before_signing, RequestHead};
 use crate::resource::{self, Version};
 use crate::signing::{
     sign_request, sign_request_cached, PayloadHasher, Signed, SigningInput, EMPTY_SHA256,
@@ -94,7 +99,7 @@ pub enum Phase {
     Receiving {
         pending: Pending,
         hasher: PayloadHasher,
-        body: Vec<u8>,
+        body: Body,
     },
     /// Held until credentials exist (see [`Waiter`]).
     AwaitingCredentials,
@@ -149,9 +154,9 @@ pub fn send_answer(
         (OUTCOME_HEADER, outcome.as_str()),
     ];
     headers.extend_from_slice(extra_headers);
-    if !host::send_local_response(status, headers, body) {
+    if !host::send_local_response(status, &headers, body) {
         // Could not even answer: reset rather than let anything through.
-        let _ = proxy_wasm::hostcalls::reset_http_request();
+        host::reset_request();
     }
 }
 
@@ -237,7 +242,7 @@ pub fn resolve_waiters(shared: &Shared) {
             still.push(w);
             continue;
         }
-        if proxy_wasm::hostcalls::set_effective_context(w.context_id).is_err() {
+        if !host::set_effective_context(w.context_id) {
             continue; // The request is gone.
         }
         let resource_type = w.job.target.resource_type.clone();
@@ -248,7 +253,9 @@ pub fn resolve_waiters(shared: &Shared) {
                         if let Ok(mut resumed) = shared.resumed.try_borrow_mut() {
                             resumed.insert(w.context_id, Box::new(forwarded));
                         }
-                        let _ = proxy_wasm::hostcalls::resume_http_request();
+                        if !host::resume_request() {
+                            host::reset_request();
+                        }
                         continue;
                     }
                     Err(what) => what.to_owned(),
@@ -274,18 +281,28 @@ pub fn resolve_waiters(shared: &Shared) {
 }
 
 /// Checks the caller; `Some` is why it is refused.
-fn authenticate(shared: &Shared, authorization: Option<&str>) -> Option<&'static str> {
+fn authenticate(shared: &Shared, authorization: Option<&[u8]>) -> Option<&'static str> {
     match &shared.inbound {
-        super::Inbound::Open => None,
+        super::Inbound::Open => {
+            // Without authentication the relay serves only callers on this machine: a listener
+            // opened to the network by mistake does not become an open signer.
+            let peer = host::property(&["source", "address"]);
+            if peer.as_deref().is_some_and(is_loopback_peer) {
+                None
+            } else {
+                Some(
+                    "Inbound authentication is off (inbound_auth \"none\"), which the relay \
+                     allows only for callers on this machine (loopback).",
+                )
+            }
+        }
         super::Inbound::Bearer(tokens) => {
             tokens.check(authorization).err().map(|r| r.diagnostics())
         }
         super::Inbound::MutualTls => {
             // Envoy's listener verified the client certificate; refuse if it did not (a listener
             // left without TLS must not become an open signer).
-            let mtls = proxy_wasm::hostcalls::get_property(vec!["connection", "mtls"])
-                .ok()
-                .flatten();
+            let mtls = host::property(&["connection", "mtls"]);
             match mtls.as_deref() {
                 Some([1, ..]) => None,
                 _ => Some("A client certificate is required (mutual TLS)."),
@@ -470,32 +487,24 @@ impl RelayHttp {
         }
     }
 
-    /// Takes the newly buffered body bytes, up to `to`: hashed, and kept for the checks.
-    /// `declared` is the request's Content-Length, if any.
+    /// Takes the newly buffered body bytes, up to `to`: room is made within the worker's budget
+    /// first, then they are copied in, hashed, and kept for the checks. `declared` is the
+    /// request's Content-Length, if any.
     fn receive_body(
         hasher: &mut PayloadHasher,
-        body: &mut Vec<u8>,
+        body: &mut Body,
         to: usize,
         declared: Option<usize>,
-    ) -> bool {
+    ) -> Result<(), Received> {
         let from = body.len();
         if to <= from {
-            return true;
+            return Ok(());
         }
-        match host::request_body(from, to - from) {
-            Some(chunk) => {
-                hasher.update(&chunk);
-                if body.is_empty() && declared.is_none_or(|d| chunk.len() >= d) {
-                    *body = chunk; // Most resources arrive whole: no copy.
-                } else {
-                    // A large body arrives in chunks: room for all of it at once, no regrowth.
-                    body.reserve(declared.unwrap_or(0).saturating_sub(body.len()));
-                    body.extend_from_slice(&chunk);
-                }
-                true
-            }
-            None => false,
-        }
+        body.prepare(to, declared).map_err(Received::Refused)?;
+        let chunk = host::request_body(from, to - from).ok_or(Received::HostError)?;
+        hasher.update(&chunk);
+        body.push(chunk);
+        Ok(())
     }
 
     fn end_of_body(&mut self) -> Action {
@@ -504,7 +513,7 @@ impl RelayHttp {
                 pending,
                 hasher,
                 body,
-            } => self.complete(pending, hasher, &body),
+            } => self.complete(pending, hasher, body.as_slice()),
             other => {
                 self.phase = other;
                 Action::Continue
@@ -520,6 +529,9 @@ impl RelayHttp {
         let (target, parsed) = match pending {
             Pending::BasePost => return self.refuse(&resource::base_post_rejection(body)),
             Pending::Write(target) if target.op == Operation::Delete => {
+                if !body.is_empty() {
+                    return self.delete_with_body();
+                }
                 return self.sign_and_forward(target, hasher.finish_hex(), None);
             }
             _ if body.is_empty() => return self.empty_put(),
@@ -544,16 +556,20 @@ impl RelayHttp {
                 (target, r)
             }
         };
-        let shard = match shared.config.version_guard {
+        let record = match shared.config.version_guard {
             Some(limits) => {
                 match super::shared::version_decision(&target, &parsed.version, limits) {
                     (Decision::Stale, _) => return self.answer_stale(&target),
-                    (Decision::Forward, read) => Some(read),
+                    (Decision::Forward, read) => Some((parsed.version, Some(read))),
+                    (Decision::Unrecorded, _) => {
+                        untrusted_last_updated(&shared, &target);
+                        None
+                    }
                 }
             }
-            None => None,
+            None => Some((parsed.version, None)),
         };
-        self.sign_and_forward(target, hasher.finish_hex(), Some((parsed.version, shard)))
+        self.sign_and_forward(target, hasher.finish_hex(), record)
     }
 
     fn answer_stale(&mut self, target: &Target) -> Action {
@@ -578,47 +594,98 @@ impl RelayHttp {
 
     /// Holds the headers until the body has arrived (needs allow_on_headers_stop_iteration).
     fn receive(&mut self, pending: Pending) -> Action {
+        let Some(shared) = self.shared.as_ref() else {
+            return self.internal_error("the relay is not configured");
+        };
         self.phase = Phase::Receiving {
             pending,
             hasher: PayloadHasher::new(),
-            body: Vec::new(),
+            body: Body::new(std::rc::Rc::clone(&shared.body_budget)),
         };
         Action::Pause
     }
 
-    /// What is checked before a write's body is awaited: the content type of a resource, usable
-    /// credentials, and no client-supplied credentials or conditionals left in the request.
-    /// `Some` is the answer that ends the request.
+    /// What is checked before a write's body is awaited: the content type of a resource, no
+    /// body on a DELETE, the declared size, usable credentials, and no client-supplied
+    /// credentials or conditionals left in the request. `Some` is the answer that ends the
+    /// request.
     fn before_body(
         &mut self,
-        headers: &[(String, String)],
-        content_type: Option<&str>,
-        carries_resource: bool,
+        headers: &HeaderPairs,
+        head: &RequestHead,
+        op: Operation,
     ) -> Option<Action> {
-        if carries_resource && !content_type.is_some_and(resource::is_fhir_json) {
+        let content_type = head.content_type_text();
+        if op == Operation::Put && !content_type.is_some_and(resource::is_fhir_json) {
             return Some(self.refuse(&resource::unsupported_media_type(content_type)));
+        }
+        let declared = head.declared_length();
+        if op == Operation::Delete && declared.is_some_and(|len| len > 0) {
+            return Some(self.delete_with_body());
         }
         // Refuse a declared oversize body now: once the body streams in, Envoy defers a Wasm
         // local reply and its own buffer limit may answer first, without an OperationOutcome.
         let max = self.shared.as_ref().map_or(0, |s| s.config.max_body_bytes);
-        let declared = headers
-            .iter()
-            .find(|(n, _)| n == "content-length")
-            .and_then(|(_, v)| v.trim().parse::<u64>().ok());
         if declared.is_some_and(|len| len > max) {
             return Some(self.too_large(max));
         }
-        // Within the limit: room is reserved for it as the body arrives.
+        // Within the limit: it caps how far the body's room grows as the bytes arrive.
         self.declared_length = declared.and_then(|len| usize::try_from(len).ok());
         if let Some(why) = self.credentials_problem() {
             return Some(self.no_credentials(&why));
         }
-        for (name, _) in headers {
-            if is_removed_before_signing(name) && !host::set_request_header(name, None) {
+        for name in removed_before_signing(headers) {
+            if !host::remove_request_header(name) {
                 return Some(self.internal_error("could not remove a client-supplied header"));
             }
         }
         None
+    }
+
+    /// A DELETE carries no body (HAPI sends none): one that does is refused rather than
+    /// forwarded with a body HealthLake has no use for.
+    fn delete_with_body(&mut self) -> Action {
+        self.answer(
+            400,
+            Outcome::InvalidRequest,
+            Severity::Error,
+            "invalid",
+            "A DELETE must not carry a body; the relay forwards DELETE /{type}/{id} as sent by a \
+             Smile CDR REST-hook subscription, without one.",
+            &[],
+        )
+    }
+
+    /// The worker holds as many bodies as its budget allows (or the VM is out of memory):
+    /// nothing is forwarded, and Smile CDR retries later.
+    fn overloaded(&mut self, why: Refused) -> Action {
+        let (retry_after, budget, held) = self.shared.as_ref().map_or((5, 0, 0), |s| {
+            (
+                s.config.retry_after_seconds,
+                s.config.body_budget_bytes,
+                s.body_budget.held(),
+            )
+        });
+        let cause = match why {
+            Refused::Budget => format!(
+                "the request bodies in flight on this worker ({held} bytes) leave no room for \
+                 this one within body_budget_bytes ({budget})"
+            ),
+            Refused::Memory => "the relay's Wasm VM could not allocate room for it".to_owned(),
+        };
+        log::warn!("healthlake-relay: overloaded: {cause}; answered 503 with Retry-After");
+        let retry_after = retry_after.to_string();
+        let body = operation_outcome::body(
+            Severity::Error,
+            "transient",
+            &format!("The relay cannot hold this request's body now ({cause}); nothing was forwarded. Retry later."),
+        );
+        self.answer_with(
+            503,
+            Outcome::Overloaded,
+            &body,
+            &[("retry-after", retry_after.as_str())],
+        )
     }
 
     fn too_large(&mut self, max: u64) -> Action {
@@ -643,6 +710,31 @@ impl RelayHttp {
             &[],
         )
     }
+}
+
+/// Why a body chunk was not taken.
+enum Received {
+    /// No room within the worker's budget, or none the VM could allocate.
+    Refused(Refused),
+    /// The host would not hand the chunk over.
+    HostError,
+}
+
+/// A PUT whose `meta.lastUpdated` lies beyond the relay's clock plus the allowance: forwarded,
+/// not recorded by the version guard (see [`Decision::Unrecorded`]), and said so.
+fn untrusted_last_updated(shared: &Shared, target: &Target) {
+    host::set_filter_state(state_key::ERROR_CODE, "untrusted-last-updated");
+    log::warn!(
+        "healthlake-relay: {}/{} has a meta.lastUpdated more than {} s ahead of the relay's clock; \
+         forwarded, but the version guard does not record it (check the clocks of Smile CDR and \
+         the relay)",
+        target.resource_type,
+        target.id,
+        shared
+            .config
+            .version_guard
+            .map_or(0, |l| l.clock_skew_seconds)
+    );
 }
 
 /// The `content-type` sent (and signed) with `op`: FHIR JSON with a body, none without.
@@ -695,17 +787,10 @@ impl HttpContext for RelayHttp {
         let Some(headers) = host::request_headers() else {
             return self.internal_error("could not read the request headers");
         };
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-        };
-        let method = header(":method").unwrap_or("");
-        let path = header(":path").unwrap_or("");
-        host::set_filter_state(state_key::METHOD, method);
-        host::set_filter_state(state_key::PATH, path);
-        if let Some(diagnostics) = authenticate(&shared, header("authorization")) {
+        let head = RequestHead::read(&headers);
+        host::set_filter_state(state_key::METHOD, &String::from_utf8_lossy(head.method));
+        host::set_filter_state(state_key::PATH, &logged_path(head.path));
+        if let Some(diagnostics) = authenticate(&shared, head.authorization) {
             return self.answer(
                 401,
                 Outcome::Unauthorized,
@@ -716,12 +801,12 @@ impl HttpContext for RelayHttp {
             );
         }
 
-        let content_type = header("content-type");
         // A repeated content-type is rewritten to the one signed value, never passed on.
-        let single_content_type = headers.iter().filter(|(n, _)| n == "content-type").count() <= 1;
-        let content_type_as_signed =
-            |op| single_content_type && content_type == signed_content_type(op);
-        let target = match plan(method, path, &shared.config) {
+        let content_type_as_signed = |op| {
+            head.content_types <= 1
+                && head.content_type == signed_content_type(op).map(str::as_bytes)
+        };
+        let target = match plan_request(head.method, head.path, &shared.config) {
             Plan::Read => {
                 return self.answer(
                     405,
@@ -746,7 +831,7 @@ impl HttpContext for RelayHttp {
                 };
                 host::set_filter_state(state_key::RESOURCE_TYPE, &resource_type);
                 self.resource_type = Some(resource_type.clone());
-                if let Some(action) = self.before_body(&headers, content_type, true) {
+                if let Some(action) = self.before_body(&headers, &head, Operation::Put) {
                     return action;
                 }
                 if end_of_stream {
@@ -757,7 +842,7 @@ impl HttpContext for RelayHttp {
             Plan::Forward(target) => target,
         };
         self.as_signed = AsSigned {
-            method: method == target.op.method(),
+            method: head.method == target.op.method().as_bytes(),
             content_type: content_type_as_signed(target.op),
         };
         host::set_filter_state(state_key::RESOURCE_TYPE, &target.resource_type);
@@ -767,8 +852,7 @@ impl HttpContext for RelayHttp {
         if self.known_unsupported(&shared, &target.resource_type) {
             return self.answer_unsupported(&target);
         }
-        let has_body = target.op == Operation::Put;
-        if let Some(action) = self.before_body(&headers, content_type, has_body) {
+        if let Some(action) = self.before_body(&headers, &head, target.op) {
             return action;
         }
         if end_of_stream {
@@ -788,8 +872,12 @@ impl HttpContext for RelayHttp {
         if body_size as u64 > max {
             return self.too_large(max);
         }
-        if !Self::receive_body(hasher, body, body_size, self.declared_length) {
-            return self.internal_error("could not read the request body");
+        match Self::receive_body(hasher, body, body_size, self.declared_length) {
+            Ok(()) => {}
+            Err(Received::Refused(why)) => return self.overloaded(why),
+            Err(Received::HostError) => {
+                return self.internal_error("could not read the request body")
+            }
         }
         if end_of_stream {
             self.end_of_body()

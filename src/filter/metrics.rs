@@ -10,10 +10,9 @@
 //! `healthlake_relay_outcome{outcome="delivered"}`,
 //! `healthlake_relay_type_outcome{resource_type="Patient",outcome="delivered"}`.
 
+use super::abi::{self, MetricKind};
 use crate::fhir;
 use crate::outcome::Outcome;
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
 use std::cell::RefCell;
 
 const OUTCOMES: usize = Outcome::ALL.len();
@@ -27,7 +26,7 @@ pub struct Metrics {
 }
 
 fn define(name: &str) -> Option<u32> {
-    hostcalls::define_metric(MetricType::Counter, name).ok()
+    abi::define_metric(MetricKind::Counter, name).ok()
 }
 
 impl Metrics {
@@ -38,8 +37,8 @@ impl Metrics {
         }
         let refresh = ["attempted", "succeeded", "failed"]
             .map(|what| define(&format!("healthlake_relay.credentials.refresh_{what}")));
-        let expiry_seconds = hostcalls::define_metric(
-            MetricType::Gauge,
+        let expiry_seconds = abi::define_metric(
+            MetricKind::Gauge,
             "healthlake_relay.credentials.expiry_seconds",
         )
         .ok();
@@ -53,7 +52,7 @@ impl Metrics {
 
     fn bump(id: Option<&Option<u32>>) {
         if let Some(Some(id)) = id {
-            let _ = hostcalls::increment_metric(*id, 1);
+            let _ = abi::increment_metric(*id, 1);
         }
     }
 
@@ -72,14 +71,14 @@ impl Metrics {
     /// Seconds until the current temporary credentials expire.
     pub fn credentials_expiry_seconds(&self, seconds: u64) {
         if let Some(id) = self.expiry_seconds {
-            let _ = hostcalls::record_metric(id, seconds);
+            let _ = abi::record_metric(id, seconds);
         }
     }
 
     /// Counts one request with `outcome`, and per type when the type is known.
     pub fn count(&self, outcome: Outcome, resource_type: Option<&str>) {
         if let Some(Some(id)) = self.outcome.get(outcome.index()) {
-            let _ = hostcalls::increment_metric(*id, 1);
+            let _ = abi::increment_metric(*id, 1);
         }
         let Some(index) = resource_type.and_then(fhir::type_index) else {
             return;
@@ -102,7 +101,7 @@ impl Metrics {
             ))
         });
         if let Some(id) = id {
-            let _ = hostcalls::increment_metric(id, 1);
+            let _ = abi::increment_metric(id, 1);
         }
     }
 }

@@ -1,15 +1,19 @@
 //! The glue between Envoy's proxy-wasm host and the core: the only code that touches the ABI.
 //!
-//! It calls `proxy_wasm::hostcalls` directly (they return `Result`) instead of the SDK's context
-//! helpers (which unwrap), so that every host error has a handled path.
+//! It makes its host calls through [`abi`], never through the SDK's wrappers (which panic on a
+//! header value that is not UTF-8 and on host statuses they did not foresee), so that every host
+//! answer, and any bytes a client sends, has a handled path.
 
+mod abi;
 mod credentials;
 mod host;
 mod http;
+mod logger;
 mod metrics;
 mod response;
 mod shared;
 
+use crate::body_budget::Budget;
 use crate::config::{Config, InboundAuth};
 use crate::credentials::Credentials;
 use crate::inbound_auth::Tokens;
@@ -18,7 +22,7 @@ use host::log_error;
 use http::{Forwarded, Waiter};
 use metrics::Metrics;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, LogLevel};
+use proxy_wasm::types::ContextType;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -28,7 +32,7 @@ use std::time::Duration;
 const TICK: Duration = Duration::from_millis(250);
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
+    logger::install();
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(RelayRoot::default()) });
 }}
 
@@ -51,6 +55,8 @@ pub(crate) struct Shared {
     pub resumed: RefCell<HashMap<u32, Box<Forwarded>>>,
     /// The derived SigV4 key, reused for a day per credentials.
     pub signing_keys: RefCell<crate::signing::KeyCache>,
+    /// Bytes of request bodies this worker holds now, and the most it may (body_budget_bytes).
+    pub body_budget: Rc<Budget>,
 }
 
 #[derive(Default)]
@@ -81,26 +87,17 @@ impl Context for RelayRoot {
 
 impl RootContext for RelayRoot {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
-        // Follow Envoy's own level for the wasm component, so disabled levels cost no host call.
-        if let Ok(level) = proxy_wasm::hostcalls::get_log_level() {
-            proxy_wasm::set_log_level(level);
-        }
+        logger::follow_host_level();
         true
     }
 
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        let bytes = match proxy_wasm::hostcalls::get_buffer(
-            BufferType::PluginConfiguration,
+        let Some(bytes) = host::buffer(
+            abi::Buffer::PluginConfiguration,
             0,
             plugin_configuration_size,
-        ) {
-            Ok(b) => b.unwrap_or_default(),
-            Err(status) => {
-                log_error(&format!(
-                    "healthlake-relay: cannot read the plugin configuration: {status:?}"
-                ));
-                return false;
-            }
+        ) else {
+            return false;
         };
         let config = match Config::from_json(&bytes) {
             Ok(c) => c,
@@ -181,6 +178,8 @@ impl RootContext for RelayRoot {
                 }
             };
         let uses_role = matches!(source, Source::Role { .. });
+        let body_budget =
+            Budget::new(usize::try_from(config.body_budget_bytes).unwrap_or(usize::MAX));
         let shared = Rc::new(Shared {
             config,
             inbound,
@@ -189,12 +188,13 @@ impl RootContext for RelayRoot {
             waiters: RefCell::new(Vec::new()),
             resumed: RefCell::new(HashMap::new()),
             signing_keys: RefCell::new(crate::signing::KeyCache::default()),
+            body_budget,
         });
         self.shared = Some(Rc::clone(&shared));
         if uses_role {
             // The first fetch happens at the first tick, not here: Envoy configures a root
             // context it then discards, which would cancel the call while it holds the lock.
-            if let Err(s) = proxy_wasm::hostcalls::set_tick_period(TICK) {
+            if let Err(s) = abi::set_tick_period(TICK) {
                 log_error(&format!(
                     "healthlake-relay: cannot start the credentials timer: {s:?}"
                 ));

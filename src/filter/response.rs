@@ -34,14 +34,12 @@ impl RelayHttp {
                 return Action::Continue;
             }
         };
-        let status = host::response_header(":status")
-            .and_then(|s| s.parse::<u16>().ok())
-            .unwrap_or(0);
+        let status = host::response_status();
         // Only an error's type matters: a success costs no host call for it.
         let error_type = if (200..300).contains(&status) {
             None
         } else {
-            host::response_header("x-amzn-errortype")
+            host::response_header_text("x-amzn-errortype")
         };
         match classify_headers(forwarded.target.op, status, error_type.as_deref()) {
             AtHeaders::Final(verdict) => {
@@ -211,7 +209,7 @@ impl RelayHttp {
             .as_deref()
             .map_or_else(|| "(none)".to_owned(), |d| quoted(d, 500));
         let code = verdict.error_code.as_deref().unwrap_or("-");
-        let request_id = host::response_header("x-amzn-requestid").unwrap_or_default();
+        let request_id = host::response_header_text("x-amzn-requestid").unwrap_or_default();
         match verdict.outcome {
             Outcome::UnsupportedType => self.learn_unsupported(target, &diagnostics),
             Outcome::AuthFailed => {

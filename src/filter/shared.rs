@@ -69,7 +69,10 @@ pub fn version_decision(
 ) -> (Decision, ShardRead) {
     let read = ShardRead::now(target, limits);
     let known = versions::find(read.value.as_deref(), &read.fingerprint);
-    (versions::check(known.as_ref(), version), read)
+    (
+        versions::check(known.as_ref(), version, unix_now(), limits),
+        read,
+    )
 }
 
 /// Applies `update` to the shard in `read`, re-reading it when another worker wrote first.
