@@ -42,6 +42,10 @@ DEMO_SECRET_ACCESS_KEY = "relay-demo-secret-not-an-aws-key"
 DEMO_DATASTORE_ID = "0123456789abcdef0123456789abcdef"
 DEFAULT_REGION = "us-east-1"
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+# A body is held whole in the Wasm VM, whose memory Envoy caps at 1 GiB (src/config.rs).
+MAX_MAX_BODY_BYTES = 256 * 1024 * 1024
+DEFAULT_BODY_BUDGET_BYTES = 256 * 1024 * 1024
+MAX_BODY_BUDGET_BYTES = 768 * 1024 * 1024
 # Envoy's buffers sit this much above the relay's limit, so that the relay answers oversize bodies.
 BUFFER_HEADROOM_BYTES = 1024 * 1024
 CA_BUNDLE_CANDIDATES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
@@ -77,12 +81,14 @@ class Settings:
     listen_address: str = "127.0.0.1"
     base_path: str = ""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    body_budget_bytes: int = DEFAULT_BODY_BUDGET_BYTES
     wasm: Path = WASM
     ca_bundle: str = ""
     unsupported_types: tuple[str, ...] = ()
     unsupported_type_ttl_seconds: int = 3600
     version_guard_max_entries: int = 100_000
     version_guard_max_age_seconds: int = 7 * 24 * 3600
+    version_guard_clock_skew_seconds: int = 300
     role_arn: str = ""
     role_session_name: str = ""
     role_external_id: str = ""
@@ -135,8 +141,14 @@ class Settings:
         if base_path and not re.fullmatch(r"(/[A-Za-z0-9._-]+)+", base_path):
             raise SettingsError(f"RELAY_INBOUND_BASE_PATH must look like /fhir, got {base_path!r}")
         max_body = get("RELAY_MAX_BODY_BYTES", str(DEFAULT_MAX_BODY_BYTES))
-        if not max_body.isdigit() or int(max_body) == 0:
-            raise SettingsError(f"RELAY_MAX_BODY_BYTES must be a positive number of bytes, got {max_body!r}")
+        if not max_body.isdigit() or not 1 <= int(max_body) <= MAX_MAX_BODY_BYTES:
+            raise SettingsError(
+                f"RELAY_MAX_BODY_BYTES must be 1 to {MAX_MAX_BODY_BYTES} bytes, got {max_body!r}")
+        budget = get("RELAY_BODY_BUDGET_BYTES", str(DEFAULT_BODY_BUDGET_BYTES))
+        if not budget.isdigit() or not int(max_body) <= int(budget) <= MAX_BODY_BUDGET_BYTES:
+            raise SettingsError(
+                f"RELAY_BODY_BUDGET_BYTES must be RELAY_MAX_BODY_BYTES ({max_body}) to "
+                f"{MAX_BODY_BUDGET_BYTES} bytes, got {budget!r}")
         listen = get("RELAY_LISTEN_ADDRESS", "127.0.0.1")
         try:
             ipaddress.ip_address(listen)
@@ -157,6 +169,10 @@ class Settings:
         if not guard_age.isdigit() or int(guard_age) == 0:
             raise SettingsError(
                 f"RELAY_VERSION_GUARD_MAX_AGE_SECONDS must be a positive number of seconds, got {guard_age!r}")
+        guard_skew = get("RELAY_VERSION_GUARD_CLOCK_SKEW_SECONDS", "300")
+        if not guard_skew.isdigit() or int(guard_skew) > 86400:
+            raise SettingsError(
+                f"RELAY_VERSION_GUARD_CLOCK_SKEW_SECONDS must be 0 to 86400 seconds, got {guard_skew!r}")
         role_arn = get("AWS_ROLE_ARN")
         if role_arn and not re.fullmatch(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+", role_arn):
             raise SettingsError(f"AWS_ROLE_ARN must be an IAM role ARN, got {role_arn!r}")
@@ -199,8 +215,14 @@ class Settings:
             inbound_auth = "bearer"
         elif mtls:
             inbound_auth = "mtls"
+        elif parts.scheme == "http" and is_loopback(listen):
+            inbound_auth = "none"  # the local demo: a loopback emulator, a loopback listener
         elif parts.scheme == "http":
-            inbound_auth = "none"  # the local demo: a loopback emulator
+            raise SettingsError(
+                f"refusing to start: RELAY_LISTEN_ADDRESS={listen} is not loopback, and without "
+                "inbound authentication anyone who reaches it could write with the relay's "
+                "credentials. Set RELAY_INBOUND_TOKENS (or RELAY_INBOUND_TOKENS_FILE) or "
+                "RELAY_INBOUND_MTLS=true, or listen on 127.0.0.1.")
         else:
             raise SettingsError(
                 "refusing to start: the relay would sign writes to a real HealthLake for anyone who "
@@ -221,12 +243,14 @@ class Settings:
             listen_address=listen,
             base_path=base_path,
             max_body_bytes=int(max_body),
+            body_budget_bytes=int(budget),
             wasm=Path(get("RELAY_WASM", str(WASM))).resolve(),
             ca_bundle=ca_bundle,
             unsupported_types=unsupported,
             unsupported_type_ttl_seconds=int(ttl),
             version_guard_max_entries=int(guard_entries),
             version_guard_max_age_seconds=int(guard_age),
+            version_guard_clock_skew_seconds=int(guard_skew),
             role_arn=role_arn,
             role_session_name=session,
             role_external_id=external_id,
@@ -264,9 +288,11 @@ class Settings:
             "datastore_id": self.datastore_id,
             "healthlake_host": self.authority,
             "max_body_bytes": self.max_body_bytes,
+            "body_budget_bytes": self.body_budget_bytes,
             "unsupported_type_ttl_seconds": self.unsupported_type_ttl_seconds,
             "version_guard_max_entries": self.version_guard_max_entries,
             "version_guard_max_age_seconds": self.version_guard_max_age_seconds,
+            "version_guard_clock_skew_seconds": self.version_guard_clock_skew_seconds,
         }
         if self.unsupported_types:
             config["unsupported_types"] = list(self.unsupported_types)
@@ -351,6 +377,13 @@ def render(settings: Settings, plugin_config: dict | None = None) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Processes
+
+
+def private_log(path: Path):
+    """A log file only its owner can read (0600): logs name resources and requests."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
 
 
 def free_port() -> int:
@@ -474,7 +507,7 @@ def start_emulator(
     if sts_upstream:
         extra_args = [*(extra_args or []), "--sts-upstream", sts_upstream,
                       "--sts-listen", f"127.0.0.1:{sts_port}", "--sts-port-file", str(sts_port_file)]
-    log = open(workdir / "emulator.log", "ab")
+    log = private_log(workdir / "emulator.log")
     env = dict(os.environ, EMULATOR_CREDENTIALS=",".join(credentials))
     cmd = [
         str(EMULATOR_BIN), "--listen", f"127.0.0.1:{port}", "--port-file", str(port_file),
@@ -518,7 +551,7 @@ def start_moto(workdir: Path, port: int | None = None, setup_actions: int = 7) -
     known key whose policies allow it (moto's INITIAL_NO_AUTH_ACTION_COUNT)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    log = open(workdir / "moto.log", "ab")
+    log = private_log(workdir / "moto.log")
     env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT=str(setup_actions), MOTO_ALLOW_NONEXISTENT_REGION="false")
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
@@ -648,8 +681,8 @@ def start_envoy(
     workdir.mkdir(parents=True, exist_ok=True)
     address_file = workdir / "admin.address"
     address_file.unlink(missing_ok=True)
-    out = open(workdir / "access.log", "ab")
-    err = open(workdir / "envoy.log", "ab")
+    out = private_log(workdir / "access.log")
+    err = private_log(workdir / "envoy.log")
     cmd = [
         str(envoy_binary()), "-c", str(config_path), "--concurrency", str(concurrency),
         "--disable-hot-restart", "--admin-address-path", str(address_file),

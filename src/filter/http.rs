@@ -712,6 +712,15 @@ impl RelayHttp {
     }
 }
 
+/// A test build's deliberate bug: a request with `x-relay-test-trap` panics, and the VM traps.
+#[cfg(feature = "trap-for-tests")]
+#[allow(clippy::panic)]
+fn trap_for_tests(headers: &HeaderPairs) {
+    if headers.iter().any(|(name, _)| name == b"x-relay-test-trap") {
+        panic!("x-relay-test-trap: trapping on purpose (test build)");
+    }
+}
+
 /// Why a body chunk was not taken.
 enum Received {
     /// No room within the worker's budget, or none the VM could allocate.
@@ -788,6 +797,8 @@ impl HttpContext for RelayHttp {
             return self.internal_error("could not read the request headers");
         };
         let head = RequestHead::read(&headers);
+        #[cfg(feature = "trap-for-tests")]
+        trap_for_tests(&headers);
         host::set_filter_state(state_key::METHOD, &String::from_utf8_lossy(head.method));
         host::set_filter_state(state_key::PATH, &logged_path(head.path));
         if let Some(diagnostics) = authenticate(&shared, head.authorization) {

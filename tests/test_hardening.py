@@ -1,0 +1,335 @@
+"""Hostile input through the real Envoy: every reproduction of the hardening review (issue 12) as a
+regression test, each followed by a normal write that must be delivered. Requests are written as
+raw bytes, so that anything Envoy can deliver (header values that are not UTF-8 included) is sent
+as it is."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import threading
+import time
+
+import pytest
+
+from conftest import relay_env, relayctl, send, start_relay
+
+TOKEN = "hardening-token-0123456789abcdef"
+CREDENTIAL = f"{relayctl.DEMO_ACCESS_KEY_ID}:{relayctl.DEMO_SECRET_ACCESS_KEY}"
+FHIR = {"Content-Type": "application/fhir+json"}
+AUTH = dict(FHIR, Authorization=f"Bearer {TOKEN}")
+
+
+def env() -> dict[str, str]:
+    return relay_env(AWS_ACCESS_KEY_ID=relayctl.DEMO_ACCESS_KEY_ID,
+                     AWS_SECRET_ACCESS_KEY=relayctl.DEMO_SECRET_ACCESS_KEY,
+                     RELAY_INBOUND_TOKENS=TOKEN)
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    emu = relayctl.start_emulator(tmp_path_factory.mktemp("emulator"), [CREDENTIAL])
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(scope="module")
+def relay(emulator, tmp_path_factory):
+    envoy = start_relay(tmp_path_factory.mktemp("relay"), emulator, env(),
+                        settings_env={"RELAY_INBOUND_TOKENS": TOKEN}, concurrency=2)
+    yield envoy
+    envoy.stop()
+
+
+def raw(port: int, data: bytes, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    """Sends `data` as it is and reads one HTTP/1.1 answer: (status, headers, body); status 0
+    when the connection closed without one."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            part = s.recv(65536)
+            if not part:
+                return 0, {}, received
+            received += part
+        head, _, body = received.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        while len(body) < length:
+            part = s.recv(65536)
+            if not part:
+                break
+            body += part
+        return int(lines[0].split()[1]), headers, body[:length]
+
+
+def request(method: bytes, path: bytes, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> bytes:
+    lines = [method + b" " + path + b" HTTP/1.1", b"Host: relay"]
+    lines += [name + b": " + value for name, value in headers]
+    if body or method in (b"PUT", b"POST"):
+        lines.append(b"Content-Length: " + str(len(body)).encode())
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def resource(rid: str, last_updated: str | None = None) -> bytes:
+    r: dict = {"resourceType": "Patient", "id": rid}
+    if last_updated:
+        r["meta"] = {"versionId": "1", "lastUpdated": last_updated}
+    return json.dumps(r).encode()
+
+
+def delivered(relay, emulator, rid: str) -> None:
+    """A normal write right after: it must reach HealthLake."""
+    r = send(relay.url, "PUT", f"/Patient/{rid}", resource(rid), AUTH)
+    assert r.status in (200, 201), (r.status, r.body)
+    assert r.header("x-healthlake-outcome") == "delivered"
+    assert emulator.resource("Patient", rid) is not None
+
+
+def operation_outcome(body: bytes) -> dict:
+    outcome = json.loads(body)
+    assert outcome["resourceType"] == "OperationOutcome", outcome
+    return outcome
+
+
+# --- 1. header bytes that are not UTF-8 --------------------------------------------------------
+
+BEARER = b"Bearer " + TOKEN.encode()
+
+
+@pytest.mark.parametrize("name,headers,path,want", [
+    ("unauthenticated", [(b"X-Test", b"caf\xe9")], b"/Patient/x", 401),
+    ("authenticated", [(b"Authorization", BEARER), (b"X-Test", b"caf\xe9")], b"/Patient/x", 405),
+    ("in the token", [(b"Authorization", b"Bearer caf\xe9" + TOKEN.encode())], b"/Patient/x", 401),
+    ("in the content type", [(b"Authorization", BEARER), (b"Content-Type", b"application/fhir+json\xff")],
+     b"/Patient/x", 415),
+    ("in the path", [(b"Authorization", BEARER), (b"Content-Type", b"application/fhir+json")],
+     b"/Patient/caf\xe9", 400),
+])
+def test_bytes_that_are_not_utf8_get_an_answer_and_the_worker_keeps_serving(relay, fresh, name, headers, path, want):
+    method = b"GET" if want == 405 or name == "unauthenticated" else b"PUT"
+    status, hdrs, body = raw(relay.port, request(method, path, headers, b"" if method == b"GET" else resource("x")))
+    assert status == want, (name, status, body)
+    assert hdrs.get("x-healthlake-outcome"), hdrs
+    operation_outcome(body)
+    assert [q for q in fresh.requests() if q["path"].startswith("/datastore/")] == []
+    # The same on every worker, and writes go on.
+    for n in range(4):
+        delivered(relay, fresh, f"after-bytes-{n}")
+    log = (relay.workdir / "envoy.log").read_text()
+    assert "panicked" not in log and "Uncaught" not in log
+
+
+def test_a_non_utf8_value_of_a_forwarded_header_passes_as_bytes(relay, fresh):
+    status, _, body = raw(relay.port, request(b"PUT", b"/Patient/ua", [
+        (b"Authorization", BEARER), (b"Content-Type", b"application/fhir+json"),
+        (b"User-Agent", b"smile-caf\xe9")], resource("ua")))
+    assert status == 201, body
+    [req] = [q for q in fresh.requests() if q["path"].startswith("/datastore/")]
+    assert req["verified"]
+
+
+# --- 2. memory: declared sizes reserve nothing; the budget answers 503 -------------------------
+
+def test_declared_sizes_without_bodies_do_not_exhaust_the_vm(relay, fresh):
+    """300 connections each declaring 8 MiB and sending 100 bytes (the attack took the VM down)."""
+    head = request(b"PUT", b"/Patient/big", [(b"Authorization", BEARER),
+                                             (b"Content-Type", b"application/fhir+json")])
+    head = head.replace(b"Content-Length: 0", b"Content-Length: 8388608")
+    sockets = []
+    try:
+        for _ in range(300):
+            s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+            s.sendall(head + b'{"resourceType":"Patient","id":"big",' + b" " * 64)
+            sockets.append(s)
+        for n in range(4):
+            delivered(relay, fresh, f"after-declared-{n}")
+    finally:
+        for s in sockets:
+            s.close()
+    delivered(relay, fresh, "after-declared-closed")
+    log = (relay.workdir / "envoy.log").read_text()
+    assert "memory allocation" not in log and "panicked" not in log
+
+
+@pytest.fixture(scope="module")
+def small_budget(emulator, tmp_path_factory):
+    """One worker that may hold 2 MiB of bodies, of at most 1 MiB each."""
+    envoy = start_relay(tmp_path_factory.mktemp("budget"), emulator, env(),
+                        settings_env={"RELAY_INBOUND_TOKENS": TOKEN, "RELAY_MAX_BODY_BYTES": "1048576",
+                                      "RELAY_BODY_BUDGET_BYTES": "2097152"})
+    yield envoy
+    envoy.stop()
+
+
+def received_bytes(envoy) -> int:
+    return envoy.stats().get("http.healthlake_relay.downstream_cx_rx_bytes_total", 0)
+
+
+def test_bodies_past_the_budget_get_503_overloaded_and_nothing_is_lost(small_budget, fresh):
+    relay = small_budget
+    big = 900 * 1024
+    head = request(b"PUT", b"/Patient/held", [(b"Authorization", BEARER),
+                                              (b"Content-Type", b"application/fhir+json")])
+    head = head.replace(b"Content-Length: 0", f"Content-Length: {big + 1}".encode())
+    held = []
+    try:
+        for _ in range(2):
+            before = received_bytes(relay)
+            s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+            s.sendall(head + b" " * big)
+            held.append(s)
+            # Envoy has read it (and handed it to the relay, which holds it).
+            relayctl.wait_until(lambda: received_bytes(relay) >= before + big, 10, "the held body")
+        status, hdrs, body = raw(relay.port, head + b" " * big, timeout=10)
+        assert status == 503, body
+        assert hdrs["x-healthlake-outcome"] == "overloaded"
+        assert hdrs["retry-after"] == "5"
+        assert "body_budget_bytes" in operation_outcome(body)["issue"][0]["diagnostics"]
+        # A small write still fits beside the held bodies.
+        delivered(relay, fresh, "beside-held")
+    finally:
+        for s in held:
+            s.close()
+    # The held bodies' room is given back when their clients go away.
+    relayctl.wait_until(lambda: send(relay.url, "PUT", "/Patient/after-held", b"x" * big, AUTH).status == 400,
+                        10, "the budget to be given back")
+    entry = relay.wait_for_log(lambda e: e["outcome"] == "overloaded")
+    assert entry["status"] == 503
+    assert relay.stats().get("wasmcustom.healthlake_relay.outcome.overloaded", 0) >= 1
+
+
+# --- 3. the version guard does not trust a lastUpdated from the future -------------------------
+
+def test_a_far_future_last_updated_cannot_hold_later_writes_back(relay, fresh):
+    r = send(relay.url, "PUT", "/Patient/future", resource("future", "9999-12-31T23:59:59Z"), AUTH)
+    assert r.status == 201 and r.header("x-healthlake-outcome") == "delivered"
+    entry = relay.wait_for_log(lambda e: e["resource_id"] == "future")
+    assert entry["error_code"] == "untrusted-last-updated"
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    r = send(relay.url, "PUT", "/Patient/future", resource("future", now), AUTH)
+    assert (r.status, r.header("x-healthlake-outcome")) == (200, "delivered")
+    # Deleted, then re-created: delivered, not stale.
+    assert send(relay.url, "DELETE", "/Patient/future", headers={"Authorization": f"Bearer {TOKEN}"}).status == 204
+    later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 2))
+    r = send(relay.url, "PUT", "/Patient/future", resource("future", later), AUTH)
+    assert (r.status, r.header("x-healthlake-outcome")) == (201, "delivered")
+    # Within the allowance the guard works as before: an older version is stale.
+    r = send(relay.url, "PUT", "/Patient/future", resource("future", "2001-01-01T00:00:00Z"), AUTH)
+    assert (r.status, r.header("x-healthlake-outcome")) == (200, "stale-version")
+
+
+# --- 4. no open signer by configuration -------------------------------------------------------
+
+def test_no_inbound_auth_only_on_a_loopback_listener(emulator):
+    base = {"AWS_ENDPOINT_URL_HEALTHLAKE": "http://127.0.0.1:8080"}
+    assert relayctl.Settings.from_env(base).inbound_auth == "none"
+    with pytest.raises(relayctl.SettingsError, match="refusing to start: RELAY_LISTEN_ADDRESS=0.0.0.0"):
+        relayctl.Settings.from_env(dict(base, RELAY_LISTEN_ADDRESS="0.0.0.0"))
+    settings = relayctl.Settings.from_env(dict(base, RELAY_LISTEN_ADDRESS="0.0.0.0", RELAY_INBOUND_TOKENS=TOKEN))
+    assert settings.inbound_auth == "bearer"
+
+
+# --- 5. every access-log line has an outcome, Envoy's own answers included ----------------------
+
+def test_envoys_own_answers_carry_an_outcome_and_an_operation_outcome(relay, fresh):
+    for data in (b"GARBAGE\r\n\r\n", b"PUT /Patient/x HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",
+                 b"PUT /Patient/x HTTP/1.1\r\nHost: a\r\nx_amz_date: 1\r\n\r\n"):
+        status, hdrs, body = raw(relay.port, data)
+        assert 400 <= status < 500, (data, status)
+        assert hdrs["x-healthlake-outcome"] == "refused-by-proxy"
+        assert hdrs["content-type"] == "application/fhir+json"
+        assert operation_outcome(body)["issue"][0]["severity"] == "error"
+    # A chunked body over the limit, streamed: whoever answers, the answer has an outcome.
+    chunk = b"x" * 65536
+    data = request(b"PUT", b"/Patient/stream", [(b"Authorization", BEARER), (b"Content-Type", b"application/fhir+json"),
+                                                (b"Transfer-Encoding", b"chunked")])
+    data = data.replace(b"Content-Length: 0\r\n", b"")
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as s:
+        s.sendall(data)
+        try:
+            for _ in range(10 * 1024 * 1024 // len(chunk)):
+                s.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+        except OSError:
+            pass
+        answer = s.recv(4096)
+    assert b" 413 " in answer.split(b"\r\n")[0], answer[:200]
+    assert b"x-healthlake-outcome:" in answer.lower()
+    delivered(relay, fresh, "after-envoy-answers")
+    relay.wait_for_log(lambda e: e["resource_id"] == "after-envoy-answers")
+    entries = relay.access_log()
+    assert [e for e in entries if not e["outcome"]] == []
+    assert sum(e["outcome"] == "refused-by-proxy" for e in entries) >= 3
+
+
+# --- 6. a DELETE with a body ------------------------------------------------------------------
+
+def test_a_delete_with_a_body_is_refused_not_forwarded(relay, fresh):
+    status, hdrs, body = raw(relay.port, request(b"DELETE", b"/Patient/d1", [(b"Authorization", BEARER)], b"{}"))
+    assert status == 400 and hdrs["x-healthlake-outcome"] == "invalid-request"
+    assert "must not carry a body" in operation_outcome(body)["issue"][0]["diagnostics"]
+    assert [q for q in fresh.requests() if q["path"].startswith("/datastore/")] == []
+    r = send(relay.url, "DELETE", "/Patient/d1", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status == 204
+
+
+# --- 7. connections that never send a request -------------------------------------------------
+
+def test_a_connection_that_sends_nothing_is_closed_within_seconds(relay, fresh):
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=20) as s:
+        assert s.recv(1) == b""  # closed by Envoy, not by the timeout above
+    assert time.monotonic() - started < 15
+    delivered(relay, fresh, "after-silent")
+
+
+# --- 8. tokens in the query string, log files --------------------------------------------------
+
+def test_a_query_string_token_never_reaches_the_logs_and_logs_are_private(relay, fresh):
+    secret = "query-secret-value-0123456789"
+    for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}):
+        r = send(relay.url, "PUT", f"/Patient/q1?access_token={secret}", resource("q1"), dict(FHIR, **headers))
+        assert r.status in (400, 401)
+    relay.wait_for_log(lambda e: e["path"] == "/Patient/q1" and e["status"] == 400)
+    for name in ("access.log", "envoy.log"):
+        path = relay.workdir / name
+        assert secret not in path.read_text(), name
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, name
+
+
+# --- defence in depth: a VM that traps is reloaded (FAIL_RELOAD) --------------------------------
+
+TRAP_WASM = relayctl.ROOT / "target" / "trap" / "wasm32-wasip1" / "release" / "healthlake_relay.wasm"
+
+
+def test_a_vm_that_traps_is_reloaded_and_the_next_write_is_delivered(emulator, tmp_path):
+    if not TRAP_WASM.exists():
+        pytest.fail(f"{TRAP_WASM} is missing: run `make test-wasm` (make test does)")
+    envoy = start_relay(tmp_path, emulator, env(),
+                        settings_env={"RELAY_INBOUND_TOKENS": TOKEN, "RELAY_WASM": str(TRAP_WASM)})
+    try:
+        emulator.reset()
+        r = send(envoy.url, "PUT", "/Patient/trap", resource("trap"), dict(AUTH, **{"x-relay-test-trap": "1"}))
+        assert r.status == 503
+        assert r.header("x-healthlake-outcome") == "refused-by-proxy"
+        operation_outcome(r.body)
+        assert emulator.resource("Patient", "trap") is None
+        log = (tmp_path / "envoy.log").read_text()
+        assert "trapping on purpose" in log
+        # Within the reload back-off (0.2 s) requests get 503 too; then a reloaded VM serves them
+        # (FAIL_CLOSED would answer 503 until Envoy restarts).
+        def reloaded():
+            r = send(envoy.url, "PUT", "/Patient/after-trap", resource("after-trap"), AUTH)
+            assert r.status in (201, 200, 503), r.status
+            return r.status != 503
+        relayctl.wait_until(reloaded, 10, "a reloaded VM")
+        for n in range(3):
+            delivered(envoy, emulator, f"after-trap-{n}")
+    finally:
+        envoy.stop()
