@@ -38,7 +38,7 @@ impl ThrottleForm {
 ///
 /// Written as text (in `next` and in the request log's `fault` field) as `"400"`..`"599"`,
 /// `"reset"`, `"throttle-429"`, `"throttle-400"`, `"expired-token"`, `"invalid-signature"`,
-/// `"delay:N"` (recorded as `"delay"`) and `"unsupported-type"` (recorded only; it comes from
+/// `"delay:N"` (recorded as `"delay"`), `"not-supported-element"` and `"unsupported-type"` (recorded only; it comes from
 /// `unsupported_types`, not from `next`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -56,6 +56,9 @@ pub enum Fault {
     InvalidSignature,
     /// Wait this many milliseconds, then handle the request normally.
     Delay(u64),
+    /// A `400` `not-supported` about one resource's content, not its type (the relay must not
+    /// learn the type as unsupported from it).
+    NotSupportedElement,
     /// The resource type is configured as not supported.
     UnsupportedType,
 }
@@ -87,13 +90,15 @@ impl Fault {
     /// Parses a `next` entry.
     pub fn parse(s: &str) -> Result<Fault, String> {
         let expected = "expected \"400\"..\"599\", \"reset\", \"throttle-429\", \"throttle-400\", \
-                        \"expired-token\", \"invalid-signature\" or \"delay:<milliseconds>\"";
+                        \"expired-token\", \"invalid-signature\", \"not-supported-element\" or \
+                        \"delay:<milliseconds>\"";
         match s {
             "reset" => return Ok(Fault::Reset),
             "throttle-429" => return Ok(Fault::Throttle(ThrottleForm::TooManyRequests)),
             "throttle-400" => return Ok(Fault::Throttle(ThrottleForm::BadRequest)),
             "expired-token" => return Ok(Fault::ExpiredToken),
             "invalid-signature" => return Ok(Fault::InvalidSignature),
+            "not-supported-element" => return Ok(Fault::NotSupportedElement),
             "unsupported-type" => {
                 return Err(
                     "\"unsupported-type\" is not a `next` entry; list the resource types in \
@@ -169,6 +174,13 @@ impl Fault {
                 message: INVALID_SIGNATURE_MESSAGE,
                 retry_after_seconds: None,
             },
+            Fault::NotSupportedElement => FaultReply::Outcome {
+                status: StatusCode::BAD_REQUEST,
+                code: "not-supported",
+                diagnostics: "Element meta.security is not supported by this data store (fault \
+                              injected by the HealthLake emulator)"
+                    .to_string(),
+            },
             Fault::Delay(_) | Fault::UnsupportedType => FaultReply::Proceed,
         }
     }
@@ -197,6 +209,7 @@ impl fmt::Display for Fault {
             Fault::Throttle(ThrottleForm::BadRequest) => f.write_str("throttle-400"),
             Fault::ExpiredToken => f.write_str("expired-token"),
             Fault::InvalidSignature => f.write_str("invalid-signature"),
+            Fault::NotSupportedElement => f.write_str("not-supported-element"),
             Fault::Delay(ms) => write!(f, "delay:{ms}"),
             Fault::UnsupportedType => f.write_str("unsupported-type"),
         }
@@ -232,6 +245,7 @@ mod tests {
             "throttle-400",
             "expired-token",
             "invalid-signature",
+            "not-supported-element",
             "delay:0",
             "delay:1500",
         ] {
