@@ -303,6 +303,22 @@ def test_a_query_string_token_never_reaches_the_logs_and_logs_are_private(relay,
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, name
 
 
+# --- 9. a not-supported answer about one resource does not silence its type ----------------------
+
+def test_not_supported_about_an_element_is_rejected_for_that_resource_only(relay, fresh):
+    fresh.set_faults(next=["not-supported-element"])
+    r = send(relay.url, "PUT", "/Patient/element", resource("element"), AUTH)
+    assert (r.status, r.header("x-healthlake-outcome")) == (400, "rejected")
+    # The type is not learned: the next Patient goes to HealthLake and is stored.
+    delivered(relay, fresh, "element-next")
+    # HealthLake's answer about the type itself still is (on a type the emulator refuses).
+    fresh.set_faults(unsupported_types=["Basic"])
+    basic = json.dumps({"resourceType": "Basic", "id": "b1", "code": {"text": "x"}}).encode()
+    r = send(relay.url, "PUT", "/Basic/b1", basic, AUTH)
+    assert (r.status, r.header("x-healthlake-outcome")) == (200, "unsupported-type")
+    fresh.set_faults()
+
+
 # --- defence in depth: a VM that traps is reloaded (FAIL_RELOAD) --------------------------------
 
 TRAP_WASM = relayctl.ROOT / "target" / "trap" / "wasm32-wasip1" / "release" / "healthlake_relay.wasm"
