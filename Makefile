@@ -14,7 +14,7 @@ FHIR_VER    := 4.0.1
 FHIR_DIR    := build/fhir
 FHIR_READY  := $(FHIR_DIR)/package/.complete
 
-.PHONY: help run test deps build lint unit integration fixtures clean bench bench-soak bench-deps fuzz
+.PHONY: help run test deps build test-wasm lint unit integration fixtures clean bench bench-soak bench-deps fuzz fuzz-envoy
 
 help:
 	@echo "make run          start the relay (Envoy + filter) on the local HealthLake emulator"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench-soak   the relay's memory after 100,000 and 1,000,000 requests"
 	@echo "make backfill     a 20,000-write historical backfill under faults, checked end to end"
 	@echo "make fuzz         fuzz the request/response handling for FUZZ_SECONDS (nightly toolchain)"
+	@echo "make fuzz-envoy   hostile requests through the real Envoy and relay for FUZZ_ENVOY_SECONDS"
 
 deps: $(VENV)/.installed
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -41,6 +42,13 @@ build: deps
 	cargo build --release --locked -p healthlake-emulator -p smile-standin
 	@ls -l $(WASM) | awk '{print "relay wasm: " $$5 " bytes"}'
 
+# The tests' build that traps on purpose (x-relay-test-trap), to prove Envoy's failure_policy:
+# its own target dir, never the shipped .wasm.
+TRAP_WASM := target/trap/wasm32-wasip1/release/healthlake_relay.wasm
+test-wasm: deps
+	cargo build --release --locked --target wasm32-wasip1 -p healthlake-relay \
+		--features trap-for-tests --target-dir target/trap
+
 # The official HL7 FHIR R4 examples (CC0), fetched from the npm registry, never committed.
 fixtures: $(FHIR_READY)
 $(FHIR_READY):
@@ -52,13 +60,18 @@ lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 	cargo clippy --locked -p healthlake-relay --target wasm32-wasip1 -- -D warnings
+	cargo clippy --locked -p healthlake-relay --target wasm32-wasip1 --features trap-for-tests \
+		--target-dir target/trap -- -D warnings
 	cargo fmt --manifest-path bench/floor/Cargo.toml -- --check
 	cargo clippy --locked --target wasm32-wasip1 $(FLOOR_CARGO) -- -D warnings
+	# The fuzzer (its own lockfile and target dir): compiled here so that it cannot rot.
+	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+	cargo clippy --locked --manifest-path fuzz/Cargo.toml --target-dir target/fuzz -- -D warnings
 
 unit:
 	cargo test --locked --workspace
 
-integration: build fixtures bench-deps
+integration: build test-wasm fixtures bench-deps
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
 test: lint unit integration
@@ -98,3 +111,10 @@ fuzz: fixtures
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --version 0.13.2 --locked
 	$(PY) scripts/fuzz_seeds.py
 	cd fuzz && cargo +nightly fuzz run requests -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
+
+# Hostile requests over raw sockets through the real Envoy with the built .wasm, with a normal write
+# every 100 that must arrive, Envoy's log watched for Wasm VM crashes and its memory sampled
+# (scripts/fuzz_envoy.py --help; e.g. FUZZ_ENVOY_ARGS="--seed 7 --json-out build/fuzz-envoy.json").
+FUZZ_ENVOY_SECONDS ?= 600
+fuzz-envoy: build
+	$(PY) scripts/fuzz_envoy.py --seconds $(FUZZ_ENVOY_SECONDS) $(FUZZ_ENVOY_ARGS)
