@@ -268,14 +268,19 @@ fn parse_error_body(body: &[u8]) -> ErrorBody {
     out
 }
 
-/// Whether HealthLake's diagnostics name `resource_type` as a word: only then is a
-/// `not-supported` issue about the type (remembered for every write of it) rather than about one
-/// resource (`rejected`, that resource alone).
-fn names_type(diagnostics: &str, resource_type: &str) -> bool {
+/// Whether HealthLake's diagnostics are its answer about the type itself, `ResourceType <type> is
+/// not supported.` (the seed's text; the live wording is unconfirmed): only then is a
+/// `not-supported` issue remembered for every write of the type. Anything else (an element, an
+/// extension, a profile of one resource, even one that names the type) is `rejected`, for that
+/// resource alone: a 2xx for a write HealthLake did not store must rest on certainty.
+fn about_the_type(diagnostics: &str, resource_type: &str) -> bool {
+    let text = diagnostics.trim();
+    let text = text.strip_suffix('.').unwrap_or(text);
     !resource_type.is_empty()
-        && diagnostics
-            .split(|c: char| !c.is_ascii_alphanumeric())
-            .any(|word| word == resource_type)
+        && text
+            .strip_prefix("ResourceType ")
+            .and_then(|rest| rest.strip_suffix(" is not supported"))
+            == Some(resource_type)
 }
 
 /// Final classification of a 4xx from its body (at most [`MAX_ERROR_BODY_BYTES`] of it).
@@ -307,7 +312,7 @@ pub fn classify_body(
         && parsed
             .not_supported
             .iter()
-            .any(|d| names_type(d, resource_type))
+            .any(|d| about_the_type(d, resource_type))
     {
         unsupported_verdict(resource_type, resource)
     } else if status == 401 || status == 403 {
@@ -533,6 +538,10 @@ mod tests {
             r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-supported","diagnostics":"Extension http://x/y is not supported."}]}"#,
             r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-supported"}]}"#,
             r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-supported","diagnostics":"ResourceType BasicX is not supported."}]}"#,
+            // Naming the type is not enough: elements and extension URLs start with it.
+            r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-supported","diagnostics":"Element Basic.meta.security is not supported."}]}"#,
+            r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-supported","diagnostics":"Extension http://example.org/fhir/StructureDefinition/Basic-x is not supported."}]}"#,
+            r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-supported","diagnostics":"Modifier extension on Basic is not supported"}]}"#,
         ] {
             let v = body(400, None, other);
             assert_eq!(v.outcome, Outcome::Rejected, "{other}");

@@ -177,8 +177,8 @@ impl Fault {
             Fault::NotSupportedElement => FaultReply::Outcome {
                 status: StatusCode::BAD_REQUEST,
                 code: "not-supported",
-                diagnostics: "Element meta.security is not supported by this data store (fault \
-                              injected by the HealthLake emulator)"
+                diagnostics: "Element Patient.meta.security is not supported by this data store \
+                              (fault injected by the HealthLake emulator)"
                     .to_string(),
             },
             Fault::Delay(_) | Fault::UnsupportedType => FaultReply::Proceed,
