@@ -45,7 +45,8 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 # A body is held whole in the Wasm VM, whose memory Envoy caps at 1 GiB (src/config.rs).
 MAX_MAX_BODY_BYTES = 256 * 1024 * 1024
 DEFAULT_BODY_BUDGET_BYTES = 256 * 1024 * 1024
-MAX_BODY_BUDGET_BYTES = 768 * 1024 * 1024
+# The budget and two more copies of one body within the VM's 1 GiB less 128 MiB (src/config.rs).
+VM_BODY_ROOM_BYTES = 896 * 1024 * 1024
 # Envoy's buffers sit this much above the relay's limit, so that the relay answers oversize bodies.
 BUFFER_HEADROOM_BYTES = 1024 * 1024
 CA_BUNDLE_CANDIDATES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
@@ -145,10 +146,11 @@ class Settings:
             raise SettingsError(
                 f"RELAY_MAX_BODY_BYTES must be 1 to {MAX_MAX_BODY_BYTES} bytes, got {max_body!r}")
         budget = get("RELAY_BODY_BUDGET_BYTES", str(DEFAULT_BODY_BUDGET_BYTES))
-        if not budget.isdigit() or not int(max_body) <= int(budget) <= MAX_BODY_BUDGET_BYTES:
+        most_budget = VM_BODY_ROOM_BYTES - 2 * int(max_body)
+        if not budget.isdigit() or not int(max_body) <= int(budget) <= most_budget:
             raise SettingsError(
                 f"RELAY_BODY_BUDGET_BYTES must be RELAY_MAX_BODY_BYTES ({max_body}) to "
-                f"{MAX_BODY_BUDGET_BYTES} bytes, got {budget!r}")
+                f"{most_budget} bytes (896 MiB - 2 x RELAY_MAX_BODY_BYTES), got {budget!r}")
         listen = get("RELAY_LISTEN_ADDRESS", "127.0.0.1")
         try:
             ipaddress.ip_address(listen)

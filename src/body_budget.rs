@@ -88,16 +88,15 @@ impl Body {
     /// Makes room for the body to reach `total` bytes, before the host copies the new chunk
     /// into the VM: refused when the chunk (while it is copied) and the body's growth would not
     /// fit in the worker's budget. Growth doubles (amortised), never below what is needed and
-    /// never past `expected` (the declared length, already within the relay's limit).
-    pub fn prepare(&mut self, total: usize, expected: Option<usize>) -> Result<(), Refused> {
+    /// never past `most` (the declared length, or the relay's body limit without one).
+    pub fn prepare(&mut self, total: usize, most: usize) -> Result<(), Refused> {
         let chunk = total.saturating_sub(self.bytes.len());
         let capacity = self.bytes.capacity();
         // The first chunk becomes the body as the host hands it over: no copy, no growth.
         let new_capacity = if self.bytes.is_empty() || total <= capacity {
             capacity
         } else {
-            let most = expected.unwrap_or(total).max(total);
-            capacity.saturating_mul(2).clamp(total, most)
+            capacity.saturating_mul(2).clamp(total, most.max(total))
         };
         let growth = new_capacity - capacity;
         if !self.budget.fits(growth.saturating_add(chunk)) {
@@ -147,10 +146,10 @@ mod tests {
         let budget = Budget::new(10 * MIB);
         let mut body = Body::new(Rc::clone(&budget));
         // 8 MiB declared, 100 bytes sent.
-        body.prepare(100, Some(8 * MIB)).unwrap();
+        body.prepare(100, 8 * MIB).unwrap();
         body.push(vec![b'x'; 100]);
         assert_eq!(budget.held(), 100);
-        body.prepare(300, Some(8 * MIB)).unwrap();
+        body.prepare(300, 8 * MIB).unwrap();
         body.push(vec![b'y'; 200]);
         assert_eq!(body.len(), 300);
         assert!(
@@ -172,7 +171,7 @@ mod tests {
         while sent < declared {
             let next = (sent + 64 * 1024).min(declared);
             let before = body.as_slice().as_ptr();
-            body.prepare(next, Some(declared)).unwrap();
+            body.prepare(next, declared).unwrap();
             body.push(vec![0; next - sent]);
             reallocations += usize::from(before != body.as_slice().as_ptr());
             sent = next;
@@ -184,19 +183,34 @@ mod tests {
     }
 
     #[test]
+    fn without_a_declared_length_growth_still_doubles() {
+        let budget = Budget::new(100 * MIB);
+        let mut body = Body::new(Rc::clone(&budget));
+        let mut reallocations = 0;
+        for n in 1..=128 {
+            let before = body.as_slice().as_ptr();
+            body.prepare(n * 16 * 1024, 8 * MIB).unwrap();
+            body.push(vec![0; 16 * 1024]);
+            reallocations += usize::from(before != body.as_slice().as_ptr());
+        }
+        assert_eq!(body.len(), 2 * MIB);
+        assert!(reallocations <= 9, "{reallocations}");
+    }
+
+    #[test]
     fn the_budget_is_shared_and_given_back() {
         let budget = Budget::new(MIB);
         let mut a = Body::new(Rc::clone(&budget));
-        a.prepare(600 * 1024, None).unwrap();
+        a.prepare(600 * 1024, MIB).unwrap();
         a.push(vec![0; 600 * 1024]);
         let mut b = Body::new(Rc::clone(&budget));
         // Does not fit beside a: refused before anything is copied in.
-        assert_eq!(b.prepare(600 * 1024, None), Err(Refused::Budget));
+        assert_eq!(b.prepare(600 * 1024, MIB), Err(Refused::Budget));
         assert!(b.is_empty());
-        b.prepare(300 * 1024, None).unwrap();
+        b.prepare(300 * 1024, MIB).unwrap();
         b.push(vec![0; 300 * 1024]);
         // a's next chunk would need a's growth too.
-        assert_eq!(a.prepare(700 * 1024, None), Err(Refused::Budget));
+        assert_eq!(a.prepare(700 * 1024, MIB), Err(Refused::Budget));
         drop(a);
         assert_eq!(budget.held(), 300 * 1024);
         drop(b);
@@ -207,10 +221,10 @@ mod tests {
     fn an_impossible_allocation_is_refused_not_aborted() {
         let budget = Budget::new(usize::MAX);
         let mut body = Body::new(Rc::clone(&budget));
-        body.prepare(10, None).unwrap();
+        body.prepare(10, 10).unwrap();
         body.push(vec![0; 10]);
         assert_eq!(
-            body.prepare(usize::MAX / 2, Some(usize::MAX / 2)),
+            body.prepare(usize::MAX / 2, usize::MAX / 2),
             Err(Refused::Memory)
         );
         assert_eq!(budget.held(), 10);

@@ -18,8 +18,11 @@ pub const MAX_MAX_BODY_BYTES: u64 = 256 * 1024 * 1024;
 /// 1 GiB, leaving room for the copy of each chunk, allocator slack and everything else).
 pub const DEFAULT_BODY_BUDGET_BYTES: u64 = 256 * 1024 * 1024;
 
-/// Largest `body_budget_bytes` accepted (768 MiB of the VM's 1 GiB).
-pub const MAX_BODY_BUDGET_BYTES: u64 = 768 * 1024 * 1024;
+/// What the budget and the transient copies of one body may take together: the VM's 1 GiB less
+/// 128 MiB for the relay's own state and allocator slack. Besides the budget, one body may be
+/// copied twice more at once (the chunk the host copies in, strings parsed out of the JSON), so
+/// `body_budget_bytes + 2 * max_body_bytes` must stay within it.
+pub const VM_BODY_ROOM_BYTES: u64 = 896 * 1024 * 1024;
 
 /// Default time a resource type HealthLake called unsupported is answered locally (1 hour), after
 /// which the next write of that type asks HealthLake again.
@@ -327,11 +330,13 @@ impl Config {
             ));
         }
         let body_budget_bytes = raw.body_budget_bytes.unwrap_or(DEFAULT_BODY_BUDGET_BYTES);
-        if !(max_body_bytes..=MAX_BODY_BUDGET_BYTES).contains(&body_budget_bytes) {
+        let most = VM_BODY_ROOM_BYTES - 2 * max_body_bytes;
+        if !(max_body_bytes..=most).contains(&body_budget_bytes) {
             return Err(err(
                 "body_budget_bytes",
                 format!(
-                    "expected max_body_bytes ({max_body_bytes}) to {MAX_BODY_BUDGET_BYTES} bytes"
+                    "expected max_body_bytes ({max_body_bytes}) to {most} bytes (the Wasm VM's \
+                     1 GiB must hold the budget, two more copies of one body and the relay)"
                 ),
             ));
         }
@@ -508,9 +513,13 @@ mod tests {
         );
         let c = with(r#""max_body_bytes":1048576,"body_budget_bytes":1048576"#).unwrap();
         assert_eq!(c.body_budget_bytes, 1_048_576);
+        // 896 MiB - 2 x 8 MiB: the most the default body limit allows.
+        let c = with(r#""body_budget_bytes":922746880"#).unwrap();
+        assert_eq!(c.body_budget_bytes, 922_746_880);
         for bad in [
             r#""max_body_bytes":2097152,"body_budget_bytes":1048576"#,
-            r#""body_budget_bytes":805306369"#,
+            r#""body_budget_bytes":922746881"#,
+            r#""max_body_bytes":268435456,"body_budget_bytes":402653185"#,
         ] {
             assert_eq!(with(bad).unwrap_err().field, "body_budget_bytes", "{bad}");
         }

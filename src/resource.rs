@@ -7,24 +7,28 @@ use crate::outcome::Outcome;
 use crate::plan::Rejection;
 use crate::text::quoted;
 use serde::Deserialize;
+use std::borrow::Cow;
 
 /// What the relay reads from a resource body. Unknown fields are skipped (but still checked to be
 /// well-formed JSON); a repeated `resourceType`, `id` or `meta` is an error, so a body cannot say
-/// one id to the relay and another to HealthLake.
+/// one id to the relay and another to HealthLake. Strings are borrowed from the body (copied only
+/// when they hold escapes), and only checked, bounded values are kept.
 #[derive(Deserialize)]
-struct Head {
-    #[serde(rename = "resourceType")]
-    resource_type: Option<String>,
-    id: Option<String>,
-    meta: Option<Meta>,
+struct Head<'a> {
+    #[serde(rename = "resourceType", borrow)]
+    resource_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    meta: Option<Meta<'a>>,
 }
 
 #[derive(Deserialize)]
-struct Meta {
-    #[serde(rename = "lastUpdated")]
-    last_updated: Option<String>,
-    #[serde(rename = "versionId")]
-    version_id: Option<String>,
+struct Meta<'a> {
+    #[serde(rename = "lastUpdated", borrow)]
+    last_updated: Option<Cow<'a, str>>,
+    #[serde(rename = "versionId", borrow)]
+    version_id: Option<Cow<'a, str>>,
 }
 
 /// The version of a resource as Smile CDR stamped it.
@@ -183,6 +187,11 @@ pub fn parse(body: &[u8]) -> Result<Resource, Rejection> {
         Some(m) => (m.last_updated, m.version_id),
         None => (None, None),
     };
+    // A versionId is a FHIR id; anything else is not compared (nor kept: it would be held for
+    // the whole round trip to HealthLake, outside the body budget).
+    let version_id = version_id
+        .filter(|v| fhir::is_valid_id(v))
+        .map(Cow::into_owned);
     let last_updated = match last_updated {
         None => None,
         Some(s) => Some(instant::parse(&s).ok_or_else(|| {
@@ -194,8 +203,8 @@ pub fn parse(body: &[u8]) -> Result<Resource, Rejection> {
         })?),
     };
     Ok(Resource {
-        resource_type,
-        id: head.id,
+        resource_type: resource_type.into_owned(),
+        id: head.id.map(Cow::into_owned),
         version: Version {
             last_updated,
             version_id,
@@ -323,6 +332,13 @@ mod tests {
         assert_eq!(r.id.as_deref(), Some("p1"));
         assert_eq!(r.version.version_id.as_deref(), Some("3"));
         assert!(r.version.last_updated.is_some());
+        // A versionId that is not a FHIR id (an 8 KiB one, escapes) is neither compared nor kept.
+        let long = format!(
+            r#"{{"resourceType":"Patient","id":"p\u0031","meta":{{"versionId":"{}"}}}}"#,
+            "9".repeat(8192)
+        );
+        let r = ok(&long);
+        assert_eq!((r.id.as_deref(), r.version.version_id), (Some("p1"), None));
         let r = ok(r#"{"resourceType":"Patient"}"#);
         assert_eq!(r.id, None);
         assert_eq!(r.version.last_updated, None);

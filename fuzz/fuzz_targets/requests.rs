@@ -9,7 +9,7 @@
 use healthlake_relay::body_budget::{Body, Budget};
 use healthlake_relay::config::Config;
 use healthlake_relay::host_encoding::{decode_pairs, encode_pairs};
-use healthlake_relay::inbound_auth::{is_loopback_peer, Tokens};
+use healthlake_relay::inbound_auth::{is_loopback_address, Tokens};
 use healthlake_relay::outcome::{classify_body, classify_headers};
 use healthlake_relay::plan::{plan_request, Operation, Plan};
 use healthlake_relay::request_head::{logged_path, removed_before_signing, RequestHead};
@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = decode_pairs(body);
     let _ = logged_path(path);
-    let _ = is_loopback_peer(path);
+    let _ = is_loopback_address(path);
 
     if let Plan::Forward(target) = plan_request(method, path, config) {
         if let Ok(r) = resource::parse(body) {
@@ -76,7 +76,7 @@ fuzz_target!(|data: &[u8]| {
         let mut to = 0;
         while to < body.len() {
             to = (to + step).min(body.len());
-            if held.prepare(to, Some(body.len())).is_err() {
+            if held.prepare(to, body.len()).is_err() {
                 break;
             }
             held.push(body.get(held.len()..to).unwrap_or_default().to_vec());
