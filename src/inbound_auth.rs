@@ -122,9 +122,9 @@ impl Tokens {
     }
 }
 
-/// Whether a peer address as Envoy gives it (`source.address`: `127.0.0.1:5000`,
-/// `[::1]:5000`) is on this machine. Anything unreadable is not.
-pub fn is_loopback_peer(address: &[u8]) -> bool {
+/// Whether a socket address as Envoy gives it (`127.0.0.1:5000`, `[::1]:5000`) is a loopback
+/// one. Anything unreadable is not.
+pub fn is_loopback_address(address: &[u8]) -> bool {
     let Ok(text) = std::str::from_utf8(address) else {
         return false;
     };
@@ -181,7 +181,7 @@ mod tests {
     }
 
     #[test]
-    fn only_loopback_peers_are_local() {
+    fn only_loopback_addresses_are_local() {
         for local in [
             "127.0.0.1:5000",
             "127.8.9.10:1",
@@ -189,7 +189,7 @@ mod tests {
             "::1",
             "127.0.0.1",
         ] {
-            assert!(is_loopback_peer(local.as_bytes()), "{local}");
+            assert!(is_loopback_address(local.as_bytes()), "{local}");
         }
         for remote in [
             "10.0.0.1:5000",
@@ -199,9 +199,9 @@ mod tests {
             "localhost:1",
             "\u{ff}",
         ] {
-            assert!(!is_loopback_peer(remote.as_bytes()), "{remote}");
+            assert!(!is_loopback_address(remote.as_bytes()), "{remote}");
         }
-        assert!(!is_loopback_peer(b"127.0.0.1\xff"));
+        assert!(!is_loopback_address(b"127.0.0.1\xff"));
     }
 
     #[test]

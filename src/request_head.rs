@@ -10,6 +10,7 @@
 
 use crate::headers::is_removed_before_signing;
 use crate::host_encoding::HeaderPairs;
+use std::borrow::Cow;
 
 /// What the relay reads of a request's headers, borrowed from the header map.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -72,10 +73,9 @@ pub const LOGGED_PATH_MAX: usize = 2048;
 
 /// The path as the access log shows it: without its query string (a client may put a token
 /// there), bytes that are not UTF-8 replaced, at most [`LOGGED_PATH_MAX`] bytes.
-pub fn logged_path(path: &[u8]) -> String {
+pub fn logged_path(path: &[u8]) -> Cow<'_, str> {
     let end = memchr::memchr2(b'?', b'#', path).unwrap_or(path.len());
-    let path = path.get(..end.min(LOGGED_PATH_MAX)).unwrap_or_default();
-    String::from_utf8_lossy(path).into_owned()
+    String::from_utf8_lossy(path.get(..end.min(LOGGED_PATH_MAX)).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use super::shared::ShardRead;
 use super::Shared;
 use crate::body_budget::{Body, Refused};
 use crate::host_encoding::HeaderPairs;
-use crate::inbound_auth::is_loopback_peer;
+use crate::inbound_auth::is_loopback_address;
 use crate::operation_outcome::{self, Severity, FHIR_JSON};
 use crate::outcome::{unsupported_body, Outcome, Verdict};
 use crate::plan::{
@@ -284,15 +284,17 @@ pub fn resolve_waiters(shared: &Shared) {
 fn authenticate(shared: &Shared, authorization: Option<&[u8]>) -> Option<&'static str> {
     match &shared.inbound {
         super::Inbound::Open => {
-            // Without authentication the relay serves only callers on this machine: a listener
-            // opened to the network by mistake does not become an open signer.
-            let peer = host::property(&["source", "address"]);
-            if peer.as_deref().is_some_and(is_loopback_peer) {
+            // Without authentication the relay serves only connections made to a loopback
+            // address, which only this machine can reach: a listener opened to the network by
+            // mistake does not become an open signer. (The connection's local address, not the
+            // client's: with use_remote_address off, Envoy takes that from X-Forwarded-For.)
+            let local = host::property(&["destination", "address"]);
+            if local.as_deref().is_some_and(is_loopback_address) {
                 None
             } else {
                 Some(
                     "Inbound authentication is off (inbound_auth \"none\"), which the relay \
-                     allows only for callers on this machine (loopback).",
+                     allows only for connections to a loopback address.",
                 )
             }
         }
@@ -438,16 +440,18 @@ impl RelayHttp {
 
     /// Signs the held request with the body hash and lets it continue to HealthLake; without
     /// credentials yet, holds it for the root context (see [`Waiter`]).
+    /// `now` is the host clock, read by the caller (`None` if unavailable).
     fn sign_and_forward(
         &mut self,
         target: Target,
         payload_sha256: String,
         version: Option<(Version, Option<ShardRead>)>,
+        now: Option<SystemTime>,
     ) -> Action {
         let Some(shared) = self.shared.clone() else {
             return self.internal_error("the relay is not configured");
         };
-        let Some(now) = host::now() else {
+        let Some(now) = now else {
             return self.no_credentials("the host clock is unavailable");
         };
         let decision = match shared.credentials.try_borrow() {
@@ -488,19 +492,19 @@ impl RelayHttp {
     }
 
     /// Takes the newly buffered body bytes, up to `to`: room is made within the worker's budget
-    /// first, then they are copied in, hashed, and kept for the checks. `declared` is the
-    /// request's Content-Length, if any.
+    /// first, then they are copied in, hashed, and kept for the checks. `most` is what the body
+    /// can reach (its Content-Length, or the relay's limit).
     fn receive_body(
         hasher: &mut PayloadHasher,
         body: &mut Body,
         to: usize,
-        declared: Option<usize>,
+        most: usize,
     ) -> Result<(), Received> {
         let from = body.len();
         if to <= from {
             return Ok(());
         }
-        body.prepare(to, declared).map_err(Received::Refused)?;
+        body.prepare(to, most).map_err(Received::Refused)?;
         let chunk = host::request_body(from, to - from).ok_or(Received::HostError)?;
         hasher.update(&chunk);
         body.push(chunk);
@@ -532,7 +536,7 @@ impl RelayHttp {
                 if !body.is_empty() {
                     return self.delete_with_body();
                 }
-                return self.sign_and_forward(target, hasher.finish_hex(), None);
+                return self.sign_and_forward(target, hasher.finish_hex(), None, host::now());
             }
             _ if body.is_empty() => return self.empty_put(),
             Pending::Write(target) => match resource::parse(body).and_then(|r| {
@@ -556,9 +560,12 @@ impl RelayHttp {
                 (target, r)
             }
         };
+        // One clock read for the version guard and the signature.
+        let now = host::now();
         let record = match shared.config.version_guard {
             Some(limits) => {
-                match super::shared::version_decision(&target, &parsed.version, limits) {
+                let at = now.map_or(0, |t| crate::refresh::unix_ms(t) / 1000);
+                match super::shared::version_decision(&target, &parsed.version, at, limits) {
                     (Decision::Stale, _) => return self.answer_stale(&target),
                     (Decision::Forward, read) => Some((parsed.version, Some(read))),
                     (Decision::Unrecorded, _) => {
@@ -569,7 +576,7 @@ impl RelayHttp {
             }
             None => Some((parsed.version, None)),
         };
-        self.sign_and_forward(target, hasher.finish_hex(), record)
+        self.sign_and_forward(target, hasher.finish_hex(), record, now)
     }
 
     fn answer_stale(&mut self, target: &Target) -> Action {
@@ -869,7 +876,9 @@ impl HttpContext for RelayHttp {
         if end_of_stream {
             return match target.op {
                 Operation::Put => self.empty_put(),
-                Operation::Delete => self.sign_and_forward(target, EMPTY_SHA256.to_owned(), None),
+                Operation::Delete => {
+                    self.sign_and_forward(target, EMPTY_SHA256.to_owned(), None, host::now())
+                }
             };
         }
         self.receive(Pending::Write(target))
@@ -883,7 +892,10 @@ impl HttpContext for RelayHttp {
         if body_size as u64 > max {
             return self.too_large(max);
         }
-        match Self::receive_body(hasher, body, body_size, self.declared_length) {
+        let most = self
+            .declared_length
+            .unwrap_or(usize::try_from(max).unwrap_or(usize::MAX));
+        match Self::receive_body(hasher, body, body_size, most) {
             Ok(()) => {}
             Err(Received::Refused(why)) => return self.overloaded(why),
             Err(Received::HostError) => {

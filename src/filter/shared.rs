@@ -61,18 +61,17 @@ impl ShardRead {
     }
 }
 
-/// The version guard's verdict on a write of `target` carrying `version`, and the shard read.
+/// The version guard's verdict on a write of `target` carrying `version` at `now` (Unix seconds),
+/// and the shard read.
 pub fn version_decision(
     target: &Target,
     version: &Version,
+    now: u64,
     limits: Limits,
 ) -> (Decision, ShardRead) {
     let read = ShardRead::now(target, limits);
     let known = versions::find(read.value.as_deref(), &read.fingerprint);
-    (
-        versions::check(known.as_ref(), version, unix_now(), limits),
-        read,
-    )
+    (versions::check(known.as_ref(), version, now, limits), read)
 }
 
 /// Applies `update` to the shard in `read`, re-reading it when another worker wrote first.
