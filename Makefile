@@ -44,7 +44,6 @@ build: deps
 
 # The tests' build that traps on purpose (x-relay-test-trap), to prove Envoy's failure_policy:
 # its own target dir, never the shipped .wasm.
-TRAP_WASM := target/trap/wasm32-wasip1/release/healthlake_relay.wasm
 test-wasm: deps
 	cargo build --release --locked --target wasm32-wasip1 -p healthlake-relay \
 		--features trap-for-tests --target-dir target/trap

@@ -556,7 +556,7 @@ def print_summary(report: dict, checks: list[Check]) -> None:
     print(f"plan        {thousands(plan.get('writes', 0))} writes ({thousands(plan.get('puts', 0))} PUT, "
           f"{thousands(plan.get('deletes', 0))} DELETE) of {thousands(plan.get('resources', 0))} resources, "
           f"{plan.get('types', 0)} types; {thousands(plan.get('unsupported_writes', 0))} writes of unsupported types")
-    print(f"            scenarios: " + ", ".join(f"{k} {v}" for k, v in plan.get("scenarios", {}).items()))
+    print("            scenarios: " + ", ".join(f"{k} {v}" for k, v in plan.get("scenarios", {}).items()))
     print(f"faults      error_rate {report['settings']['error_rate']}, reset_rate {report['settings']['reset_rate']}, "
           f"throttle_above_rps {report['settings']['rate_limit']}; "
           f"early expiry at {ev.get('expire', {}).get('seconds', '-')} s, "

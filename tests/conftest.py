@@ -137,23 +137,27 @@ def send_streaming(base_url: str, method: str, path: str, body: bytes, headers: 
             except (BrokenPipeError, ConnectionResetError):
                 break
             sent += chunk
-        data = b""
-        while b"\r\n\r\n" not in data:
-            part = s.recv(65536)
-            if not part:
-                break
-            data += part
-        head_bytes, _, rest = data.partition(b"\r\n\r\n")
-        lines = head_bytes.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        hdrs = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            hdrs[k.strip().lower()] = v.strip()
-        length = int(hdrs.get("content-length", "0"))
-        while len(rest) < length:
-            part = s.recv(65536)
-            if not part:
-                break
-            rest += part
-        return Response(status, hdrs, rest[:length])
+        return read_response(s)
+
+
+def read_response(s) -> Response:
+    """One HTTP/1.1 answer read from socket `s` (status 0 if it closed before a whole head)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        part = s.recv(65536)
+        if not part:
+            return Response(0, {}, data)
+        data += part
+    head_bytes, _, rest = data.partition(b"\r\n\r\n")
+    lines = head_bytes.decode("latin-1").split("\r\n")
+    hdrs = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        hdrs[k.strip().lower()] = v.strip()
+    length = int(hdrs.get("content-length", "0"))
+    while len(rest) < length:
+        part = s.recv(65536)
+        if not part:
+            break
+        rest += part
+    return Response(int(lines[0].split()[1]), hdrs, rest[:length])

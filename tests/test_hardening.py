@@ -9,12 +9,11 @@ import json
 import os
 import socket
 import stat
-import threading
 import time
 
 import pytest
 
-from conftest import relay_env, relayctl, send, start_relay
+from conftest import read_response, relay_env, relayctl, send, start_relay
 
 TOKEN = "hardening-token-0123456789abcdef"
 CREDENTIAL = f"{relayctl.DEMO_ACCESS_KEY_ID}:{relayctl.DEMO_SECRET_ACCESS_KEY}"
@@ -48,25 +47,8 @@ def raw(port: int, data: bytes, timeout: float = 10) -> tuple[int, dict[str, str
     when the connection closed without one."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
-        received = b""
-        while b"\r\n\r\n" not in received:
-            part = s.recv(65536)
-            if not part:
-                return 0, {}, received
-            received += part
-        head, _, body = received.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = int(headers.get("content-length", "0"))
-        while len(body) < length:
-            part = s.recv(65536)
-            if not part:
-                break
-            body += part
-        return int(lines[0].split()[1]), headers, body[:length]
+        r = read_response(s)
+        return r.status, r.headers, r.body
 
 
 def request(method: bytes, path: bytes, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> bytes:

@@ -11,7 +11,6 @@ import ssl
 import time
 
 import pytest
-import yaml
 
 from conftest import relay_env, relayctl, send, start_relay
 
