@@ -11,6 +11,7 @@ README's settings table documents each. Processes started here are stopped by th
 from __future__ import annotations
 
 import argparse
+import copy
 import ipaddress
 import json
 import os
@@ -369,12 +370,26 @@ def render(settings: Settings, plugin_config: dict | None = None) -> str:
                 },
             },
         }
+    add_unanswered_log(config)
     plain = {"healthlake": scheme == "http", "sts": sts_scheme == "http"}
     for cluster in clusters:
         if plain.get(cluster["name"]):
             del cluster["transport_socket"]
     header = "# Rendered from envoy.yaml by scripts/relayctl.py; edit the template, not this file.\n"
     return header + yaml.safe_dump(config, sort_keys=False)
+
+
+def add_unanswered_log(config: dict) -> None:
+    """Beside the access log of answered requests, one for requests that got no answer (status 0:
+    the client went away first): the same fields, with outcome client-disconnected, so that every
+    access-log line carries an outcome."""
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    answered = hcm["access_log"][0]
+    unanswered = copy.deepcopy(answered)
+    unanswered["filter"] = {"status_code_filter": {"comparison": {
+        "op": "EQ", "value": {"default_value": 0, "runtime_key": "healthlake_relay.access_log.unanswered"}}}}
+    unanswered["typed_config"]["log_format"]["json_format"]["outcome"] = "client-disconnected"
+    hcm["access_log"].append(unanswered)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -179,13 +179,20 @@ def test_bodies_past_the_budget_get_503_overloaded_and_nothing_is_lost(small_bud
     head = head.replace(b"Content-Length: 0", f"Content-Length: {big + 1}".encode())
     held = []
     try:
+        # Two bodies held (2 x 0.9 MiB of the 2 MiB), each sent in pieces Envoy reads one by one,
+        # so that no chunk copied in at once is larger than a piece (the copy counts while it is
+        # made: a 0.9 MiB chunk beside the first body would itself not fit).
         for _ in range(2):
-            before = received_bytes(relay)
             s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
-            s.sendall(head + b" " * big)
             held.append(s)
-            # Envoy has read it (and handed it to the relay, which holds it).
-            relayctl.wait_until(lambda: received_bytes(relay) >= before + big, 10, "the held body")
+            data = head + b" " * big
+            for at in range(0, len(data), 64 * 1024):
+                before = received_bytes(relay)
+                piece = data[at:at + 64 * 1024]
+                s.sendall(piece)
+                relayctl.wait_until(lambda: received_bytes(relay) >= before + len(piece), 10,
+                                    "Envoy to read the piece (and hand it to the relay)")
+        # A third cannot be held beside them, however it arrives.
         status, hdrs, body = raw(relay.port, head + b" " * big, timeout=10)
         assert status == 503, body
         assert hdrs["x-healthlake-outcome"] == "overloaded"
