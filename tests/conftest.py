@@ -161,3 +161,44 @@ def read_response(s) -> Response:
             break
         rest += part
     return Response(int(lines[0].split()[1]), hdrs, rest[:length])
+
+
+def send_h2(port: int, method: bytes, path: bytes, headers: list[tuple[bytes, bytes]], body: bytes = b"",
+            timeout: float = 10) -> Response:
+    """One HTTP/2 request (prior knowledge, cleartext) with exactly these bytes: the h2 library's
+    own header checks are off, so that what Envoy's HTTP/2 codec lets through can be sent."""
+    import socket
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
+                                       normalize_outbound_headers=False, validate_inbound_headers=False)
+    conn = h2.connection.H2Connection(config=config)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        conn.initiate_connection()
+        stream = conn.get_next_available_stream_id()
+        request = [(b":method", method), (b":scheme", b"http"), (b":authority", b"relay"), (b":path", path),
+                   *headers]
+        conn.send_headers(stream, request, end_stream=not body)
+        if body:
+            conn.send_data(stream, body, end_stream=True)
+        s.sendall(conn.data_to_send())
+        status, answer_headers, data = 0, {}, b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            for event in conn.receive_data(chunk):
+                if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream:
+                    answer_headers = {k.decode().lower(): v.decode("latin-1") for k, v in event.headers}
+                    status = int(answer_headers.pop(":status"))
+                elif isinstance(event, h2.events.DataReceived) and event.stream_id == stream:
+                    data += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, stream)
+                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)) \
+                        and event.stream_id == stream:
+                    return Response(status, answer_headers, data)
+            s.sendall(conn.data_to_send())
+    return Response(status, answer_headers, data)

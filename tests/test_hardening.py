@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import read_response, relay_env, relayctl, send, start_relay
+from conftest import read_response, relay_env, relayctl, send, send_h2, start_relay
 
 TOKEN = "hardening-token-0123456789abcdef"
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -113,6 +113,20 @@ def test_bytes_that_are_not_utf8_get_an_answer_and_the_worker_keeps_serving(rela
     assert vm_reloads(relay) == reloads
     log = (relay.workdir / "envoy.log").read_text()
     assert "panicked" not in log and "Uncaught" not in log
+
+
+def test_over_http2_bytes_that_are_not_utf8_reach_the_relay_and_get_its_answer(relay, fresh):
+    """Envoy's HTTP/2 codec lets such bytes through in the path too: the relay's own 400."""
+    reloads = vm_reloads(relay)
+    auth = [(b"authorization", BEARER), (b"content-type", b"application/fhir+json")]
+    r = send_h2(relay.port, b"PUT", b"/Patient/caf\xe9", auth, resource("x"))
+    assert (r.status, r.header("x-healthlake-outcome")) == (400, "invalid-request"), r
+    assert "not valid UTF-8" in operation_outcome(r.body)["issue"][0]["diagnostics"]
+    r = send_h2(relay.port, b"PUT", b"/Patient/h2", [*auth, (b"x-test", b"caf\xe9")], resource("h2"))
+    assert (r.status, r.header("x-healthlake-outcome")) == (201, "delivered"), r
+    assert fresh.resource("Patient", "h2") is not None
+    assert [q["path"].rsplit("/", 2)[-2:] for q in fresh.requests()] == [["Patient", "h2"]]
+    assert vm_reloads(relay) == reloads
 
 
 def test_a_non_utf8_value_of_a_forwarded_header_passes_as_bytes(relay, fresh):
