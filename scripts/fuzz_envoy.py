@@ -8,12 +8,17 @@ emulator and Envoy with the relay (bearer tokens on, `--concurrency` workers, lo
 until `--seconds` elapse, sends hostile HTTP/1.1 requests over raw sockets from several client
 threads: random methods, paths, header names and values (any bytes but CR, LF and NUL, non-UTF-8
 included), with and without the valid token, Content-Length mismatches, chunked bodies, broken
-JSON, deep nesting, non-UTF-8 JSON, early disconnects. Any answer (or a reset) to a hostile request
-is fine; it is only counted.
+JSON, deep nesting, non-UTF-8 JSON, early disconnects. A quarter of the connections (H2_SHARE) speak
+HTTP/2 with prior knowledge instead (the listener's codec_type AUTO), through the h2 library with its
+own header checks off: `:path` with any bytes, odd pseudo-headers, lowercase random header names,
+values of any bytes but NUL/CR/LF, bodies in several DATA frames, content-length mismatches,
+trailers, streams left open or reset (RST_STREAM), connections closed or reset, sometimes several
+streams on one connection. Any answer (or a reset) to a hostile request is fine; it is only
+counted, per protocol (the HTTP/2 ones as "h2:...").
 
-What must hold: after every 100 hostile requests one normal write (`PUT /Patient/soak-<n>` with the
-token) gets 200/201 and the emulator then holds it; Envoy's log shows no Wasm VM crash; Envoy is
-still alive at the end; Envoy's RSS at the end is within MEMORY_GROWTH_FACTOR of the RSS after a
+What must hold: after every 100 hostile requests one normal write (an HTTP/1.1 `PUT
+/Patient/soak-<n>` with the token) gets 200/201 and the emulator then holds it; Envoy's log shows no
+Wasm VM crash; Envoy is still alive at the end; Envoy's RSS at the end is within MEMORY_GROWTH_FACTOR of the RSS after a
 warm-up, plus MEMORY_GROWTH_SLACK_BYTES. Exit code 0 only if all hold; otherwise 1, with a line per
 failed check. Every process is started on free loopback ports and stopped by its pid.
 
@@ -41,6 +46,11 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+
 import relayctl
 
 # --- what is checked ----------------------------------------------------------------------------
@@ -63,6 +73,8 @@ WASM_STAT_WORDS = ("created", "active", "fail", "crash", "reload")
 # --- how the traffic is sent --------------------------------------------------------------------
 
 CLIENT_THREADS = 8
+H2_SHARE = 0.25  # of the hostile connections: HTTP/2 (prior knowledge), the others HTTP/1.1
+H2_MAX_STREAMS = 5  # streams on one HTTP/2 connection, when several
 SOCKET_TIMEOUT = 5.0  # connect, send, and waiting for an answer to a complete request
 INCOMPLETE_WAIT = 1.0  # waiting for an answer to a request Envoy is still waiting the rest of
 NORMAL_WRITE_TIMEOUT = 10.0
@@ -107,6 +119,30 @@ class Probe:
     ending: str  # "read" | "half-close" | "close" | "reset"
     complete: bool  # False: Envoy is still waiting for bytes that never come
     tags: list[str]
+
+
+@dataclass
+class H2Probe:
+    """One hostile HTTP/2 stream: its header block (pseudo-headers included, in the order sent),
+    the payloads of its DATA frames, and how the client ends it."""
+
+    headers: list[tuple[bytes, bytes]]
+    pieces: list[bytes]
+    # "end" (END_STREAM) | "trailers" | "open" (never ended) | "rst-after-headers" | "rst-mid-body"
+    ending: str
+    tags: list[str]
+    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    reset_code: int = 8  # of the client's RST_STREAM (8: CANCEL)
+    complete: bool = True  # False: Envoy is still waiting for the end of the stream
+
+
+@dataclass
+class H2Batch:
+    """The streams sent on one HTTP/2 connection, and how the client ends the connection: "read"
+    (waits for the answers) | "close" | "reset" (TCP RST), both in the middle of the last stream."""
+
+    probes: list[H2Probe]
+    ending: str
 
 
 class HostileRequests:
@@ -267,10 +303,61 @@ class HostileRequests:
 
     # --- the whole request ------------------------------------------------------------------------
 
+    def resource(self) -> tuple[str, str]:
+        rtype = self.rng.choice(FHIR_TYPES[:8]) if self.rng.random() < 0.8 else self.rng.choice(FHIR_TYPES)
+        return rtype, self.rid()
+
+    def auth(self, tags: list[str]) -> list[tuple[bytes, bytes]]:
+        """Authorization: the valid token, none, or a hostile one (sometimes with the valid one too)."""
+        rng = self.rng
+        r = rng.random()
+        if r < 0.5:
+            tags.append("auth-valid")
+            return [(b"Authorization", b"Bearer " + self.token)]
+        if r < 0.65:
+            tags.append("auth-missing")
+            return []
+        tags.append("auth-hostile")
+        value = rng.choice([
+            b"Bearer wrong-token-but-long-enough", b"Bearer " + self.token + b"\xff",
+            b"Bearer caf\xe9" + self.token, b"Basic " + self.token, b"bearer " + self.token,
+            b"Bearer  " + self.token, b"Bearer " + self.token[:-1], b"Bearer",
+            self.header_value()[0],
+        ])
+        if rng.random() < 0.3:
+            return [(b"Authorization", value), (b"Authorization", b"Bearer " + self.token)]
+        return [(b"Authorization", value)]
+
+    def content_type(self, tags: list[str]) -> list[tuple[bytes, bytes]]:
+        rng = self.rng
+        r = rng.random()
+        if r < 0.6:
+            return [(b"Content-Type", rng.choice(FHIR_CONTENT_TYPES))]
+        if r < 0.7:
+            tags.append("content-type-missing")
+            return []
+        tags.append("content-type-hostile")
+        return [(b"Content-Type", rng.choice([
+            b"text/plain", b"application/fhir+json; charset=caf\xe9", b"", b"APPLICATION/FHIR+JSON",
+            b"application/fhir+json, text/plain", b"application/fhir+xml", self.header_value()[0],
+        ]))]
+
+    def extra_headers(self, tags: list[str]) -> list[tuple[bytes, bytes]]:
+        """A few random or well-known headers, or a flood of them."""
+        count = self.rng.randint(0, 6) if self.rng.random() < 0.95 else self.rng.randint(90, 130)
+        if count > 80:
+            tags.append("header-flood")
+        headers = []
+        for _ in range(count):
+            name, name_tag = self.header_name()
+            value, value_tag = self.header_value()
+            headers.append((name, value))
+            tags += [name_tag, value_tag]
+        return headers
+
     def probe(self) -> Probe:
         rng, tags = self.rng, []
-        rtype = rng.choice(FHIR_TYPES[:8]) if rng.random() < 0.8 else rng.choice(FHIR_TYPES)
-        rid = self.rid()
+        rtype, rid = self.resource()
         method, tag = self.method()
         tags.append(tag)
         path, tag = self.path(rtype, rid)
@@ -291,36 +378,7 @@ class HostileRequests:
             value, tag = self.header_value()
             headers += [(b"Host", self.host), (b"Host", value)] if rng.random() < 0.5 else [(b"Host", value)]
             tags.append("host-hostile")
-
-        r = rng.random()
-        if r < 0.5:
-            headers.append((b"Authorization", b"Bearer " + self.token))
-            tags.append("auth-valid")
-        elif r < 0.65:
-            tags.append("auth-missing")
-        else:
-            value = rng.choice([
-                b"Bearer wrong-token-but-long-enough", b"Bearer " + self.token + b"\xff",
-                b"Bearer caf\xe9" + self.token, b"Basic " + self.token, b"bearer " + self.token,
-                b"Bearer  " + self.token, b"Bearer " + self.token[:-1], b"Bearer",
-                self.header_value()[0],
-            ])
-            headers.append((b"Authorization", value))
-            if rng.random() < 0.3:
-                headers.append((b"Authorization", b"Bearer " + self.token))
-            tags.append("auth-hostile")
-
-        r = rng.random()
-        if r < 0.6:
-            headers.append((b"Content-Type", rng.choice(FHIR_CONTENT_TYPES)))
-        elif r < 0.7:
-            tags.append("content-type-missing")
-        else:
-            headers.append((b"Content-Type", rng.choice([
-                b"text/plain", b"application/fhir+json; charset=caf\xe9", b"", b"APPLICATION/FHIR+JSON",
-                b"application/fhir+json, text/plain", b"application/fhir+xml", self.header_value()[0],
-            ])))
-            tags.append("content-type-hostile")
+        headers += self.auth(tags) + self.content_type(tags)
 
         # Framing: how the body's length is told, and whether all of it is sent.
         complete, sent_body = True, body
@@ -360,15 +418,7 @@ class HostileRequests:
         else:
             tags.append("length-missing")  # a body without framing: parsed as a next request
 
-        # Extra headers: a few, or a flood.
-        count = rng.randint(0, 6) if rng.random() < 0.95 else rng.randint(90, 130)
-        if count > 80:
-            tags.append("header-flood")
-        for _ in range(count):
-            name, name_tag = self.header_name()
-            value, value_tag = self.header_value()
-            headers.append((name, value))
-            tags += [name_tag, value_tag]
+        headers += self.extra_headers(tags)
         rng.shuffle(headers)
 
         head = method + b" " + path + b" " + version + b"\r\n"
@@ -399,6 +449,156 @@ class HostileRequests:
         cuts = sorted(self.rng.sample(range(1, len(data)), min(3, len(data) - 1)))
         return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
 
+    # --- HTTP/2 ---------------------------------------------------------------------------------
+
+    def h2_path(self, rtype: str, rid: str) -> tuple[bytes, str]:
+        """The HTTP/1.1 paths, and (HTTP/2 frames carry them) any bytes at all."""
+        r = self.rng.random()
+        if r < 0.85:
+            return self.path(rtype, rid)
+        if r < 0.97:
+            return f"/{rtype}/".encode() + self.raw(VALUE_BYTES, 1, 40), "path-any-bytes"
+        return f"/{rtype}/".encode() + self.raw(bytes(range(256)), 1, 40), "path-control-bytes"
+
+    def h2_pseudo(self, method: bytes, path: bytes, tags: list[str]) -> tuple[list, list, list]:
+        """(pseudo-headers first, regular headers to add, pseudo-headers sent after the regular
+        ones): mostly as they should be, sometimes missing, duplicated, unknown or misplaced."""
+        rng = self.rng
+        pseudo = [(b":method", method), (b":scheme", b"http"), (b":authority", self.host), (b":path", path)]
+        extra, late = [], []
+        r = rng.random()
+        if r < 0.74:
+            return pseudo, extra, late
+        if r < 0.78:
+            del pseudo[2]
+            if rng.random() < 0.5:
+                extra.append((b"host", self.host))
+            tags.append("pseudo-authority-missing")
+        elif r < 0.82:
+            pseudo[2] = (b":authority", self.header_value()[0])
+            tags.append("pseudo-authority-hostile")
+        elif r < 0.85:
+            extra.append((b"host", rng.choice([b"evil.example", self.header_value()[0]])))
+            tags.append("pseudo-host-conflict")
+        elif r < 0.88:
+            del pseudo[rng.choice([0, 1, 3])]
+            tags.append("pseudo-missing")
+        elif r < 0.91:
+            name = rng.choice([b":method", b":path", b":authority"])
+            pseudo.append((name, rng.choice([b"DELETE", b"/Patient/other", b"evil.example"])))
+            tags.append("pseudo-duplicate")
+        elif r < 0.94:
+            pseudo[1] = (b":scheme", rng.choice([b"https", b"ftp", b"", b"HTTP", b"caf\xe9"]))
+            tags.append("pseudo-scheme-odd")
+        elif r < 0.97:
+            pseudo.append(rng.choice([(b":foo", b"bar"), (b":protocol", b"websocket"), (b":status", b"200")]))
+            tags.append("pseudo-unknown")
+        else:
+            late.append(pseudo.pop(rng.randrange(len(pseudo))))
+            tags.append("pseudo-after-regular")
+        return pseudo, extra, late
+
+    def h2_probe(self) -> H2Probe:
+        """One hostile HTTP/2 stream. Its tags start with "h2:"."""
+        rng, tags = self.rng, []
+        rtype, rid = self.resource()
+        method, tag = self.method() if rng.random() < 0.9 else (self.raw(VALUE_BYTES, 1, 12), "method-any-bytes")
+        tags.append(tag)
+        path, tag = self.h2_path(rtype, rid)
+        tags.append(tag)
+        body, tag = self.body(rtype, rid)
+        tags.append(tag)
+        pseudo, headers, late = self.h2_pseudo(method, path, tags)
+        headers += self.auth(tags) + self.content_type(tags)
+
+        # Framing: HTTP/2 ends a body with END_STREAM; content-length must then agree with it.
+        sent = body
+        r = rng.random()
+        if r < 0.35:
+            headers.append((b"content-length", b"%d" % len(body)))
+            tags.append("length-exact")
+        elif r < 0.6:
+            tags.append("length-missing")
+        elif r < 0.7:
+            headers.append((b"content-length", b"%d" % rng.randint(0, max(0, len(body) - 1))))
+            tags.append("length-declared-shorter")
+        elif r < 0.8:
+            headers.append((b"content-length", b"%d" % (len(body) + rng.randint(1, 1000))))
+            tags.append("length-declared-longer")
+        elif r < 0.86:
+            headers.append((b"content-length", rng.choice([b"8388608", b"8388609", b"99999999999",
+                                                           b"18446744073709551616"])))
+            sent = self.raw(bytes(range(256)), 100, 100)
+            tags.append("length-huge")
+        elif r < 0.94:
+            headers.append((b"content-length", rng.choice([b"-1", b"abc", b"1e3", b" 12 ", b"0x10", b"1\xe92",
+                                                           b"12, 12", b"+5", b""])))
+            if rng.random() < 0.3:
+                headers.append((b"content-length", b"%d" % len(body)))
+            tags.append("length-garbage")
+        else:  # connection-specific in HTTP/2: a malformed request
+            headers.append((b"transfer-encoding", b"chunked"))
+            if rng.random() < 0.5:
+                sent = self.chunked(body)[0]
+            tags.append("transfer-encoding-h2")
+
+        headers += self.extra_headers(tags)
+        rng.shuffle(headers)
+        headers = pseudo + [(name.lower(), value) for name, value in headers] + late
+
+        # DATA frames: one, several, some empty.
+        if not sent:
+            pieces = [b""] if rng.random() < 0.3 else []
+        elif len(sent) < 2 or rng.random() < 0.6:
+            pieces = [sent]
+        else:
+            cuts = sorted(rng.sample(range(1, len(sent)), min(rng.randint(1, 7), len(sent) - 1)))
+            pieces = [sent[a:b] for a, b in zip([0, *cuts], [*cuts, len(sent)])]
+            tags.append("data-frames-several")
+        if pieces and rng.random() < 0.05:
+            pieces.insert(rng.randrange(len(pieces)), b"")
+        if b"" in pieces:
+            tags.append("data-frame-empty")
+
+        # How the stream ends.
+        probe = H2Probe(headers=headers, pieces=pieces, ending="end", tags=tags)
+        r = rng.random()
+        if r < 0.74:
+            pass
+        elif r < 0.8:
+            probe.ending = "trailers"
+            if rng.random() < 0.7:
+                probe.trailers = [(b"x-trailer", self.header_value()[0])]
+                tags.append("trailers")
+            else:
+                probe.trailers = [rng.choice([(b":path", b"/Patient/other"), (b"content-length", b"0"),
+                                              (b"authorization", b"Bearer " + self.token),
+                                              (b"x-amz-date", b"20240101T000000Z")])]
+                tags.append("trailers-hostile")
+        elif r < 0.86:
+            probe.ending, probe.complete = "open", False
+            tags.append("stream-left-open")
+        else:
+            probe.ending = "rst-after-headers" if r < 0.93 else "rst-mid-body"
+            probe.reset_code = rng.choice([0, 1, 2, 8, 8, 8, 0xd, rng.randint(0, 0xFFFFFFFF)])
+            tags.append(probe.ending)
+        return probe
+
+    def h2_batch(self) -> H2Batch:
+        """One HTTP/2 connection: usually one stream, sometimes several; mostly read, sometimes
+        closed or reset by the client before the answers."""
+        rng = self.rng
+        n = 1 if rng.random() < 0.7 else rng.randint(2, H2_MAX_STREAMS)
+        probes = [self.h2_probe() for _ in range(n)]
+        r = rng.random()
+        ending = "read" if r < 0.86 else "close" if r < 0.93 else "reset"
+        for probe in probes:
+            probe.tags.append("streams-one" if n == 1 else "streams-several")
+            if ending != "read":
+                probe.tags.append(f"connection-{ending}")
+            probe.tags = sorted({"h2:" + tag for tag in probe.tags})
+        return H2Batch(probes=probes, ending=ending)
+
 
 # =================================================================================================
 # Raw HTTP/1.1 over a socket
@@ -412,18 +612,31 @@ class Answer:
     by_relay: bool = False  # the relay's own answers carry an x-healthlake-outcome of their own
     outcome: str = ""
     # "reset" | "timeout" | "incomplete-unanswered" | "eof" | "bad-response" | "client-abort" |
-    # "connect-error"
+    # "connect-error"; over HTTP/2 instead of "reset" and "eof": "rst-stream" (Envoy reset the
+    # stream), "goaway", "conn-closed" (FIN, no GOAWAY), "conn-reset" (TCP RST: Envoy closed with
+    # the client's bytes unread), and "bad-frame" (one the h2 library could not take).
     failure: str = ""
+    protocol: str = "http/1.1"  # | "h2": labels and status classes then start with "h2:"
+    detail: str = ""  # over HTTP/2: the frame and error code that ended it, "RST_STREAM PROTOCOL_ERROR"
+
+    @classmethod
+    def from_head(cls, status: int, headers: dict[str, str], protocol: str = "http/1.1") -> Answer:
+        outcome = headers.get("x-healthlake-outcome", "")
+        return cls(status=status, by_relay=outcome not in ("", ENVOY_OUTCOME), outcome=outcome, protocol=protocol)
+
+    @property
+    def prefix(self) -> str:
+        return "h2:" if self.protocol == "h2" else ""
 
     @property
     def label(self) -> str:
         if self.failure:
-            return self.failure
-        return f"{'relay' if self.by_relay else 'envoy'}:{self.status}"
+            return self.prefix + self.failure
+        return f"{self.prefix}{'relay' if self.by_relay else 'envoy'}:{self.status}"
 
     @property
     def status_class(self) -> str:
-        return self.failure or f"{self.status // 100}xx"
+        return self.prefix + (self.failure or f"{self.status // 100}xx")
 
 
 def parse_head(head: bytes) -> tuple[int, dict[str, str]] | None:
@@ -449,8 +662,7 @@ def read_answer(sock: socket.socket, deadline: float) -> Answer:
                 return Answer(failure="bad-response")
             status, headers = parsed
             if status >= 200 or status == 101:
-                outcome = headers.get("x-healthlake-outcome", "")
-                return Answer(status=status, by_relay=outcome not in ("", ENVOY_OUTCOME), outcome=outcome)
+                return Answer.from_head(status, headers)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return Answer(failure="timeout")
@@ -494,6 +706,223 @@ def exchange(port: int, parts: list[bytes], ending: str = "read", wait: float = 
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
         return read_answer(sock, time.monotonic() + wait)
+
+
+# =================================================================================================
+# HTTP/2 with prior knowledge over cleartext (the listener's codec_type AUTO), the h2 library
+
+
+# The h2 library's own header checks and normalisation off: any bytes go out as given.
+H2_CONFIG = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
+                                      normalize_outbound_headers=False, validate_inbound_headers=False)
+
+
+@dataclass
+class H2Stream:
+    """What came back on one stream."""
+
+    status: int = 0  # of the final (non-1xx) response; 0 until it came
+    headers: dict[str, str] = field(default_factory=dict)  # lowercase names, latin-1 values, no :status
+    body: bytes = b""
+    ended: bool = False  # Envoy ended it (END_STREAM)
+    reset_code: str = ""  # Envoy reset it (RST_STREAM): the error code's name
+    client_reset: bool = False  # the client reset it
+
+    @property
+    def closed(self) -> bool:
+        return self.ended or bool(self.reset_code) or self.client_reset
+
+
+class H2Wire:
+    """A client HTTP/2 connection (prior knowledge, cleartext) on a connected socket, sending
+    header blocks and bodies exactly as given (H2_CONFIG), within the flow-control windows, and
+    collecting what comes back per stream. tests/conftest.py send_h2 uses it too."""
+
+    def __init__(self, sock: socket.socket, keep_bodies: bool = True):
+        self.sock = sock
+        self.keep_bodies = keep_bodies
+        self.conn = h2.connection.H2Connection(config=H2_CONFIG)
+        self.streams: dict[int, H2Stream] = {}
+        self.goaway = ""  # Envoy's GOAWAY error code, once one came
+        self.gone = ""  # why the connection is gone: "conn-closed" | "conn-reset" | "bad-frame"
+        self.conn.initiate_connection()
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def open(self, headers: list[tuple[bytes, bytes]], end_stream: bool) -> int:
+        """Sends a header block on a new stream; returns the stream's id."""
+        stream = self.conn.get_next_available_stream_id()
+        self.streams[stream] = H2Stream()
+        self.conn.send_headers(stream, headers, end_stream=end_stream)
+        self.flush()
+        return stream
+
+    def send_data(self, stream: int, data: bytes, end_stream: bool, deadline: float) -> bool:
+        """Sends `data` in DATA frames as the windows allow, reading WINDOW_UPDATEs meanwhile.
+        False if it could not all be sent by `deadline`, or the stream or connection closed first."""
+        state, at = self.streams[stream], 0
+        while True:
+            if state.closed or self.gone or self.goaway:
+                return False
+            window = min(self.conn.local_flow_control_window(stream), self.conn.max_outbound_frame_size)
+            if at < len(data) and window <= 0:
+                if not self.receive(deadline, lambda: state.closed
+                                    or self.conn.local_flow_control_window(stream) > 0):
+                    return False
+                continue
+            n = min(window, len(data) - at)
+            last = at + n >= len(data)
+            self.conn.send_data(stream, data[at:at + n], end_stream=end_stream and last)
+            self.flush()
+            at += n
+            if last:
+                return True
+
+    def send_trailers(self, stream: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.conn.send_headers(stream, headers, end_stream=True)
+        self.flush()
+
+    def reset(self, stream: int, error_code: int) -> None:
+        self.streams[stream].client_reset = True
+        self.conn.reset_stream(stream, error_code=error_code)
+        self.flush()
+
+    def receive(self, deadline: float, until) -> bool:
+        """Reads and handles frames until `until()` holds (True), or `deadline`, or the connection
+        closes (then whether `until()` holds)."""
+        while not until():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.gone:
+                return False
+            self.sock.settimeout(min(remaining, 0.25))  # `until` may depend on time as well
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                self.gone = "conn-reset"
+                continue
+            if not data:
+                self.gone = "conn-closed"
+                continue
+            try:
+                events = self.conn.receive_data(data)
+            except h2.exceptions.H2Error:
+                self.gone = "bad-frame"
+                continue
+            for event in events:
+                self.handle(event)
+            with contextlib.suppress(OSError):
+                self.flush()  # acknowledgements, SETTINGS ACK, PING ACK
+        return True
+
+    def handle(self, event) -> None:
+        state = self.streams.get(getattr(event, "stream_id", None) or 0)
+        if isinstance(event, h2.events.ConnectionTerminated):
+            self.goaway = error_name(event.error_code)
+        elif state is None:
+            return
+        elif isinstance(event, h2.events.ResponseReceived):
+            state.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
+            state.status = int(state.headers.pop(":status", "0") or 0)
+        elif isinstance(event, h2.events.DataReceived):
+            if self.keep_bodies:
+                state.body += event.data
+            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, h2.events.StreamEnded):
+            state.ended = True
+        elif isinstance(event, h2.events.StreamReset):
+            state.reset_code = error_name(event.error_code)
+
+
+def error_name(code) -> str:
+    return getattr(code, "name", None) or f"0x{int(code or 0):x}"
+
+
+def send_h2_probe(wire: H2Wire, probe: H2Probe, deadline: float, abort_midway: bool) -> int:
+    """Sends one hostile stream; with `abort_midway`, only its headers and half its body."""
+    pieces = probe.pieces
+    if probe.ending == "rst-after-headers":
+        pieces = []
+    elif probe.ending == "rst-mid-body" or abort_midway:
+        whole = b"".join(pieces)
+        pieces = [whole[:len(whole) // 2]] if whole else []
+    end = probe.ending == "end" and not abort_midway
+    stream = wire.open(probe.headers, end_stream=end and not pieces)
+    for i, piece in enumerate(pieces):
+        if not wire.send_data(stream, piece, end and i == len(pieces) - 1, deadline):
+            break
+    else:
+        if abort_midway:
+            pass
+        elif probe.ending == "trailers":
+            wire.send_trailers(stream, probe.trailers)
+        elif probe.ending.startswith("rst"):
+            wire.reset(stream, probe.reset_code)
+    return stream
+
+
+def exchange_h2(port: int, batch: H2Batch) -> list[Answer]:
+    """Opens an HTTP/2 connection, sends the batch's streams one after another, ends the
+    connection as told, and waits for the answers (if any): one per stream."""
+    try:
+        sock = socket.create_connection((LOOPBACK, port), timeout=SOCKET_TIMEOUT)
+    except OSError:
+        return [Answer(failure="connect-error", protocol="h2") for _ in batch.probes]
+    streams: list[int] = []
+    with sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        wire = None
+        try:
+            wire = H2Wire(sock, keep_bodies=False)
+            deadline = time.monotonic() + SOCKET_TIMEOUT
+            for i, probe in enumerate(batch.probes):
+                abort = batch.ending != "read" and i == len(batch.probes) - 1
+                streams.append(send_h2_probe(wire, probe, deadline, abort))
+            if batch.ending == "reset":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            if batch.ending == "read":
+                sent = time.monotonic()
+
+                def settled() -> bool:
+                    waited = time.monotonic() - sent
+                    return all(wire.streams[s].status or wire.streams[s].closed
+                               or (not p.complete and waited >= INCOMPLETE_WAIT)
+                               for s, p in zip(streams, batch.probes))
+
+                wire.receive(sent + SOCKET_TIMEOUT, settled)
+        except socket.timeout:
+            pass  # sending blocked: Envoy reads no more; what came back so far is judged below
+        except OSError:  # Envoy closed the connection while the client was sending
+            if wire is not None:
+                wire.gone = wire.gone or "conn-reset"
+        except h2.exceptions.H2Error:  # h2 refuses to send on a stream or connection Envoy closed
+            if wire is not None:
+                wire.gone = wire.gone or "bad-frame"
+    return [h2_answer(wire, streams[i] if i < len(streams) else None, probe, batch.ending)
+            for i, probe in enumerate(batch.probes)]
+
+
+def h2_answer(wire: H2Wire | None, stream: int | None, probe: H2Probe, ending: str) -> Answer:
+    state = wire.streams.get(stream) if wire is not None and stream is not None else None
+    if state is not None and state.status:
+        return Answer.from_head(state.status, state.headers, protocol="h2")
+    if state is not None and state.reset_code:
+        return Answer(failure="rst-stream", protocol="h2", detail=f"RST_STREAM {state.reset_code}")
+    if wire is not None and wire.goaway:
+        return Answer(failure="goaway", protocol="h2", detail=f"GOAWAY {wire.goaway}")
+    if (state is not None and state.client_reset) or ending != "read":
+        return Answer(failure="client-abort", protocol="h2")
+    if wire is None:  # the connection preface could not be sent
+        return Answer(failure="conn-reset", protocol="h2")
+    if wire.gone:
+        return Answer(failure=wire.gone, protocol="h2")
+    # Unanswered, or not even sent: sending an earlier stream blocked (Envoy read no more).
+    return Answer(failure="timeout" if probe.complete else "incomplete-unanswered", protocol="h2")
 
 
 def normal_write_bytes(n: int, port: int, token: str) -> bytes:
@@ -589,6 +1018,16 @@ def wasm_stats(envoy: relayctl.Envoy) -> dict[str, int]:
             if "wasm" in name and any(word in name for word in WASM_STAT_WORDS)}
 
 
+def http2_stats(envoy: relayctl.Envoy) -> dict[str, int]:
+    """What Envoy's HTTP/2 codec counted (rx_messaging_error: malformed requests it refused, by
+    closing the whole connection; tx_reset: streams it reset; ...), those not 0."""
+    try:
+        stats = envoy.stats()
+    except (OSError, ValueError):
+        return {}
+    return {name: value for name, value in sorted(stats.items()) if name.startswith("http2.") and value}
+
+
 def crash_lines(log: Path) -> list[str]:
     if not log.exists():
         return []
@@ -621,12 +1060,17 @@ class Report:
     concurrency: int = 0
     client_threads: int = CLIENT_THREADS
     hostile_sent: int = 0
+    by_protocol: dict[str, int] = field(default_factory=dict)  # hostile requests: "http/1.1", "h2"
+    h2_connections: int = 0
+    # Classes and answers over HTTP/2 start with "h2:" ("h2:4xx", "h2:relay:401", "h2:reset").
     status_classes: dict[str, int] = field(default_factory=dict)
     answers: dict[str, int] = field(default_factory=dict)  # "envoy:400", "relay:401", "reset", ...
+    h2_refusals: dict[str, int] = field(default_factory=dict)  # "RST_STREAM PROTOCOL_ERROR", "GOAWAY ..."
+    http2_stats: dict[str, int] = field(default_factory=dict)  # Envoy's http2.* counters at the end, not 0
     outcome_headers: dict[str, int] = field(default_factory=dict)  # x-healthlake-outcome values
     by_feature: dict[str, dict[str, int]] = field(default_factory=dict)
-    resets: int = 0
-    timeouts: int = 0  # complete requests not answered within SOCKET_TIMEOUT
+    resets: int = 0  # both protocols: a connection reset (HTTP/1.1), Envoy's RST_STREAM (HTTP/2)
+    timeouts: int = 0  # both protocols: complete requests not answered within SOCKET_TIMEOUT
     normal_sent: int = 0
     normal_delivered: int = 0
     normal_lost: int = 0
@@ -656,6 +1100,9 @@ class Soak:
         self.classes: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()
         self.by_feature: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.protocols: Counter[str] = Counter()
+        self.h2_refusals: Counter[str] = Counter()
+        self.h2_connections = 0
         self.hostile = 0
         self.started = time.monotonic()
 
@@ -681,24 +1128,40 @@ class Soak:
     def client(self, index: int, deadline: float) -> None:
         requests = HostileRequests(random.Random(self.seed * 1000 + index), self.envoy.port, TOKEN)
         while not self.stop.is_set() and time.monotonic() < deadline:
-            probe = requests.probe()
-            answer = exchange(self.envoy.port, probe.parts, probe.ending,
-                              SOCKET_TIMEOUT if probe.complete else INCOMPLETE_WAIT)
-            if answer.failure == "timeout" and not probe.complete:
-                # Expected: Envoy or the relay is still waiting for the rest. A timeout on a
-                # complete request, in contrast, is a request that hangs.
-                answer = Answer(failure="incomplete-unanswered")
-            with self.lock:
+            if requests.rng.random() < H2_SHARE:
+                batch = requests.h2_batch()
+                results = list(zip(batch.probes, exchange_h2(self.envoy.port, batch)))
+            else:
+                probe = requests.probe()
+                answer = exchange(self.envoy.port, probe.parts, probe.ending,
+                                  SOCKET_TIMEOUT if probe.complete else INCOMPLETE_WAIT)
+                if answer.failure == "timeout" and not probe.complete:
+                    # Expected: Envoy or the relay is still waiting for the rest. A timeout on a
+                    # complete request, in contrast, is a request that hangs.
+                    answer = Answer(failure="incomplete-unanswered")
+                results = [(probe, answer)]
+            for n in self.tally(results):
+                self.normal_write(n)
+
+    def tally(self, results: list[tuple[Probe | H2Probe, Answer]]) -> range:
+        """Counts the answers; returns the numbers of the normal writes now due (one per
+        NORMAL_WRITE_EVERY hostile requests: an HTTP/2 connection may carry several)."""
+        with self.lock:
+            before = self.hostile
+            for probe, answer in results:
                 self.hostile += 1
-                count = self.hostile
+                self.protocols[answer.protocol] += 1
                 self.answers[answer.label] += 1
                 self.classes[answer.status_class] += 1
                 if answer.outcome:
                     self.outcomes[answer.outcome] += 1
+                if answer.detail:
+                    self.h2_refusals[answer.detail] += 1
                 for tag in probe.tags:
                     self.by_feature[tag][answer.label] += 1
-            if count % NORMAL_WRITE_EVERY == 0:
-                self.normal_write(count // NORMAL_WRITE_EVERY)
+            if results and results[0][1].protocol == "h2":
+                self.h2_connections += 1
+            return range(before // NORMAL_WRITE_EVERY + 1, self.hostile // NORMAL_WRITE_EVERY + 1)
 
     def normal_write(self, n: int) -> None:
         """One write as Smile CDR sends it; it must be answered 200/201 and stored. No retry."""
@@ -740,12 +1203,15 @@ class Soak:
     def fill(self) -> None:
         r = self.report
         r.hostile_sent = self.hostile
+        r.by_protocol = dict(sorted(self.protocols.items()))
+        r.h2_connections = self.h2_connections
+        r.h2_refusals = dict(self.h2_refusals.most_common())
         r.answers = dict(self.answers.most_common())
         r.status_classes = dict(sorted(self.classes.items()))
         r.outcome_headers = dict(self.outcomes.most_common())
         r.by_feature = {tag: dict(c.most_common()) for tag, c in sorted(self.by_feature.items())}
-        r.resets = self.classes["reset"]
-        r.timeouts = self.classes["timeout"]
+        r.resets = self.classes["reset"] + self.classes["h2:rst-stream"] + self.classes["h2:conn-reset"]
+        r.timeouts = self.classes["timeout"] + self.classes["h2:timeout"]
         r.requests_per_second = round(self.hostile / r.seconds, 1) if r.seconds else 0.0
 
 
@@ -770,6 +1236,7 @@ def run(seconds: float = 600, seed: int = 1, workdir: Path = relayctl.BUILD / "f
         if report.envoy_alive:
             soak.sample_memory()  # the last sample: after the traffic
             report.wasm_stats_end = wasm_stats(envoy)
+            report.http2_stats = http2_stats(envoy)
         lines = crash_lines(workdir / "envoy.log")
         report.crash_line_count = len(lines)
         report.crash_line_examples = [line[:300] for line in lines[:5]]
@@ -810,11 +1277,20 @@ def summary(report: Report) -> str:
     out = [
         f"fuzz-envoy: {r.seconds:.0f} s, seed {r.seed}, Envoy --concurrency {r.concurrency}, "
         f"{r.client_threads} client threads{' (interrupted)' if r.interrupted else ''}",
-        f"hostile requests sent: {r.hostile_sent} ({r.requests_per_second} per second)",
+        f"hostile requests sent: {r.hostile_sent} ({r.requests_per_second} per second): "
+        + ", ".join(f"{k} {v}" for k, v in r.by_protocol.items())
+        + f" (HTTP/2 on {r.h2_connections} connections)",
         "  status classes: " + ", ".join(f"{k} {v}" for k, v in r.status_classes.items()),
-        f"  resets: {r.resets}, timeouts (complete requests unanswered for {SOCKET_TIMEOUT:.0f} s): {r.timeouts}",
-        "  answers (who answered: the relay or Envoy itself): "
-        + ", ".join(f"{k} {v}" for k, v in r.answers.items()),
+        f"  resets: {r.resets} (HTTP/2: RST_STREAM {r.status_classes.get('h2:rst-stream', 0)}, "
+        f"TCP RST {r.status_classes.get('h2:conn-reset', 0)}), "
+        f"timeouts (complete requests unanswered for {SOCKET_TIMEOUT:.0f} s): {r.timeouts} "
+        f"(HTTP/2: {r.status_classes.get('h2:timeout', 0)})",
+        "  answers over HTTP/1.1 (who answered: the relay or Envoy itself): "
+        + ", ".join(f"{k} {v}" for k, v in r.answers.items() if not k.startswith("h2:")),
+        "  answers over HTTP/2: " + ", ".join(f"{k} {v}" for k, v in r.answers.items() if k.startswith("h2:")),
+        "  HTTP/2 streams Envoy ended unanswered, with a frame: "
+        + (", ".join(f"{k} {v}" for k, v in r.h2_refusals.items()) or "none"),
+        "  Envoy's HTTP/2 codec counters: " + (", ".join(f"{k} {v}" for k, v in r.http2_stats.items()) or "none"),
         "  x-healthlake-outcome: " + (", ".join(f"{k} {v}" for k, v in r.outcome_headers.items()) or "none"),
         "  by feature:",
     ]
