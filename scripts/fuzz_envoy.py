@@ -8,9 +8,10 @@ emulator and Envoy with the relay (bearer tokens on, `--concurrency` workers, lo
 until `--seconds` elapse, sends hostile HTTP/1.1 requests over raw sockets from several client
 threads: random methods, paths, header names and values (any bytes but CR, LF and NUL, non-UTF-8
 included), with and without the valid token, Content-Length mismatches, chunked bodies, broken
-JSON, deep nesting, non-UTF-8 JSON, early disconnects. A quarter of the connections (H2_SHARE) speak
-HTTP/2 with prior knowledge instead (the listener's codec_type AUTO), through the h2 library with its
-own header checks off: `:path` with any bytes, odd pseudo-headers, lowercase random header names,
+JSON, deep nesting, non-UTF-8 JSON, early disconnects. H2_CLIENT_THREADS more client threads speak
+HTTP/2 with prior knowledge (the listener's codec_type AUTO; threads of their own, so that waiting
+for HTTP/2 answers cannot slow the HTTP/1.1 traffic), through the h2 library with its own header
+checks off: `:path` with any bytes, odd pseudo-headers, lowercase random header names,
 values of any bytes but NUL/CR/LF, bodies in several DATA frames, content-length mismatches,
 trailers, streams left open or reset (RST_STREAM), connections closed or reset, sometimes several
 streams on one connection. Any answer (or a reset) to a hostile request is fine; it is only
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import random
@@ -72,11 +74,18 @@ WASM_STAT_WORDS = ("created", "active", "fail", "crash", "reload")
 
 # --- how the traffic is sent --------------------------------------------------------------------
 
-CLIENT_THREADS = 8
-H2_SHARE = 0.25  # of the hostile connections: HTTP/2 (prior knowledge), the others HTTP/1.1
+CLIENT_THREADS = 8  # sending HTTP/1.1
+H2_CLIENT_THREADS = 2  # sending HTTP/2 (prior knowledge), besides those
 H2_MAX_STREAMS = 5  # streams on one HTTP/2 connection, when several
+# Of the HTTP/2 connections: header blocks with Huffman-coded literals (h2's default), the others
+# with plain ones. h2 Huffman-codes in pure Python: on long values most of the client's CPU.
+H2_HUFFMAN_SHARE = 0.2
 SOCKET_TIMEOUT = 5.0  # connect, send, and waiting for an answer to a complete request
 INCOMPLETE_WAIT = 1.0  # waiting for an answer to a request Envoy is still waiting the rest of
+# HTTP/2: a PING follows the streams; Envoy's codec acknowledges it once it has handled all that came
+# before. Envoy refusing a connection (a codec error) sends nothing and stops reading it until its
+# delayed_close_timeout (1 s) closes it: no PING ACK within H2_PING_WAIT means that.
+H2_PING_WAIT = 0.25
 NORMAL_WRITE_TIMEOUT = 10.0
 TOKEN = "fuzz-envoy-soak-token-0123456789abcdef"
 # The outcome envoy.yaml's local_reply_config puts on Envoy's own answers (codec errors, a failed
@@ -143,6 +152,7 @@ class H2Batch:
 
     probes: list[H2Probe]
     ending: str
+    huffman: bool = True  # HPACK literals Huffman-coded
 
 
 class HostileRequests:
@@ -592,12 +602,14 @@ class HostileRequests:
         probes = [self.h2_probe() for _ in range(n)]
         r = rng.random()
         ending = "read" if r < 0.86 else "close" if r < 0.93 else "reset"
+        huffman = rng.random() < H2_HUFFMAN_SHARE
         for probe in probes:
             probe.tags.append("streams-one" if n == 1 else "streams-several")
+            probe.tags.append("hpack-huffman" if huffman else "hpack-plain")
             if ending != "read":
                 probe.tags.append(f"connection-{ending}")
             probe.tags = sorted({"h2:" + tag for tag in probe.tags})
-        return H2Batch(probes=probes, ending=ending)
+        return H2Batch(probes=probes, ending=ending, huffman=huffman)
 
 
 # =================================================================================================
@@ -614,7 +626,8 @@ class Answer:
     # "reset" | "timeout" | "incomplete-unanswered" | "eof" | "bad-response" | "client-abort" |
     # "connect-error"; over HTTP/2 instead of "reset" and "eof": "rst-stream" (Envoy reset the
     # stream), "goaway", "conn-closed" (FIN, no GOAWAY), "conn-reset" (TCP RST: Envoy closed with
-    # the client's bytes unread), and "bad-frame" (one the h2 library could not take).
+    # the client's bytes unread), "conn-unread" (no PING ACK within H2_PING_WAIT: Envoy stopped
+    # reading, to close the connection without a frame), and "bad-frame" (one h2 could not take).
     failure: str = ""
     protocol: str = "http/1.1"  # | "h2": labels and status classes then start with "h2:"
     detail: str = ""  # over HTTP/2: the frame and error code that ended it, "RST_STREAM PROTOCOL_ERROR"
@@ -738,13 +751,17 @@ class H2Wire:
     header blocks and bodies exactly as given (H2_CONFIG), within the flow-control windows, and
     collecting what comes back per stream. tests/conftest.py send_h2 uses it too."""
 
-    def __init__(self, sock: socket.socket, keep_bodies: bool = True):
+    def __init__(self, sock: socket.socket, keep_bodies: bool = True, huffman: bool = True):
         self.sock = sock
         self.keep_bodies = keep_bodies
         self.conn = h2.connection.H2Connection(config=H2_CONFIG)
+        if not huffman:  # HPACK literals as they are
+            self.conn.encoder.encode = functools.partial(self.conn.encoder.encode, huffman=False)
         self.streams: dict[int, H2Stream] = {}
-        self.goaway = ""  # Envoy's GOAWAY error code, once one came
+        self.goaway = ""  # Envoy's GOAWAY error code, once one came (h2 then takes no more frames)
         self.gone = ""  # why the connection is gone: "conn-closed" | "conn-reset" | "bad-frame"
+        self.ping_sent: float | None = None  # when ping() sent its PING
+        self.ping_acked = False
         self.conn.initiate_connection()
         self.flush()
 
@@ -791,12 +808,22 @@ class H2Wire:
         self.conn.reset_stream(stream, error_code=error_code)
         self.flush()
 
+    def ping(self) -> None:
+        """Sends a PING: its ACK tells that Envoy's codec has handled every frame sent before it."""
+        self.conn.ping(b"fuzzsoak")
+        self.flush()
+        self.ping_sent, self.ping_acked = time.monotonic(), False
+
+    def unread(self, wait: float) -> bool:
+        """Whether the PING went unacknowledged for `wait` seconds: Envoy no longer reads."""
+        return self.ping_sent is not None and not self.ping_acked and time.monotonic() - self.ping_sent >= wait
+
     def receive(self, deadline: float, until) -> bool:
         """Reads and handles frames until `until()` holds (True), or `deadline`, or the connection
-        closes (then whether `until()` holds)."""
+        closes or Envoy sent GOAWAY (then False)."""
         while not until():
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.gone:
+            if remaining <= 0 or self.gone or self.goaway:
                 return False
             self.sock.settimeout(min(remaining, 0.25))  # `until` may depend on time as well
             try:
@@ -824,6 +851,8 @@ class H2Wire:
         state = self.streams.get(getattr(event, "stream_id", None) or 0)
         if isinstance(event, h2.events.ConnectionTerminated):
             self.goaway = error_name(event.error_code)
+        elif isinstance(event, h2.events.PingAckReceived):
+            self.ping_acked = True
         elif state is None:
             return
         elif isinstance(event, h2.events.ResponseReceived):
@@ -878,7 +907,7 @@ def exchange_h2(port: int, batch: H2Batch) -> list[Answer]:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         wire = None
         try:
-            wire = H2Wire(sock, keep_bodies=False)
+            wire = H2Wire(sock, keep_bodies=False, huffman=batch.huffman)
             deadline = time.monotonic() + SOCKET_TIMEOUT
             for i, probe in enumerate(batch.probes):
                 abort = batch.ending != "read" and i == len(batch.probes) - 1
@@ -886,15 +915,16 @@ def exchange_h2(port: int, batch: H2Batch) -> list[Answer]:
             if batch.ending == "reset":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             if batch.ending == "read":
-                sent = time.monotonic()
+                wire.ping()
 
                 def settled() -> bool:
-                    waited = time.monotonic() - sent
-                    return all(wire.streams[s].status or wire.streams[s].closed
-                               or (not p.complete and waited >= INCOMPLETE_WAIT)
-                               for s, p in zip(streams, batch.probes))
+                    # An answer Envoy or the relay gives before the end of a stream came before the
+                    # PING ACK; with no ACK, Envoy has refused the connection and answers nothing.
+                    return wire.unread(H2_PING_WAIT) or all(
+                        wire.streams[s].status or wire.streams[s].closed or (not p.complete and wire.ping_acked)
+                        for s, p in zip(streams, batch.probes))
 
-                wire.receive(sent + SOCKET_TIMEOUT, settled)
+                wire.receive(time.monotonic() + SOCKET_TIMEOUT, settled)
         except socket.timeout:
             pass  # sending blocked: Envoy reads no more; what came back so far is judged below
         except OSError:  # Envoy closed the connection while the client was sending
@@ -921,6 +951,8 @@ def h2_answer(wire: H2Wire | None, stream: int | None, probe: H2Probe, ending: s
         return Answer(failure="conn-reset", protocol="h2")
     if wire.gone:
         return Answer(failure=wire.gone, protocol="h2")
+    if wire.unread(H2_PING_WAIT):
+        return Answer(failure="conn-unread", protocol="h2")
     # Unanswered, or not even sent: sending an earlier stream blocked (Envoy read no more).
     return Answer(failure="timeout" if probe.complete else "incomplete-unanswered", protocol="h2")
 
@@ -1058,7 +1090,8 @@ class Report:
     seconds: float = 0.0
     seed: int = 0
     concurrency: int = 0
-    client_threads: int = CLIENT_THREADS
+    client_threads: int = CLIENT_THREADS + H2_CLIENT_THREADS
+    h2_client_threads: int = H2_CLIENT_THREADS
     hostile_sent: int = 0
     by_protocol: dict[str, int] = field(default_factory=dict)  # hostile requests: "http/1.1", "h2"
     h2_connections: int = 0
@@ -1110,7 +1143,7 @@ class Soak:
         self.started = time.monotonic()
         deadline = self.started + seconds
         threads = [threading.Thread(target=self.client, args=(i, deadline), daemon=True)
-                   for i in range(CLIENT_THREADS)]
+                   for i in range(CLIENT_THREADS + H2_CLIENT_THREADS)]
         threads.append(threading.Thread(target=self.monitor, daemon=True))
         for t in threads:
             t.start()
@@ -1126,22 +1159,26 @@ class Soak:
         self.report.seconds = round(time.monotonic() - self.started, 1)
 
     def client(self, index: int, deadline: float) -> None:
+        """One client thread: the first CLIENT_THREADS send HTTP/1.1, the others HTTP/2."""
         requests = HostileRequests(random.Random(self.seed * 1000 + index), self.envoy.port, TOKEN)
+        send = self.send_http1 if index < CLIENT_THREADS else self.send_h2
         while not self.stop.is_set() and time.monotonic() < deadline:
-            if requests.rng.random() < H2_SHARE:
-                batch = requests.h2_batch()
-                results = list(zip(batch.probes, exchange_h2(self.envoy.port, batch)))
-            else:
-                probe = requests.probe()
-                answer = exchange(self.envoy.port, probe.parts, probe.ending,
-                                  SOCKET_TIMEOUT if probe.complete else INCOMPLETE_WAIT)
-                if answer.failure == "timeout" and not probe.complete:
-                    # Expected: Envoy or the relay is still waiting for the rest. A timeout on a
-                    # complete request, in contrast, is a request that hangs.
-                    answer = Answer(failure="incomplete-unanswered")
-                results = [(probe, answer)]
-            for n in self.tally(results):
+            for n in self.tally(send(requests)):
                 self.normal_write(n)
+
+    def send_http1(self, requests: HostileRequests) -> list[tuple[Probe, Answer]]:
+        probe = requests.probe()
+        answer = exchange(self.envoy.port, probe.parts, probe.ending,
+                          SOCKET_TIMEOUT if probe.complete else INCOMPLETE_WAIT)
+        if answer.failure == "timeout" and not probe.complete:
+            # Expected: Envoy or the relay is still waiting for the rest. A timeout on a complete
+            # request, in contrast, is a request that hangs.
+            answer = Answer(failure="incomplete-unanswered")
+        return [(probe, answer)]
+
+    def send_h2(self, requests: HostileRequests) -> list[tuple[H2Probe, Answer]]:
+        batch = requests.h2_batch()
+        return list(zip(batch.probes, exchange_h2(self.envoy.port, batch)))
 
     def tally(self, results: list[tuple[Probe | H2Probe, Answer]]) -> range:
         """Counts the answers; returns the numbers of the normal writes now due (one per
@@ -1276,7 +1313,8 @@ def summary(report: Report) -> str:
     r = report
     out = [
         f"fuzz-envoy: {r.seconds:.0f} s, seed {r.seed}, Envoy --concurrency {r.concurrency}, "
-        f"{r.client_threads} client threads{' (interrupted)' if r.interrupted else ''}",
+        f"{r.client_threads} client threads ({r.h2_client_threads} of them HTTP/2)"
+        f"{' (interrupted)' if r.interrupted else ''}",
         f"hostile requests sent: {r.hostile_sent} ({r.requests_per_second} per second): "
         + ", ".join(f"{k} {v}" for k, v in r.by_protocol.items())
         + f" (HTTP/2 on {r.h2_connections} connections)",
