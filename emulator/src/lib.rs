@@ -5,6 +5,7 @@
 //! - [`store`]: the in-memory resource store (exact bytes, per-resource versions).
 //! - [`fhir`]: OperationOutcome bodies and `PUT` body checks.
 //! - [`faults`]: fault injection (errors, resets, throttling, delays, unsupported types).
+//! - [`frontend`]: the routing headers AWS's front end adds to every data-plane answer.
 //! - [`server`]: routing, handlers, the request log and the inspection endpoints.
 //! - [`net`]: the hyper HTTP/1.1 accept loop and abortive closes.
 //! - [`sts`]: the STS recording proxy and the temporary credentials it learns.
@@ -14,6 +15,7 @@
 
 pub mod faults;
 pub mod fhir;
+pub mod frontend;
 pub mod net;
 pub mod persist;
 pub mod server;

@@ -17,9 +17,11 @@ use serde_json::json;
 
 use crate::faults::{self, Fault, FaultInjector, FaultReply, FaultSettings};
 use crate::fhir::{self, FHIR_JSON};
+use crate::frontend;
 use crate::persist::{SavedCredential, SavedResource, Snapshot};
 use crate::sigv4::{self, Credential, Policy, Request as SignedRequest};
 use crate::store::Store;
+use crate::sts::faults::{StsFault, StsFaultInjector, StsFaultSettings, StsFaultStatus};
 use crate::sts::{StsCall, StsLedger, StsStatus, UpstreamOutcome};
 use crate::timefmt;
 
@@ -103,6 +105,8 @@ struct State {
     faults: FaultInjector,
     /// Not cleared by `POST /_emulator/reset`.
     sts: StsLedger,
+    /// The faults of the STS proxy (`/_emulator/sts/faults`); cleared by `POST /_emulator/reset`.
+    sts_faults: StsFaultInjector,
     /// Set once the state was saved for shutdown: nothing may change after that.
     frozen: bool,
 }
@@ -116,6 +120,9 @@ pub struct App {
     config: Config,
     state: Mutex<State>,
     request_counter: AtomicU64,
+    /// The monotonic and the wall clock read together at start: [`App::handle_at`] maps the
+    /// arrival time it is given onto the monotonic clock the rate limiter runs on.
+    clock_origin: (Instant, SystemTime),
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -227,6 +234,16 @@ fn aws_error_response(
         &headers,
         serde_json::to_vec(&body).unwrap_or_default(),
     )
+}
+
+/// Adds the routing headers of AWS's front end (`via`, `x-amz-apigw-id`, `x-amzn-trace-id`,
+/// `x-amz-cf-id`, `x-amz-cf-pop`) to a data-plane answer.
+fn add_front_end_headers(resp: &mut Resp, request_id: &str, now: SystemTime) {
+    for (name, value) in frontend::headers(request_id, now) {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(name, v);
+        }
+    }
 }
 
 fn json_response(status: StatusCode, value: &impl Serialize) -> Resp {
@@ -407,6 +424,7 @@ impl App {
             config,
             state: Mutex::new(state),
             request_counter: AtomicU64::new(0),
+            clock_origin: (Instant::now(), SystemTime::now()),
         }
     }
 
@@ -460,6 +478,18 @@ impl App {
         outcome: UpstreamOutcome<'_>,
         now: SystemTime,
     ) -> StsCall {
+        self.record_sts_call_with_fault(action, outcome, now, None)
+    }
+
+    /// [`App::record_sts_call`] for a call an STS fault was injected into (noted in the call
+    /// log's `fault`).
+    pub fn record_sts_call_with_fault(
+        &self,
+        action: Option<&str>,
+        outcome: UpstreamOutcome<'_>,
+        now: SystemTime,
+        fault: Option<&StsFault>,
+    ) -> StsCall {
         let mut state = self.lock();
         if state.frozen {
             // The state was saved: a credential set accepted now would be forgotten by the next
@@ -468,9 +498,20 @@ impl App {
                 status: 503,
                 error: SHUTTING_DOWN,
             };
-            return state.sts.record(action, refused, now);
+            return state.sts.record_with_fault(action, refused, now, fault);
         }
-        state.sts.record(action, outcome, now)
+        state.sts.record_with_fault(action, outcome, now, fault)
+    }
+
+    /// Takes the next STS fault for an `AssumeRole` call on the STS listener (counting it), if
+    /// one is queued.
+    pub fn take_sts_fault(&self) -> Option<StsFault> {
+        self.lock().sts_faults.take()
+    }
+
+    /// The STS faults not consumed yet and the counters (`GET /_emulator/sts/faults`).
+    pub fn sts_faults(&self) -> StsFaultStatus {
+        self.lock().sts_faults.status()
     }
 
     /// Everything a state file keeps: resources (exact bytes, versions, every version
@@ -569,13 +610,22 @@ impl App {
         headers: &HeaderMap,
         body: Bytes,
     ) -> Answer {
-        self.handle_at(method, uri, headers, body, SystemTime::now())
-            .await
+        self.handle_with_clocks(
+            method,
+            uri,
+            headers,
+            body,
+            SystemTime::now(),
+            Instant::now(),
+        )
+        .await
     }
 
-    /// Handles a fully received request as if the clock read `now` when it arrived. Injected
-    /// delays are waited for (with `tokio::time::sleep`); the normal handling after them sees
-    /// the clock moved on by the delay.
+    /// Handles a fully received request as if the clock read `now` when it arrived: the
+    /// signature check, the `lastUpdated` of a write and the rate limiter
+    /// (`throttle_above_rps`) all see that time, so a test decides how far apart requests are.
+    /// Injected delays are waited for (with `tokio::time::sleep`); the normal handling after
+    /// them sees the clock moved on by the delay.
     pub async fn handle_at(
         &self,
         method: &Method,
@@ -584,17 +634,44 @@ impl App {
         body: Bytes,
         now: SystemTime,
     ) -> Answer {
+        let instant = self.instant_of(now);
+        self.handle_with_clocks(method, uri, headers, body, now, instant)
+            .await
+    }
+
+    /// `now` on the monotonic clock, as measured from when the app was created.
+    fn instant_of(&self, now: SystemTime) -> Instant {
+        let (origin, wall_origin) = self.clock_origin;
+        match now.duration_since(wall_origin) {
+            Ok(after) => origin.checked_add(after).unwrap_or(origin),
+            Err(before) => origin.checked_sub(before.duration()).unwrap_or(origin),
+        }
+    }
+
+    async fn handle_with_clocks(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: Bytes,
+        now: SystemTime,
+        instant: Instant,
+    ) -> Answer {
         let request_id = self.next_request_id();
-        let answer = if is_inspection(uri.path()) {
+        let inspection = is_inspection(uri.path());
+        let answer = if inspection {
             let resp = self.inspect(method, uri.path(), &body, now);
             self.log_line(method, uri, resp.status().as_str(), "inspection");
             Answer::Respond(resp)
         } else {
-            self.data_plane(method, uri, headers, body, now, &request_id)
+            self.data_plane(method, uri, headers, body, now, instant, &request_id)
                 .await
         };
         match answer {
             Answer::Respond(mut resp) => {
+                if !inspection {
+                    add_front_end_headers(&mut resp, &request_id, now);
+                }
                 if let Ok(v) = HeaderValue::from_str(&request_id) {
                     resp.headers_mut().insert("x-amzn-requestid", v);
                 }
@@ -652,6 +729,7 @@ impl App {
         (verification, facts)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn data_plane(
         &self,
         method: &Method,
@@ -659,6 +737,7 @@ impl App {
         headers: &HeaderMap,
         body: Bytes,
         now: SystemTime,
+        instant: Instant,
         request_id: &str,
     ) -> Answer {
         let observed = Observed::new(request_id, method, uri, headers, &body);
@@ -713,7 +792,7 @@ impl App {
             return Answer::Respond(resp);
         }
 
-        let decision = self.lock().faults.decide(Instant::now());
+        let decision = self.lock().faults.decide(instant);
         wait(decision.delay).await;
         let now = now.checked_add(decision.delay).unwrap_or(now);
         let verified = format!(
@@ -767,6 +846,25 @@ impl App {
                 problem: Some(format!("{error_type}: {message}")),
                 fault: Some(fault),
             },
+            Some((
+                fault,
+                FaultReply::Raw {
+                    status,
+                    content_type,
+                    body,
+                    diagnostics,
+                },
+            )) => {
+                let headers: Vec<(&str, String)> = content_type
+                    .map(|t| ("content-type", t.to_string()))
+                    .into_iter()
+                    .collect();
+                Handled {
+                    resp: response(status, &headers, body),
+                    problem: Some(diagnostics),
+                    fault: Some(fault),
+                }
+            }
             Some((_, FaultReply::Proceed)) | None => {
                 let mut handled = self.dispatch(method, uri.path(), &body, now);
                 // A delay is recorded unless a fault of the normal handling shaped the answer.
@@ -1005,7 +1103,9 @@ impl App {
             | ["_emulator", "requests"]
             | ["_emulator", "sts"] => vec![Method::GET],
             ["_emulator", "reset"] | ["_emulator", "sts", "expire"] => vec![Method::POST],
-            ["_emulator", "faults"] => vec![Method::GET, Method::PUT, Method::DELETE],
+            ["_emulator", "faults"] | ["_emulator", "sts", "faults"] => {
+                vec![Method::GET, Method::PUT, Method::DELETE]
+            }
             _ => {
                 return outcome_response(
                     StatusCode::NOT_FOUND,
@@ -1037,6 +1137,7 @@ impl App {
                 state.requests.clear();
                 state.seq = 0;
                 state.faults.reset(self.config.faults.clone());
+                state.sts_faults.reset();
                 text(StatusCode::OK, "ok")
             }
             (["_emulator", "sts"], _) => json_response(StatusCode::OK, &self.sts(now)),
@@ -1063,6 +1164,28 @@ impl App {
             }
             (["_emulator", "faults"], _) => {
                 json_response(StatusCode::OK, &self.lock().faults.status())
+            }
+            (["_emulator", "sts", "faults"], &Method::PUT) => {
+                match StsFaultSettings::from_json(body) {
+                    Ok(settings) => {
+                        let mut state = self.lock();
+                        state.sts_faults.replace(settings);
+                        json_response(StatusCode::OK, &state.sts_faults.status())
+                    }
+                    Err(e) => outcome_response(
+                        StatusCode::BAD_REQUEST,
+                        "invalid",
+                        &format!("invalid STS fault settings: {e}"),
+                    ),
+                }
+            }
+            (["_emulator", "sts", "faults"], &Method::DELETE) => {
+                let mut state = self.lock();
+                state.sts_faults.reset();
+                json_response(StatusCode::OK, &state.sts_faults.status())
+            }
+            (["_emulator", "sts", "faults"], _) => {
+                json_response(StatusCode::OK, &self.sts_faults())
             }
             (["_emulator", "requests"], _) => json_response(StatusCode::OK, &self.lock().requests),
             (["_emulator", "resources"], _) => {
@@ -1138,10 +1261,14 @@ impl App {
                 self.log_line(&parts.method, &parts.uri, status.as_str(), &msg);
                 let request_id = self.next_request_id();
                 let mut resp = outcome_response(status, code, &msg);
+                let inspection = is_inspection(parts.uri.path());
+                if !inspection {
+                    add_front_end_headers(&mut resp, &request_id, SystemTime::now());
+                }
                 if let Ok(v) = HeaderValue::from_str(&request_id) {
                     resp.headers_mut().insert("x-amzn-requestid", v);
                 }
-                if !is_inspection(parts.uri.path()) {
+                if !inspection {
                     let observed =
                         Observed::new(&request_id, &parts.method, &parts.uri, &parts.headers, &[]);
                     self.record(

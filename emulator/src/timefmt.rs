@@ -119,6 +119,15 @@ pub fn format_rfc3339_millis(t: SystemTime) -> String {
     )
 }
 
+/// `2015-08-30T12:36:00Z` (whole seconds, as AWS STS writes an `Expiration`).
+pub fn format_rfc3339_seconds(t: SystemTime) -> String {
+    let c = to_civil(t);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
+    )
+}
+
 /// `20150830T123600Z`
 pub fn format_amz_date(t: SystemTime) -> String {
     let c = to_civil(t);
@@ -324,6 +333,7 @@ mod tests {
         assert_eq!(parse_amz_date("+0150830T123600Z"), None);
         let t = unix_to_system_time(1_440_938_160) + Duration::from_millis(7);
         assert_eq!(format_rfc3339_millis(t), "2015-08-30T12:36:00.007Z");
+        assert_eq!(format_rfc3339_seconds(t), "2015-08-30T12:36:00Z");
         assert_eq!(format_amz_date(t), "20150830T123600Z");
         assert_eq!(format_http_date(t), "Sun, 30 Aug 2015 12:36:00 GMT");
         assert_eq!(

@@ -1,6 +1,9 @@
 //! End-to-end: the real binary, started the way the Python integration tests start it, spoken to
 //! over keep-alive HTTP/1.1 connections on loopback; including fault injection that only a real
-//! socket shows (a reset connection).
+//! socket shows (a reset connection, the framing of empty and large bodies).
+//!
+//! No fixed sleeps: a test waits for what it needs by polling the inspection endpoints, with
+//! deadlines far longer than a slow machine needs.
 
 #![allow(
     clippy::unwrap_used,
@@ -13,7 +16,7 @@ mod common;
 
 use std::io::{BufReader, Read};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::process::{self, connect, exchange, plain, write_request, Emulator, Start};
 use common::*;
@@ -40,7 +43,7 @@ fn serves_signed_requests_over_keep_alive() {
     let port = emu.port;
     let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
     let mut conn = BufReader::new(stream);
 
@@ -224,6 +227,28 @@ fn a_reset_fault_drops_the_connection_without_an_answer_and_serving_goes_on() {
     assert!(!stderr.contains("connection error"), "{stderr}");
 }
 
+/// Asks `path` on `ctl` every 20 ms until `ready` holds for its JSON answer, for at most 60 s.
+fn poll_until(
+    ctl: &mut BufReader<TcpStream>,
+    port: u16,
+    path: &str,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = exchange(ctl, &plain("GET", path, port)).json();
+        if ready(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: never happened; last {v}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_request_whose_client_leaves_during_a_delay_is_still_processed() {
     let emu = start(&[]);
@@ -231,26 +256,31 @@ fn a_request_whose_client_leaves_during_a_delay_is_still_processed() {
     let mut ctl = connect(port);
     let r = exchange(
         &mut ctl,
-        &put_json("/_emulator/faults", r#"{"next":["delay:300"]}"#, port),
+        &put_json("/_emulator/faults", r#"{"next":["delay:2000"]}"#, port),
     );
     assert_eq!(r.status, 200);
     let mut impatient = connect(port);
     write_request(&mut impatient, &signed_patient_put("late", port));
-    std::thread::sleep(Duration::from_millis(50));
+    // The request is in its delay once it has taken the `delay` entry.
+    poll_until(
+        &mut ctl,
+        port,
+        "/_emulator/faults",
+        "the request took its fault",
+        |v| v["settings"]["next"] == serde_json::json!([]),
+    );
     drop(impatient);
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = exchange(&mut ctl, &plain("GET", "/_emulator/requests", port));
-        let log = r.json();
-        if let Some(entry) = log.as_array().unwrap().first() {
-            assert_eq!(entry["status"], 201);
-            assert_eq!(entry["fault"], "delay");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never recorded");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let log = poll_until(
+        &mut ctl,
+        port,
+        "/_emulator/requests",
+        "the request was recorded",
+        |v| !v.as_array().unwrap().is_empty(),
+    );
+    let entry = &log[0];
+    assert_eq!(entry["status"], 201);
+    assert_eq!(entry["fault"], "delay");
     let r = exchange(
         &mut ctl,
         &plain("GET", "/_emulator/resources/Patient/late", port),
@@ -315,4 +345,109 @@ fn bad_fault_files_are_a_configuration_error() {
     let stderr = process::refused(&["--unsupported-types", "Basic,not_a_type"]);
     assert!(stderr.contains("--unsupported-types"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn front_end_headers_and_the_framing_of_odd_bodies_on_the_wire() {
+    let emu = start(&[]);
+    let port = emu.port;
+    let mut ctl = connect(port);
+    let r = exchange(
+        &mut ctl,
+        &put_json(
+            "/_emulator/faults",
+            r#"{"next":["empty:401","large:503","garbled:500","throttle-429-bare"]}"#,
+            port,
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // No front-end headers on inspection answers.
+    for name in [
+        "via",
+        "x-amz-apigw-id",
+        "x-amzn-trace-id",
+        "x-amz-cf-id",
+        "x-amz-cf-pop",
+    ] {
+        assert_eq!(r.header(name), None, "{name}");
+    }
+
+    let mut conn = connect(port);
+    let front_end = |r: &process::Response| {
+        assert!(
+            r.header("via").is_some_and(
+                |v| v.starts_with("1.1 ") && v.ends_with(".cloudfront.net (CloudFront)")
+            ),
+            "{:?}",
+            r.headers
+        );
+        assert!(r.header("x-amz-apigw-id").is_some());
+        assert!(r
+            .header("x-amzn-trace-id")
+            .is_some_and(|v| v.starts_with("Root=1-")));
+        assert!(r.header("x-amz-cf-id").is_some());
+        assert_eq!(r.header("x-amz-cf-pop"), Some("IAD89-C1"));
+        assert!(r.header("x-amzn-requestid").is_some());
+    };
+
+    // empty:401 — Content-Length 0, no content type; the connection stays usable.
+    let r = exchange(&mut conn, &signed_patient_put("odd", port));
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("content-length"), Some("0"), "{:?}", r.headers);
+    assert_eq!(r.header("content-type"), None);
+    assert_eq!(r.header("x-amzn-errortype"), None);
+    assert!(r.body.is_empty());
+    front_end(&r);
+
+    // large:503 — 100,000 bytes of HTML.
+    let r = exchange(&mut conn, &signed_patient_put("odd", port));
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("content-length"), Some("100000"));
+    assert_eq!(r.header("content-type"), Some("text/html"));
+    assert_eq!(r.body.len(), 100_000);
+    front_end(&r);
+
+    // garbled:500 — bytes that are neither UTF-8 nor JSON.
+    let r = exchange(&mut conn, &signed_patient_put("odd", port));
+    assert_eq!(r.status, 500);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("x-amzn-errortype"), None);
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
+    assert!(std::str::from_utf8(&r.body).is_err());
+    front_end(&r);
+
+    // throttle-429-bare — no Retry-After.
+    let r = exchange(&mut conn, &signed_patient_put("odd", port));
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), None);
+    assert_eq!(r.header("x-amzn-errortype"), Some("ThrottlingException"));
+    front_end(&r);
+
+    // Then normal, on the same connection; a bad signature has them too.
+    let r = exchange(&mut conn, &signed_patient_put("odd", port));
+    assert_eq!(r.status, 201);
+    front_end(&r);
+    let mut bad = signed_patient_put("odd", port);
+    bad.body_mut().push(b' ');
+    let r = exchange(&mut conn, &bad);
+    assert_eq!(r.status, 403);
+    front_end(&r);
+
+    let log = exchange(&mut ctl, &plain("GET", "/_emulator/requests", port)).json();
+    let faults: Vec<serde_json::Value> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["fault"].clone())
+        .collect();
+    assert_eq!(
+        faults,
+        serde_json::json!(["empty", "large", "garbled", "throttle-429-bare", null, null])
+            .as_array()
+            .unwrap()
+            .clone()
+    );
 }

@@ -2,6 +2,11 @@
 //! `next` kind, unsupported types, rates, the rate limit and latency, checking statuses,
 //! headers, exact bodies, the store and the request log. The reset over a real socket is in
 //! `tests/binary.rs`.
+//!
+//! Timing checks are one-sided: an injected wait takes at least its duration (a slow machine
+//! only makes it longer); that something is *not* delayed is checked against a delay far longer
+//! than any test run could be slowed down by. The rate limiter is driven by the arrival times
+//! given to `App::handle_at`, not by the wall clock.
 
 #![allow(
     clippy::unwrap_used,
@@ -12,10 +17,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::app::*;
 use common::*;
+use healthlake_emulator::faults::kind::{GARBLED_BODY, LARGE_BODY_BYTES};
 use healthlake_emulator::{Answer, App, Config, FaultSettings};
 use http::StatusCode;
 use serde_json::{json, Value};
@@ -247,6 +253,153 @@ fn next_throttles() {
 }
 
 #[test]
+fn next_throttle_429_bare_has_no_retry_after() {
+    let app = app();
+    put_faults(&app, r#"{"next":["throttle-429-bare","throttle-429"]}"#);
+    let r = send(&app, &put_patient("t"));
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers.get("retry-after").is_none(), "{:?}", r.headers);
+    assert_eq!(r.header("x-amzn-errortype"), "ThrottlingException");
+    assert_eq!(r.header("content-type"), "application/x-amz-json-1.1");
+    assert!(!r.header("x-amzn-requestid").is_empty());
+    assert_eq!(
+        r.body.as_ref(),
+        br#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#
+    );
+    // The plain form still has it.
+    let r = send(&app, &put_patient("t"));
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.header("retry-after"), "1");
+    assert!(app.stored("Patient", "t").is_none());
+    let faults: Vec<Value> = log(&app).iter().map(|r| r["fault"].clone()).collect();
+    assert_eq!(faults, [json!("throttle-429-bare"), json!("throttle-429")]);
+    assert_eq!(
+        get_faults(&app)["injected"],
+        json!({ "throttle-429-bare": 1, "throttle-429": 1 })
+    );
+}
+
+#[test]
+fn next_empty_large_and_garbled_bodies() {
+    let app = app();
+    let next =
+        r#"{"next":["empty:401","empty:503","large:503","large:400","garbled:429","garbled:500"]}"#;
+    let r = put_faults(&app, next);
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.json()["settings"]["next"],
+        json!([
+            "empty:401",
+            "empty:503",
+            "large:503",
+            "large:400",
+            "garbled:429",
+            "garbled:500"
+        ])
+    );
+
+    // empty:NNN: the status, no body, no content type, no error type.
+    for status in [401, 503] {
+        let r = send(&app, &put_patient("e"));
+        assert_eq!(r.status.as_u16(), status);
+        assert!(r.body.is_empty());
+        assert!(r.headers.get("content-type").is_none(), "{:?}", r.headers);
+        assert!(r.headers.get("x-amzn-errortype").is_none());
+        assert!(r.headers.get("retry-after").is_none());
+        assert!(!r.header("x-amzn-requestid").is_empty());
+    }
+
+    // large:NNN: an HTML page of exactly 100,000 bytes, not JSON.
+    for status in [503, 400] {
+        let r = send(&app, &put_patient("e"));
+        assert_eq!(r.status.as_u16(), status);
+        assert_eq!(r.header("content-type"), "text/html");
+        assert!(r.headers.get("x-amzn-errortype").is_none());
+        assert_eq!(r.body.len(), LARGE_BODY_BYTES);
+        assert_eq!(LARGE_BODY_BYTES, 100_000);
+        assert!(r.body.len() > 64 * 1024);
+        assert!(serde_json::from_slice::<Value>(&r.body).is_err());
+        let page = std::str::from_utf8(&r.body).unwrap();
+        assert!(page.starts_with("<!DOCTYPE html>"));
+        assert!(page.contains(&format!("<h1>{status} ")), "{}", &page[..200]);
+    }
+
+    // garbled:NNN: JSON content type, a body neither UTF-8 nor JSON, no error type.
+    for status in [429, 500] {
+        let r = send(&app, &put_patient("e"));
+        assert_eq!(r.status.as_u16(), status);
+        assert_eq!(r.header("content-type"), "application/json");
+        assert!(r.headers.get("x-amzn-errortype").is_none());
+        assert!(r.headers.get("retry-after").is_none());
+        assert_eq!(r.body.as_ref(), GARBLED_BODY);
+        assert!(r.body.starts_with(b"{\"__type\": \"Thrott\xff\xfe\x00"));
+        assert!(std::str::from_utf8(&r.body).is_err());
+        assert!(serde_json::from_slice::<Value>(&r.body).is_err());
+    }
+
+    // Nothing stored; then normal handling again.
+    assert!(app.stored("Patient", "e").is_none());
+    assert_eq!(send(&app, &put_patient("e")).status, StatusCode::CREATED);
+
+    let log = log(&app);
+    let got: Vec<(Value, Value, Value)> = log
+        .iter()
+        .map(|r| {
+            (
+                r["status"].clone(),
+                r["fault"].clone(),
+                r["verified"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (json!(401), json!("empty"), json!(true)),
+            (json!(503), json!("empty"), json!(true)),
+            (json!(503), json!("large"), json!(true)),
+            (json!(400), json!("large"), json!(true)),
+            (json!(429), json!("garbled"), json!(true)),
+            (json!(500), json!("garbled"), json!(true)),
+            (json!(201), Value::Null, json!(true)),
+        ]
+    );
+    assert!(log[0]["error"].as_str().unwrap().contains("empty body"));
+    assert!(log[2]["error"].as_str().unwrap().contains("text/html"));
+    assert!(log[4]["error"].as_str().unwrap().contains("garbled"));
+    assert_eq!(
+        get_faults(&app)["injected"],
+        json!({ "empty": 2, "large": 2, "garbled": 2 })
+    );
+}
+
+#[test]
+fn bad_new_next_entries_are_rejected() {
+    let app = app();
+    put_faults(&app, r#"{"next":["empty:503"]}"#);
+    for (entry, needle) in [
+        ("empty:200", "a status must be 400..599"),
+        ("large:600", "a status must be 400..599"),
+        ("garbled:", "expected a status 400..599 after \"garbled:\""),
+        ("empty:50x", "expected a status 400..599 after \"empty:\""),
+        ("large", "unknown fault \"large\""),
+        ("throttle-429-Bare", "unknown fault"),
+    ] {
+        let r = put_faults(&app, &format!(r#"{{"next":["{entry}"]}}"#));
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{entry}");
+        let v = r.json();
+        let (code, diag) = issue(&v);
+        assert_eq!(code, "invalid");
+        assert!(
+            diag.starts_with("invalid fault settings: ") && diag.contains(needle),
+            "{entry}: {diag}"
+        );
+    }
+    // The settings in force are unchanged.
+    assert_eq!(get_faults(&app)["settings"]["next"], json!(["empty:503"]));
+}
+
+#[test]
 fn next_expired_token_and_invalid_signature() {
     let app = app();
     put_faults(&app, r#"{"next":["expired-token","invalid-signature"]}"#);
@@ -310,18 +463,38 @@ fn next_reset_answers_nothing_and_stores_nothing() {
     assert_eq!(get_faults(&app)["injected"], json!({ "reset": 1 }));
 }
 
+/// Sends `req` with a generous deadline, far longer than any slowdown of the machine: `None` if
+/// it was not answered by then (so it was held back by a delay at least that long).
+fn send_within(app: &App, req: &http::Request<Vec<u8>>, deadline: Duration) -> Option<Reply> {
+    let answered = futures_block_on(async {
+        tokio::time::timeout(
+            deadline,
+            app.handle_at(
+                req.method(),
+                req.uri(),
+                req.headers(),
+                bytes::Bytes::from(req.body().clone()),
+                SystemTime::now(),
+            ),
+        )
+        .await
+    });
+    answered.ok().map(reply)
+}
+
 #[test]
 fn next_delay_waits_then_handles_normally() {
     let app = app();
-    put_faults(&app, r#"{"next":["delay:150"]}"#);
+    put_faults(&app, r#"{"next":["delay:300"]}"#);
     let started = Instant::now();
     let r = send(&app, &put_patient("d"));
-    assert!(started.elapsed() >= Duration::from_millis(150));
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(300), "{took:?}");
     assert_eq!(r.status, StatusCode::CREATED);
     assert!(app.stored("Patient", "d").is_some());
-    let started = Instant::now();
+    // The entry was consumed: nothing is left to delay the next request.
+    assert_eq!(get_faults(&app)["settings"]["next"], json!([]));
     assert_eq!(send(&app, &put_patient("d")).status, StatusCode::OK);
-    assert!(started.elapsed() < Duration::from_millis(150));
     let log = log(&app);
     assert_eq!(
         (log[0]["status"].clone(), log[0]["fault"].clone()),
@@ -333,7 +506,7 @@ fn next_delay_waits_then_handles_normally() {
 #[test]
 fn latency_delays_every_data_plane_answer() {
     let app = app();
-    put_faults(&app, r#"{"latency_ms":120}"#);
+    put_faults(&app, r#"{"latency_ms":300}"#);
     let timed = |req: &http::Request<Vec<u8>>| {
         let started = Instant::now();
         let status = send(&app, req).status;
@@ -341,17 +514,25 @@ fn latency_delays_every_data_plane_answer() {
     };
     let (status, took) = timed(&put_patient("l"));
     assert_eq!(status, StatusCode::CREATED);
-    assert!(took >= Duration::from_millis(120), "{took:?}");
+    assert!(took >= Duration::from_millis(300), "{took:?}");
     // A rejected signature is answered late too.
     let mut bad = put_patient("l");
     bad.body_mut().push(b' ');
     let (status, took) = timed(&bad);
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert!(took >= Duration::from_millis(120), "{took:?}");
-    // Inspection is not delayed.
-    let (status, took) = timed(&unsigned("GET", "/_emulator/health"));
-    assert_eq!(status, StatusCode::OK);
-    assert!(took < Duration::from_millis(120), "{took:?}");
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    // Inspection is not delayed: with ten minutes of latency, it still answers within 30 s,
+    // while a data-plane request does not.
+    put_faults(&app, r#"{"latency_ms":600000}"#);
+    let r = send_within(
+        &app,
+        &unsigned("GET", "/_emulator/health"),
+        Duration::from_secs(30),
+    )
+    .expect("inspection answered despite the latency");
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(send_within(&app, &put_patient("l"), Duration::from_millis(300)).is_none());
+    put_faults(&app, "{}");
     // Latency is not a fault of its own.
     assert!(log(&app).iter().all(|r| r["fault"].is_null()));
     assert_eq!(get_faults(&app)["injected"], json!({}));
@@ -497,11 +678,28 @@ fn random_faults_are_reproducible_from_the_seed() {
     assert!(first.iter().any(|(_, f)| f.is_none()));
 }
 
+/// The status and recorded fault of a GET arriving at `at`.
+fn get_at(app: &App, at: SystemTime) -> (u64, Option<String>) {
+    let _ = answer_at(app, &signed("GET", "Patient", "absent"), at);
+    let last = log(app).last().cloned().unwrap();
+    (
+        last["status"].as_u64().unwrap(),
+        last["fault"].as_str().map(str::to_string),
+    )
+}
+
 #[test]
 fn the_rate_limit_throttles_the_excess() {
+    // The arrival times are given, so the token bucket sees exactly these gaps however slow the
+    // machine is.
     let app = app();
     put_faults(&app, r#"{"throttle_above_rps":2}"#);
-    let got = run_gets(&app, 5);
+    let t0 = SystemTime::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let got: Vec<(u64, Option<String>)> = [0, 10, 20, 30, 40]
+        .iter()
+        .map(|ms| get_at(&app, at(*ms)))
+        .collect();
     assert_eq!(
         got,
         [
@@ -512,9 +710,23 @@ fn the_rate_limit_throttles_the_excess() {
             (429, Some("throttle-429".to_string())),
         ]
     );
-    // Half a second later a token is back.
-    std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(run_gets(&app, 1), [(404, None)]);
+    // 2 per second: what is left at 40 ms (0.08 of a token) makes a whole one only after
+    // another 460 ms.
+    assert_eq!(
+        get_at(&app, at(400)),
+        (400, Some("throttle-400".to_string()))
+    );
+    assert_eq!(get_at(&app, at(600)), (404, None));
+    assert_eq!(
+        get_at(&app, at(610)),
+        (429, Some("throttle-429".to_string()))
+    );
+    // A long pause refills the bucket to its size, not beyond.
+    let later: Vec<u64> = [5000, 5001, 5002]
+        .iter()
+        .map(|ms| get_at(&app, at(*ms)).0)
+        .collect();
+    assert_eq!(later, [404, 404, 400]);
 }
 
 #[test]
@@ -544,4 +756,93 @@ fn startup_faults_are_restored_by_delete_and_reset() {
         json!({ "unsupported-type": 1 })
     );
     assert_eq!(app.faults().settings.unsupported_types, ["Basic"]);
+}
+
+fn put_sts_faults(app: &App, body: &str) -> Reply {
+    let req = http::Request::builder()
+        .method("PUT")
+        .uri("/_emulator/sts/faults")
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(body.as_bytes().to_vec())
+        .unwrap();
+    send(app, &req)
+}
+
+#[test]
+fn sts_faults_endpoint_put_get_delete() {
+    let app = app();
+    let none = json!({ "settings": { "next": [] }, "injected": {} });
+    let r = send(&app, &unsigned("GET", "/_emulator/sts/faults"));
+    assert_eq!((r.status, r.json()), (StatusCode::OK, none.clone()));
+    assert_eq!(r.header("content-type"), "application/json");
+
+    let all =
+        r#"{"next":["garbled","no-credentials","bad-expiration","expired","huge","500","599"]}"#;
+    let r = put_sts_faults(&app, all);
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let expected = json!({
+        "settings": serde_json::from_str::<Value>(all).unwrap(),
+        "injected": {}
+    });
+    assert_eq!(r.json(), expected);
+    assert_eq!(
+        send(&app, &unsigned("GET", "/_emulator/sts/faults")).json(),
+        expected
+    );
+
+    // Bad bodies: 400, the settings stay.
+    for (body, needle) in [
+        ("", "body is empty"),
+        (
+            r#"{"next":["503"],"error_rate":1}"#,
+            "unknown field `error_rate`",
+        ),
+        (
+            r#"{"next":["throttle-429"]}"#,
+            "unknown STS fault \"throttle-429\"",
+        ),
+        (r#"{"next":["404"]}"#, "500..599"),
+        (r#"{"next":["600"]}"#, "500..599"),
+        (r#"{"next":"huge"}"#, "expected a sequence"),
+        ("[]", "expected a JSON object"),
+        ("{\"next\":", "EOF"),
+    ] {
+        let r = put_sts_faults(&app, body);
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(r.header("content-type"), "application/fhir+json");
+        let v = r.json();
+        let (code, diag) = issue(&v);
+        assert_eq!(code, "invalid");
+        assert!(
+            diag.starts_with("invalid STS fault settings: ") && diag.contains(needle),
+            "{body}: {diag}"
+        );
+    }
+    assert_eq!(
+        send(&app, &unsigned("GET", "/_emulator/sts/faults")).json(),
+        expected
+    );
+
+    let r = send(&app, &unsigned("POST", "/_emulator/sts/faults"));
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.header("allow"), "GET, PUT, DELETE");
+
+    // The data-plane faults are separate.
+    assert_eq!(get_faults(&app)["settings"]["next"], json!([]));
+
+    let r = send(&app, &unsigned("DELETE", "/_emulator/sts/faults"));
+    assert_eq!((r.status, r.json()), (StatusCode::OK, none.clone()));
+
+    put_sts_faults(&app, r#"{"next":["huge"]}"#);
+    send(&app, &unsigned("POST", "/_emulator/reset"));
+    assert_eq!(
+        send(&app, &unsigned("GET", "/_emulator/sts/faults")).json(),
+        none
+    );
 }

@@ -494,3 +494,133 @@ fn forbidden_body_never_echoes_the_session_token() {
     );
     assert!(!String::from_utf8_lossy(&r.body).contains(TOKEN));
 }
+
+/// The routing headers of AWS's front end, checked for their format.
+const FRONT_END: [&str; 5] = [
+    "via",
+    "x-amz-apigw-id",
+    "x-amzn-trace-id",
+    "x-amz-cf-id",
+    "x-amz-cf-pop",
+];
+
+fn assert_front_end_headers(r: &Reply, what: &str) {
+    let via = r.header("via");
+    let edge = via
+        .strip_prefix("1.1 ")
+        .and_then(|v| v.strip_suffix(".cloudfront.net (CloudFront)"))
+        .unwrap_or_else(|| panic!("{what}: via {via}"));
+    assert!(
+        edge.len() == 32 && edge.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{what}: {via}"
+    );
+    let apigw = r.header("x-amz-apigw-id");
+    assert!(apigw.len() == 16 && apigw.ends_with('='), "{what}: {apigw}");
+    let trace = r.header("x-amzn-trace-id");
+    let parts: Vec<&str> = trace.strip_prefix("Root=1-").unwrap().split('-').collect();
+    assert!(
+        parts.len() == 2
+            && parts[0].len() == 8
+            && parts[1].len() == 24
+            && parts
+                .iter()
+                .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{what}: {trace}"
+    );
+    let cf_id = r.header("x-amz-cf-id");
+    assert!(
+        cf_id.len() == 56 && cf_id.ends_with("=="),
+        "{what}: {cf_id}"
+    );
+    assert_eq!(r.header("x-amz-cf-pop"), "IAD89-C1", "{what}");
+    assert!(!r.header("x-amzn-requestid").is_empty(), "{what}");
+}
+
+#[test]
+fn every_data_plane_answer_has_the_front_end_headers() {
+    let app = app();
+    let put = signed_put("Patient", "fe", &patient("fe"), &SignOpts::long_term());
+    let mut bad_signature = put.clone();
+    bad_signature.body_mut().push(b' ');
+    let unknown_route = signed_request(
+        "GET",
+        "/datastore/ffffffffffffffffffffffffffffffff/r4/Patient/fe",
+        &[("host", HOST)],
+        b"",
+        &SignOpts::long_term(),
+    );
+    let post = signed_request(
+        "POST",
+        &format!("/datastore/{DATASTORE}/r4/Patient/fe"),
+        &[("host", HOST)],
+        b"",
+        &SignOpts::long_term(),
+    );
+    let unsigned_data_plane = unsigned("GET", &format!("/datastore/{DATASTORE}/r4/Patient/fe"));
+    let cases: Vec<(&str, &http::Request<Vec<u8>>, u16)> = vec![
+        ("PUT created", &put, 201),
+        ("PUT updated", &put, 200),
+        ("bad signature", &bad_signature, 403),
+        ("no signature", &unsigned_data_plane, 403),
+        ("unknown datastore", &unknown_route, 404),
+        ("method not allowed", &post, 405),
+    ];
+    let mut seen = Vec::new();
+    for (what, req, status) in cases {
+        let r = send(&app, req);
+        assert_eq!(r.status.as_u16(), status, "{what}");
+        assert_front_end_headers(&r, what);
+        seen.push(r.header("x-amz-cf-id").to_string());
+    }
+    let r = send(&app, &signed("GET", "Patient", "fe"));
+    assert_eq!(r.status, StatusCode::OK);
+    assert_front_end_headers(&r, "GET");
+    let r = send(&app, &signed("DELETE", "Patient", "fe"));
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_front_end_headers(&r, "DELETE");
+    let r = send(&app, &signed("GET", "Patient", "fe"));
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_front_end_headers(&r, "GET absent");
+    // Each answer its own values.
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 6);
+
+    // Injected faults too.
+    let faults = http::Request::builder()
+        .method("PUT")
+        .uri("/_emulator/faults")
+        .header("host", "localhost")
+        .body(br#"{"next":["503","throttle-429-bare","empty:401","large:502","garbled:500","expired-token"]}"#.to_vec())
+        .unwrap();
+    let r = send(&app, &faults);
+    assert_eq!(r.status, StatusCode::OK);
+    // Inspection answers have none of them.
+    for name in FRONT_END {
+        assert!(
+            r.headers.get(name).is_none(),
+            "PUT /_emulator/faults: {name}"
+        );
+    }
+    for status in [503, 429, 401, 502, 500, 403] {
+        let r = send(&app, &put);
+        assert_eq!(r.status.as_u16(), status);
+        assert_front_end_headers(&r, &format!("injected {status}"));
+    }
+
+    for path in [
+        "/_emulator/health",
+        "/_emulator/requests",
+        "/_emulator/resources",
+        "/_emulator/faults",
+        "/_emulator/sts",
+        "/_emulator/sts/faults",
+        "/_emulator/nope",
+    ] {
+        let r = send(&app, &unsigned("GET", path));
+        for name in FRONT_END {
+            assert!(r.headers.get(name).is_none(), "{path}: {name}");
+        }
+        assert!(!r.header("x-amzn-requestid").is_empty());
+    }
+}

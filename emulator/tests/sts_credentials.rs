@@ -317,6 +317,7 @@ fn expire_endpoint_ends_every_issued_set_early() {
             "expiration": expiration,
             "error_code": null,
             "proxy_error": null,
+            "fault": null,
         })
     );
     assert_eq!(v["calls"][1]["seq"], 2);

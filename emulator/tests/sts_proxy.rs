@@ -1,7 +1,7 @@
 //! The STS recording proxy over real sockets: the real binary started with `--sts-upstream`
 //! pointing at a fake STS in this test (a plain TCP server that records the exact bytes it
 //! receives and answers canned AssumeRole / ErrorResponse XML), then HealthLake requests signed
-//! with the issued credentials.
+//! with the issued credentials; and the STS faults (`/_emulator/sts/faults`) over the same path.
 
 #![allow(
     clippy::unwrap_used,
@@ -72,7 +72,7 @@ fn fake_sts(answers: Vec<Vec<u8>>) -> (u16, mpsc::Receiver<Vec<u8>>) {
         for answer in answers {
             let (mut stream, _) = listener.accept().unwrap();
             stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
+                .set_read_timeout(Some(Duration::from_secs(60)))
                 .unwrap();
             let received = read_message(&mut stream);
             tx.send(received).unwrap();
@@ -143,7 +143,7 @@ fn exchange_raw(stream: &mut TcpStream, request: &[u8]) -> Raw {
 
 fn connect(port: u16) -> TcpStream {
     let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     s
 }
 
@@ -189,8 +189,12 @@ fn http_answer(status: &str, extra_headers: &str, body: &str) -> Vec<u8> {
 }
 
 fn assume_role_xml(expiration: &str) -> String {
+    assume_role_xml_for(ISSUED_AKID, expiration)
+}
+
+fn assume_role_xml_for(akid: &str, expiration: &str) -> String {
     format!(
-        r#"<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult><AssumedRoleUser><AssumedRoleId>AROAFAKE:relay</AssumedRoleId><Arn>arn:aws:sts::123456789012:assumed-role/writer/relay</Arn></AssumedRoleUser><Credentials><AccessKeyId>{ISSUED_AKID}</AccessKeyId><SecretAccessKey>{ISSUED_SECRET}</SecretAccessKey><SessionToken>{ISSUED_TOKEN}</SessionToken><Expiration>{expiration}</Expiration></Credentials></AssumeRoleResult><ResponseMetadata><RequestId>fake-request-1</RequestId></ResponseMetadata></AssumeRoleResponse>"#
+        r#"<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult><AssumedRoleUser><AssumedRoleId>AROAFAKE:relay</AssumedRoleId><Arn>arn:aws:sts::123456789012:assumed-role/writer/relay</Arn></AssumedRoleUser><Credentials><AccessKeyId>{akid}</AccessKeyId><SecretAccessKey>{ISSUED_SECRET}</SecretAccessKey><SessionToken>{ISSUED_TOKEN}</SessionToken><Expiration>{expiration}</Expiration></Credentials></AssumeRoleResult><ResponseMetadata><RequestId>fake-request-1</RequestId></ResponseMetadata></AssumeRoleResponse>"#
     )
 }
 
@@ -245,7 +249,7 @@ fn issued_credentials_are_accepted_then_expired() {
     let sent = wire(&assume_role_request(emu.sts_port));
     let mut sts_conn = connect(emu.sts_port);
     let r = exchange_raw(&mut sts_conn, &sent);
-    let got = received.recv_timeout(Duration::from_secs(10)).unwrap();
+    let got = received.recv_timeout(Duration::from_secs(60)).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&got),
         String::from_utf8_lossy(&sent)
@@ -342,7 +346,7 @@ fn issued_credentials_are_accepted_then_expired() {
     // An error answer, on the same (kept-alive) proxy connection: passed on, its code recorded.
     let r = exchange_raw(&mut sts_conn, &sent);
     assert_eq!(
-        received.recv_timeout(Duration::from_secs(10)).unwrap(),
+        received.recv_timeout(Duration::from_secs(60)).unwrap(),
         sent
     );
     assert_eq!(r.status, 403);
@@ -406,4 +410,348 @@ fn bad_sts_flags_are_a_configuration_error() {
         let stderr = process::refused(&args);
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
+}
+
+fn put_json(path: &str, body: &str, port: u16) -> Vec<u8> {
+    format!(
+        "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A HealthLake PUT signed with a set issued through the proxy (the test's secret and token).
+fn put_signed_with(akid: &str, id: &str, port: u16) -> Vec<u8> {
+    wire(&signed_request(
+        "PUT",
+        &format!("/datastore/{DATASTORE}/r4/Patient/{id}"),
+        &[
+            ("host", &format!("127.0.0.1:{port}")),
+            ("content-type", "application/fhir+json"),
+        ],
+        &patient(id),
+        &SignOpts {
+            access_key_id: akid.into(),
+            secret: ISSUED_SECRET.into(),
+            token: Some(ISSUED_TOKEN.into()),
+            ..SignOpts::long_term()
+        },
+    ))
+}
+
+fn get_caller_identity(sts_port: u16) -> Vec<u8> {
+    wire(&signed_request(
+        "POST",
+        "/",
+        &[
+            ("host", &format!("127.0.0.1:{sts_port}")),
+            (
+                "content-type",
+                "application/x-www-form-urlencoded; charset=utf-8",
+            ),
+        ],
+        b"Action=GetCallerIdentity&Version=2011-06-15",
+        &SignOpts {
+            service: "sts".into(),
+            ..SignOpts::long_term()
+        },
+    ))
+}
+
+#[test]
+fn sts_faults_shape_assume_role_answers() {
+    const BAD_EXP_AKID: &str = "ASIAFAKESTS000000002";
+    const EXPIRED_AKID: &str = "ASIAFAKESTS000000003";
+    let real_expiration =
+        timefmt::format_rfc3339_millis(SystemTime::now() + Duration::from_secs(3600));
+    let caller_identity = "<GetCallerIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><GetCallerIdentityResult><Account>123456789012</Account></GetCallerIdentityResult></GetCallerIdentityResponse>";
+    let bad_exp_answer = assume_role_xml_for(BAD_EXP_AKID, &real_expiration);
+    let (upstream_port, received) = fake_sts(vec![
+        http_answer("200 OK", "", caller_identity),
+        http_answer("200 OK", "", &bad_exp_answer),
+        http_answer(
+            "200 OK",
+            "",
+            &assume_role_xml_for(EXPIRED_AKID, &real_expiration),
+        ),
+        http_answer("200 OK", "", &assume_role_xml(&real_expiration)),
+    ]);
+    let emu = start(&format!("http://127.0.0.1:{upstream_port}"));
+    let mut ctl = connect(emu.port);
+    let r = exchange_raw(
+        &mut ctl,
+        &put_json(
+            "/_emulator/sts/faults",
+            r#"{"next":["garbled","no-credentials","huge","503","bad-expiration","expired"]}"#,
+            emu.port,
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let all = json!([
+        "garbled",
+        "no-credentials",
+        "huge",
+        "503",
+        "bad-expiration",
+        "expired"
+    ]);
+    assert_eq!(r.json(), json!({"settings": {"next": all}, "injected": {}}));
+
+    let mut sts = connect(emu.sts_port);
+    // Another action consumes nothing and is forwarded.
+    let r = exchange_raw(&mut sts, &get_caller_identity(emu.sts_port));
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, caller_identity.as_bytes())
+    );
+    received.recv_timeout(Duration::from_secs(60)).unwrap();
+    let v = exchange_raw(&mut ctl, &plain("GET", "/_emulator/sts/faults", emu.port)).json();
+    assert_eq!(v["settings"]["next"], all);
+
+    let assume_role = wire(&assume_role_request(emu.sts_port));
+
+    // garbled: 200, text/xml, bytes that are neither UTF-8 nor XML.
+    let r = exchange_raw(&mut sts, &assume_role);
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.header("content-type"), Some("text/xml"));
+    assert!(!r.body.is_empty() && r.body[0] != b'<');
+    assert!(std::str::from_utf8(&r.body).is_err());
+
+    // no-credentials: a well-formed AssumeRoleResponse with a result and no credentials.
+    let r = exchange_raw(&mut sts, &assume_role);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/xml"));
+    let text = String::from_utf8(r.body.clone()).unwrap();
+    assert!(text.starts_with("<AssumeRoleResponse "), "{text}");
+    assert!(
+        text.contains("<AssumeRoleResult>") && !text.contains("Credentials"),
+        "{text}"
+    );
+
+    // huge: 2,000,000 bytes, still without credentials.
+    let r = exchange_raw(&mut sts, &assume_role);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("2000000"));
+    assert_eq!(r.body.len(), 2_000_000);
+    let text = String::from_utf8(r.body.clone()).unwrap();
+    assert!(text.starts_with("<AssumeRoleResponse ") && text.ends_with("</AssumeRoleResponse>\n"));
+    assert!(!text.contains("<Credentials>"));
+
+    // 503: an AWS XML ErrorResponse.
+    let r = exchange_raw(&mut sts, &assume_role);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("content-type"), Some("text/xml"));
+    let text = String::from_utf8(r.body.clone()).unwrap();
+    assert!(text.starts_with("<ErrorResponse "), "{text}");
+    assert!(text.contains("<Code>ServiceUnavailable</Code>"), "{text}");
+
+    // None of those reached the upstream. bad-expiration does: the caller gets `not-a-date`, the
+    // emulator accepts the set with its real expiry.
+    let r = exchange_raw(&mut sts, &assume_role);
+    assert_eq!(
+        received.recv_timeout(Duration::from_secs(60)).unwrap(),
+        assume_role
+    );
+    assert_eq!(r.status, 200);
+    let expected = bad_exp_answer.replace(
+        &format!("<Expiration>{real_expiration}</Expiration>"),
+        "<Expiration>not-a-date</Expiration>",
+    );
+    assert_eq!(String::from_utf8(r.body.clone()).unwrap(), expected);
+    assert_eq!(
+        r.header("content-length"),
+        Some(expected.len().to_string().as_str())
+    );
+    assert!(
+        r.head.contains("\r\nx-amzn-RequestId: fake-request-1\r\n"),
+        "{}",
+        r.head
+    );
+
+    // expired: the caller gets an Expiration an hour ago, and the set is accepted as expired.
+    let before = SystemTime::now();
+    let r = exchange_raw(&mut sts, &assume_role);
+    let after = SystemTime::now();
+    assert_eq!(
+        received.recv_timeout(Duration::from_secs(60)).unwrap(),
+        assume_role
+    );
+    assert_eq!(r.status, 200);
+    let text = String::from_utf8(r.body.clone()).unwrap();
+    let shown = text
+        .split("<Expiration>")
+        .nth(1)
+        .and_then(|t| t.split("</Expiration>").next())
+        .unwrap()
+        .to_string();
+    assert_eq!(shown.len(), "2026-11-27T22:00:00Z".len(), "{shown}");
+    assert!(shown.ends_with('Z') && !shown.contains('.'), "{shown}");
+    let shown_at = timefmt::parse_iso8601(&shown).unwrap();
+    let hour = Duration::from_secs(3600);
+    assert!(shown_at + hour + Duration::from_secs(1) > before, "{shown}");
+    assert!(shown_at + hour <= after, "{shown}");
+    assert_eq!(
+        text,
+        assume_role_xml_for(EXPIRED_AKID, &real_expiration).replace(&real_expiration, &shown)
+    );
+
+    // The queue is empty: the next call passes unchanged.
+    let r = exchange_raw(&mut sts, &assume_role);
+    received.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(r.body, assume_role_xml(&real_expiration).as_bytes());
+
+    // What the emulator recorded.
+    let v = exchange_raw(&mut ctl, &plain("GET", "/_emulator/sts/faults", emu.port)).json();
+    assert_eq!(
+        v,
+        json!({"settings": {"next": []}, "injected": {
+            "garbled": 1, "no-credentials": 1, "huge": 1, "503": 1, "bad-expiration": 1,
+            "expired": 1
+        }})
+    );
+    let v = exchange_raw(&mut ctl, &plain("GET", "/_emulator/sts", emu.port)).json();
+    let calls = v["calls"].as_array().unwrap();
+    let summary: Vec<(Value, Value, Value, Value)> = calls
+        .iter()
+        .map(|c| {
+            (
+                c["action"].clone(),
+                c["status"].clone(),
+                c["fault"].clone(),
+                c["issued_access_key_id"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                json!("GetCallerIdentity"),
+                json!(200),
+                Value::Null,
+                Value::Null
+            ),
+            (
+                json!("AssumeRole"),
+                json!(200),
+                json!("garbled"),
+                Value::Null
+            ),
+            (
+                json!("AssumeRole"),
+                json!(200),
+                json!("no-credentials"),
+                Value::Null
+            ),
+            (json!("AssumeRole"), json!(200), json!("huge"), Value::Null),
+            (json!("AssumeRole"), json!(503), json!("503"), Value::Null),
+            (
+                json!("AssumeRole"),
+                json!(200),
+                json!("bad-expiration"),
+                json!(BAD_EXP_AKID)
+            ),
+            (
+                json!("AssumeRole"),
+                json!(200),
+                json!("expired"),
+                json!(EXPIRED_AKID)
+            ),
+            (
+                json!("AssumeRole"),
+                json!(200),
+                Value::Null,
+                json!(ISSUED_AKID)
+            ),
+        ]
+    );
+    assert!(calls[1]["proxy_error"]
+        .as_str()
+        .unwrap()
+        .contains("not UTF-8"));
+    for c in &calls[2..4] {
+        assert!(
+            c["proxy_error"]
+                .as_str()
+                .unwrap()
+                .contains("has no AssumeRoleResponse/AssumeRoleResult/Credentials"),
+            "{c}"
+        );
+    }
+    assert_eq!(calls[4]["error_code"], "ServiceUnavailable");
+    assert_eq!(calls[5]["expiration"], real_expiration.as_str());
+    assert_eq!(calls[6]["expiration"], shown.as_str());
+    let issued: Vec<(Value, Value)> = v["issued"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["access_key_id"].clone(), i["expired"].clone()))
+        .collect();
+    assert_eq!(
+        issued,
+        [
+            (json!(BAD_EXP_AKID), json!(false)),
+            (json!(EXPIRED_AKID), json!(true)),
+            (json!(ISSUED_AKID), json!(false)),
+        ]
+    );
+
+    // The data plane: the bad-expiration set works, the expired one is ExpiredTokenException.
+    let mut data = connect(emu.port);
+    let r = exchange_raw(&mut data, &put_signed_with(BAD_EXP_AKID, "bx", emu.port));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let r = exchange_raw(&mut data, &put_signed_with(EXPIRED_AKID, "ex", emu.port));
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("x-amzn-errortype"), Some("ExpiredTokenException"));
+    assert_eq!(
+        r.json(),
+        json!({"__type": "ExpiredTokenException", "message": "The security token included in the request is expired"})
+    );
+}
+
+#[test]
+fn sts_faults_are_cleared_by_delete_and_reset() {
+    // An upstream nothing listens on: entries that do not call it still answer.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let emu = start(&format!("http://127.0.0.1:{port}"));
+    let mut ctl = connect(emu.port);
+    let mut sts = connect(emu.sts_port);
+    let assume_role = wire(&assume_role_request(emu.sts_port));
+    let put = |ctl: &mut TcpStream, body: &str| {
+        exchange_raw(ctl, &put_json("/_emulator/sts/faults", body, emu.port))
+    };
+
+    assert_eq!(put(&mut ctl, r#"{"next":["599","500"]}"#).status, 200);
+    let r = exchange_raw(&mut sts, &assume_role);
+    assert_eq!(r.status, 599);
+    let r = exchange_raw(
+        &mut ctl,
+        &plain("DELETE", "/_emulator/sts/faults", emu.port),
+    );
+    assert_eq!(
+        (r.status, r.json()),
+        (200, json!({"settings": {"next": []}, "injected": {}}))
+    );
+    // Nothing queued: forwarded, and the upstream is unreachable.
+    assert_eq!(exchange_raw(&mut sts, &assume_role).status, 502);
+
+    assert_eq!(put(&mut ctl, r#"{"next":["500"]}"#).status, 200);
+    let r = exchange_raw(&mut ctl, &plain("POST", "/_emulator/reset", emu.port));
+    assert_eq!(r.status, 200);
+    let v = exchange_raw(&mut ctl, &plain("GET", "/_emulator/sts/faults", emu.port)).json();
+    assert_eq!(v, json!({"settings": {"next": []}, "injected": {}}));
+    assert_eq!(exchange_raw(&mut sts, &assume_role).status, 502);
+    // The call log is kept by the reset.
+    let v = exchange_raw(&mut ctl, &plain("GET", "/_emulator/sts", emu.port)).json();
+    let faults: Vec<Value> = v["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["fault"].clone())
+        .collect();
+    assert_eq!(faults, [json!("599"), Value::Null, Value::Null]);
 }

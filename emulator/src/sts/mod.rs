@@ -1,12 +1,14 @@
 //! Temporary credentials issued by AWS STS (in tests, moto), learnt by standing in the path as a
 //! recording proxy.
 //!
+//! - [`faults`]: the faults tests ask the proxy to inject into `AssumeRole` calls.
 //! - [`proxy`]: the second listener (`--sts-upstream`), forwarding every request unchanged to the
 //!   upstream STS and its answer unchanged back.
 //! - [`xml`]: reading the credentials of a successful answer and the code of an error answer.
 //! - [`StsLedger`]: what the proxy saw (the call log) and the credential sets STS issued, with
 //!   their expiry; the verifier accepts those sets until they expire.
 
+pub mod faults;
 pub mod proxy;
 pub mod xml;
 
@@ -49,6 +51,8 @@ pub struct StsCall {
     /// Why the proxy could not forward the call, or could not read the credentials of a
     /// successful answer; null otherwise.
     pub proxy_error: Option<String>,
+    /// The STS fault injected into this call (`"garbled"`, `"expired"`, `"503"`, ...), or null.
+    pub fault: Option<String>,
 }
 
 /// An issued credential set, as listed by `GET /_emulator/sts`.
@@ -121,6 +125,19 @@ impl StsLedger {
         outcome: UpstreamOutcome<'_>,
         now: SystemTime,
     ) -> StsCall {
+        self.record_with_fault(action, outcome, now, None)
+    }
+
+    /// [`StsLedger::record`], noting the STS fault injected into the call, if any. `outcome` is
+    /// what the ledger reads: for a fault that rewrote the upstream's answer, the answer it
+    /// should learn the credentials from.
+    pub fn record_with_fault(
+        &mut self,
+        action: Option<&str>,
+        outcome: UpstreamOutcome<'_>,
+        now: SystemTime,
+        fault: Option<&faults::StsFault>,
+    ) -> StsCall {
         self.seq = self.seq.saturating_add(1);
         let mut call = StsCall {
             seq: self.seq,
@@ -131,6 +148,7 @@ impl StsLedger {
             expiration: None,
             error_code: None,
             proxy_error: None,
+            fault: fault.map(ToString::to_string),
         };
         match outcome {
             UpstreamOutcome::Failed { status, error } => {

@@ -7,6 +7,10 @@
 //! One upstream connection per call (plain HTTP/1.1, loopback only), 10 s for the whole exchange.
 //! Each answer is recorded in the [`App`]'s STS ledger, which learns the credential sets STS
 //! issues.
+//!
+//! The exception: an `AssumeRole` call takes the next STS fault queued with
+//! `PUT /_emulator/sts/faults` ([`super::faults`]), which either answers in the upstream's place
+//! or rewrites the `Expiration` of its answer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +26,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use super::faults::{rewrite_expiration, CannedAnswer, StsFault};
 use super::{action_of, UpstreamOutcome};
 use crate::server::{App, MAX_BODY_BYTES, SHUTTING_DOWN};
 
@@ -210,7 +215,119 @@ fn failure(status: StatusCode, message: &str) -> Resp {
     resp
 }
 
-/// Forwards one received request (its body already read) and records the call.
+/// What became of a call sent on to the upstream: the answer for the caller, and the status and
+/// body the ledger reads (or why there is no upstream answer).
+struct Relayed {
+    resp: Resp,
+    status: u16,
+    body: Bytes,
+    failure: Option<String>,
+}
+
+/// Sends a received request on to the upstream, unchanged but for the hop-by-hop headers, and
+/// returns its answer (or the proxy's own `400`/`502`/`504`).
+async fn relay(upstream: &StsUpstream, parts: http::request::Parts, body: Bytes) -> Relayed {
+    let keep = signed_header_names(&parts.headers);
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = parts.method;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = end_to_end(&parts.headers, &keep);
+    // The original spelling of the header names travels in the extensions.
+    *req.extensions_mut() = parts.extensions;
+    let failed = |status: StatusCode, text: String| Relayed {
+        resp: failure(status, &text),
+        status: status.as_u16(),
+        body: Bytes::new(),
+        failure: Some(text),
+    };
+    let uri = match path_and_query.parse::<Uri>() {
+        Ok(uri) => uri,
+        Err(e) => {
+            return failed(
+                StatusCode::BAD_REQUEST,
+                format!("cannot forward the request target '{path_and_query}': {e}"),
+            )
+        }
+    };
+    *req.uri_mut() = uri;
+    match tokio::time::timeout(UPSTREAM_TIMEOUT, upstream.exchange(req)).await {
+        Ok(Ok((up, body))) => {
+            let mut resp = Response::new(Full::new(body.clone()));
+            *resp.status_mut() = up.status;
+            *resp.headers_mut() = end_to_end(&up.headers, &[]);
+            *resp.extensions_mut() = up.extensions;
+            Relayed {
+                resp,
+                status: up.status.as_u16(),
+                body,
+                failure: None,
+            }
+        }
+        Ok(Err(e)) => failed(StatusCode::BAD_GATEWAY, e),
+        Err(_) => failed(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "{} did not answer within {} s",
+                upstream.url,
+                UPSTREAM_TIMEOUT.as_secs()
+            ),
+        ),
+    }
+}
+
+/// The proxy's own answer for an STS fault that does not call the upstream.
+fn canned_response(answer: CannedAnswer, request_id: &str) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(answer.body)));
+    *resp.status_mut() = answer.status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(answer.content_type),
+    );
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        resp.headers_mut().insert("x-amzn-requestid", v);
+    }
+    resp
+}
+
+/// Applies an STS fault that rewrites the upstream's answer (`bad-expiration`, `expired`) to a
+/// `200` with an `Expiration`: the caller gets the rewritten body (with its `Content-Length`
+/// corrected). Returns the body the ledger reads: the upstream's for `bad-expiration` (the set
+/// is accepted with its real expiry), the rewritten one for `expired` (accepted as expired).
+/// Any other answer passes unchanged.
+fn rewrite_answer(fault: &StsFault, relayed: &mut Relayed, now: SystemTime) -> Bytes {
+    let Some((expiration, ledger_reads_rewritten)) = fault.expiration_rewrite(now) else {
+        return relayed.body.clone();
+    };
+    if relayed.failure.is_some() || relayed.status != 200 {
+        return relayed.body.clone();
+    }
+    let Some(rewritten) = rewrite_expiration(&relayed.body, &expiration) else {
+        return relayed.body.clone();
+    };
+    let rewritten = Bytes::from(rewritten);
+    relayed.resp.headers_mut().insert(
+        http::header::CONTENT_LENGTH,
+        HeaderValue::from(rewritten.len()),
+    );
+    *relayed.resp.body_mut() = Full::new(rewritten.clone());
+    if ledger_reads_rewritten {
+        rewritten
+    } else {
+        relayed.body.clone()
+    }
+}
+
+/// A request id for an answer the proxy makes up itself.
+fn made_up_request_id() -> String {
+    uuid::Uuid::new_v4().hyphenated().to_string()
+}
+
+/// Forwards one received request (its body already read) and records the call. An `AssumeRole`
+/// call consumes the next STS fault, if one is queued (`PUT /_emulator/sts/faults`).
 pub async fn forward(
     app: &App,
     upstream: &StsUpstream,
@@ -218,74 +335,51 @@ pub async fn forward(
     body: Bytes,
 ) -> Resp {
     let action = action_of(parts.uri.query(), &body);
-    let keep = signed_header_names(&parts.headers);
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
     let method = parts.method.clone();
     let log_path = parts.uri.path().to_string();
+    let fault = if action.as_deref() == Some("AssumeRole") {
+        app.take_sts_fault()
+    } else {
+        None
+    };
+    let request_id = made_up_request_id();
+    let canned = fault.and_then(|f| f.canned_answer(&request_id));
 
-    let mut req = Request::new(Full::new(body));
-    *req.method_mut() = parts.method;
-    *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = end_to_end(&parts.headers, &keep);
-    // The original spelling of the header names travels in the extensions.
-    *req.extensions_mut() = parts.extensions;
-    let (resp, outcome_status, failure_text, body) = match path_and_query.parse::<Uri>() {
-        Err(e) => {
-            let text = format!("cannot forward the request target '{path_and_query}': {e}");
-            (
-                failure(StatusCode::BAD_REQUEST, &text),
-                400,
-                Some(text),
-                Bytes::new(),
-            )
+    let (resp, call) = match canned {
+        Some(answer) => {
+            let call = app.record_sts_call_with_fault(
+                action.as_deref(),
+                UpstreamOutcome::Answered {
+                    status: answer.status.as_u16(),
+                    body: &answer.body,
+                },
+                SystemTime::now(),
+                fault.as_ref(),
+            );
+            (canned_response(answer, &request_id), call)
         }
-        Ok(uri) => {
-            *req.uri_mut() = uri;
-            match tokio::time::timeout(UPSTREAM_TIMEOUT, upstream.exchange(req)).await {
-                Ok(Ok((up, body))) => {
-                    let mut resp = Response::new(Full::new(body.clone()));
-                    *resp.status_mut() = up.status;
-                    *resp.headers_mut() = end_to_end(&up.headers, &[]);
-                    *resp.extensions_mut() = up.extensions;
-                    let status = up.status.as_u16();
-                    (resp, status, None, body)
-                }
-                Ok(Err(e)) => (
-                    failure(StatusCode::BAD_GATEWAY, &e),
-                    502,
-                    Some(e),
-                    Bytes::new(),
-                ),
-                Err(_) => {
-                    let text = format!(
-                        "{} did not answer within {} s",
-                        upstream.url,
-                        UPSTREAM_TIMEOUT.as_secs()
-                    );
-                    (
-                        failure(StatusCode::GATEWAY_TIMEOUT, &text),
-                        504,
-                        Some(text),
-                        Bytes::new(),
-                    )
-                }
-            }
+        None => {
+            let mut relayed = relay(upstream, parts, body).await;
+            let now = SystemTime::now();
+            let ledger_body = match &fault {
+                Some(f) => rewrite_answer(f, &mut relayed, now),
+                None => relayed.body.clone(),
+            };
+            let outcome = match &relayed.failure {
+                Some(error) => UpstreamOutcome::Failed {
+                    status: relayed.status,
+                    error,
+                },
+                None => UpstreamOutcome::Answered {
+                    status: relayed.status,
+                    body: &ledger_body,
+                },
+            };
+            let call =
+                app.record_sts_call_with_fault(action.as_deref(), outcome, now, fault.as_ref());
+            (relayed.resp, call)
         }
     };
-    let outcome = match &failure_text {
-        Some(error) => UpstreamOutcome::Failed {
-            status: outcome_status,
-            error,
-        },
-        None => UpstreamOutcome::Answered {
-            status: outcome_status,
-            body: &body,
-        },
-    };
-    let call = app.record_sts_call(action.as_deref(), outcome, SystemTime::now());
     let resp = if call.proxy_error.as_deref() == Some(SHUTTING_DOWN) {
         failure(StatusCode::SERVICE_UNAVAILABLE, SHUTTING_DOWN)
     } else {
@@ -305,8 +399,13 @@ pub async fn forward(
             (None, Some(code), None) => format!("error {code}"),
             (None, None, None) => "forwarded".to_string(),
         };
+        let injected = call
+            .fault
+            .as_deref()
+            .map(|f| format!(", injected STS fault {f}"))
+            .unwrap_or_default();
         eprintln!(
-            "healthlake-emulator: sts {method} {log_path} {} -> {} {what}",
+            "healthlake-emulator: sts {method} {log_path} {} -> {} {what}{injected}",
             call.action.as_deref().unwrap_or("(no action)"),
             call.status
         );

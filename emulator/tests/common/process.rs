@@ -170,11 +170,11 @@ impl Response {
     }
 }
 
-/// A connection to the emulator, with a 10 s read timeout.
+/// A connection to the emulator, with a 60 s read timeout (only a broken emulator takes that long).
 pub fn connect(port: u16) -> BufReader<TcpStream> {
     let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
     BufReader::new(stream)
 }
