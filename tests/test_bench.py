@@ -12,8 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 SETUPS = ("(a) plain", "(b) native", "(c) relay", "(d) floor")
 
@@ -32,8 +30,8 @@ def results_rows(markdown: str) -> list[dict[str, str]]:
 
 
 def test_quick_benchmark_measures_every_setup(tmp_path):
-    if shutil.which("wrk") is None:
-        pytest.skip("wrk is not installed (make bench-deps installs it; make test does)")
+    # No silent skip: make test installs wrk (bench-deps) before the integration tests.
+    assert shutil.which("wrk"), "wrk is not installed: run `make bench-deps` (make test does)"
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
