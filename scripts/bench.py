@@ -3,7 +3,8 @@
 
     scripts/bench.py            the full benchmark (make bench): about 15 minutes with the defaults
     scripts/bench.py --quick    one short round, 2 KB bodies, concurrency 1 (used by the test suite)
-    scripts/bench.py --soak     relay memory after 100,000 and 1,000,000 requests (make bench-soak)
+    scripts/bench.py --soak     relay memory after 100,000 and 1,000,000 requests (make bench-soak);
+                                its report also goes to bench/results/soak.md and soak.json
 
 Four Envoy set-ups, rendered from the shipped envoy.yaml (relayctl.render) and differing only in
 the signing filter; the access log is off in all four:
@@ -210,11 +211,13 @@ def http_connection_manager(config: dict) -> dict:
     return listener["filter_chains"][0]["filters"][0]["typed_config"]
 
 
-def native_signing_filter(settings: relayctl.Settings, env: dict[str, str]) -> dict:
+def native_signing_filter(settings: relayctl.Settings) -> dict:
     """Envoy's own SigV4 filter, signing what the relay signs, with the same credentials.
 
-    Envoy 1.40 takes inline credentials; with them it builds no default credential chain (whose
-    instance-metadata providers would reach beyond loopback).
+    Envoy 1.40 reads them from its environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), as the
+    relay does, so that no secret is written into the configuration; a custom chain of that one
+    provider builds no default chain (whose instance-metadata providers would reach beyond
+    loopback).
     """
     return {
         "name": NATIVE_FILTER,
@@ -226,10 +229,8 @@ def native_signing_filter(settings: relayctl.Settings, env: dict[str, str]) -> d
             "host_rewrite": settings.authority,
             # Buffer the body and sign its SHA-256 (x-amz-content-sha256), like the relay.
             "use_unsigned_payload": False,
-            "credential_provider": {"inline_credential": {
-                "access_key_id": env["AWS_ACCESS_KEY_ID"],
-                "secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
-            }},
+            "credential_provider": {"custom_credential_provider_chain": True,
+                                    "environment_credential_provider": {}},
         },
     }
 
@@ -244,7 +245,7 @@ def setup_config(setup: str, settings: relayctl.Settings, env: dict[str, str], f
     if setup == "plain":
         del filters[relay_at]
     elif setup == "native":
-        filters[relay_at] = native_signing_filter(settings, env)
+        filters[relay_at] = native_signing_filter(settings)
     elif setup == "floor":
         filters[relay_at]["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(floor_wasm)
     elif setup != "relay":
@@ -610,6 +611,7 @@ def run_soak(ctx: Context) -> dict:
         wrk.send_signal(signal.SIGINT)  # wrk stops, then prints its report and the JSON line
         result = finish_wrk(wrk, ctx.out / "wrk" / "soak.txt", timeout=60)
         memory = memory_kib(envoy.proc.pid)
+        wrk_command = shlex.join(wrk.args)
     first, last = checkpoints[0]["vmrss_kib"], checkpoints[-1]["vmrss_kib"]
     growth = (last - first) / first * 100
     return {
@@ -620,6 +622,8 @@ def run_soak(ctx: Context) -> dict:
         "passed": growth < SOAK_TARGET_PERCENT,
         "vmhwm_kib": memory["VmHWM"],
         "wrk": result,
+        "wrk_command": wrk_command.replace(str(ROOT) + "/", "").replace(str(ctx.out), "<run folder>"),
+        "wrk_report": (ctx.out / "wrk" / "soak.txt").read_text(),
     }
 
 
@@ -657,6 +661,21 @@ def source_version() -> str:
     done = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
                           capture_output=True, text=True, timeout=60)
     return done.stdout.strip() or "unknown"
+
+
+def source_changes() -> dict:
+    """What the relay's build read beyond the commit: uncommitted changes to src/, Cargo.toml and
+    Cargo.lock (tracked and new files), and the SHA-256 of their `git diff HEAD` (empty if none)."""
+    paths = ["src", "Cargo.toml", "Cargo.lock"]
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=60)
+        return done.stdout if done.returncode == 0 else ""
+
+    files = git("diff", "HEAD", "--name-only", "--", *paths).split()
+    files += [f"{f} (new)" for f in git("ls-files", "--others", "--exclude-standard", "--", *paths).split()]
+    diff = git("diff", "HEAD", "--", *paths)
+    return {"files": files, "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else ""}
 
 
 def command_line() -> str:
@@ -707,7 +726,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=comma_list(int), help="Envoy --concurrency values (default 1,2)")
     parser.add_argument("--sizes", type=size_list, help="bodies among 2k,64k,1m (default all)")
     parser.add_argument("--out", type=Path, help="output folder (default build/bench/<timestamp>, then also "
-                                                 "bench/results/latest.*; a temporary folder with --quick)")
+                                                 "bench/results/latest.* or, with --soak, bench/results/soak.*; "
+                                                 "a temporary folder with --quick)")
     options = parser.parse_args(argv)
     defaults = QUICK_DEFAULTS if options.quick else FULL_DEFAULTS
     for name, value in defaults.items():
@@ -759,12 +779,20 @@ def main(argv: list[str]) -> int:
             "wasm_bytes": wasm.stat().st_size,
             "wasm_sha256": hashlib.sha256(wasm.read_bytes()).hexdigest(),
             "source": source_version(),
+            "source_changes": source_changes(),
         }
         if options.soak:
             soak = run_soak(ctx)
             meta["elapsed_s"] = time.monotonic() - started
             text = bench_report.write_soak(out, meta, soak)
+            # Every soak run outside the test suite's --out is the latest record, kept in the
+            # repository beside the other results (the README quotes it): whatever its verdict.
+            recorded = options.out is None
+            if recorded:
+                bench_report.write_soak(RESULTS_DIR, meta, soak)
             print("\n" + text)
+            print(f"bench: soak done in {meta['elapsed_s'] / 60:.1f} min; report in {out}"
+                  + (f" and {RESULTS_DIR / 'soak.md'}" if recorded else ""), flush=True)
             return 0 if soak["passed"] else 1
         data = run_benchmark(ctx, options)
         meta["elapsed_s"] = time.monotonic() - started

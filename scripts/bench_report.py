@@ -15,6 +15,8 @@ SETUP_NOTES = {
     "relay": "the relay's Wasm filter (shipped configuration)",
     "floor": "the least a Wasm SigV4 filter does (bench/floor: hold, hash, sign, rewrite; no checks)",
 }
+# The relay's counter of writes the upstream accepted: the soak's request count (scripts/bench.py).
+DELIVERED_STAT = "wasmcustom.healthlake_relay.outcome.delivered"
 COLORS = {"plain": "#9aa5b1", "native": "#3b75af", "relay": "#e8853d", "floor": "#c9b458"}
 
 
@@ -110,12 +112,22 @@ def machine_section(meta: dict) -> str:
         ["wrk", m["wrk_version"]],
         ["Relay .wasm", f"{meta['wasm_bytes']:,} bytes ({meta['wasm_bytes'] / 1048576:.2f} MiB), "
                         f"built from `{meta['source']}`, SHA-256 `{meta['wasm_sha256'][:16]}…`"],
+        *([["Uncommitted relay source", _source_changes(meta["source_changes"])]]
+          if meta.get("source_changes", {}).get("files") else []),
         ["Date", m["date"]],
         ["Load average at start", f"{m['load_average']} (1, 5, 15 min)"],
         ["Command", f"`{meta['command']}`" + (" (run by `make`)" if meta.get("run_by_make") else "")],
         ["Took", f"{meta['elapsed_s'] / 60:.1f} min"],
     ]
     return "## Machine\n\n" + _table(["", ""], rows, ["l", "l"])
+
+
+def _source_changes(changes: dict) -> str:
+    """The uncommitted changes the relay was built with, for a table cell."""
+    files = changes["files"]
+    shown = ", ".join(f"`{f}`" for f in files[:8]) + (f" and {len(files) - 8} more" if len(files) > 8 else "")
+    digest = f"; `git diff HEAD` of them SHA-256 `{changes['diff_sha256'][:16]}…`" if changes["diff_sha256"] else ""
+    return f"{len(files)} file(s): {shown}{digest}"
 
 
 def disturbance(runs: list[dict]) -> str:
@@ -332,17 +344,40 @@ def write_soak(out: Path, meta: dict, soak: dict) -> str:
     """soak.json and soak.md in `out`; returns the Markdown."""
     (out / "soak.json").write_text(json.dumps({"meta": meta, **soak}, indent=2) + "\n")
     checkpoints = _table(
-        ["requests delivered", "seconds", "VmRSS MiB"],
-        [[f"{c['requests']:,}", f"{c['elapsed_s']:.0f}", f"{c['vmrss_kib'] / 1024:.1f}"] for c in soak["checkpoints"]],
-        ["r", "r", "r"],
+        ["requests delivered", "seconds", "VmRSS MiB", "VmRSS KiB"],
+        [[f"{c['requests']:,}", f"{c['elapsed_s']:.0f}", f"{c['vmrss_kib'] / 1024:.1f}", f"{c['vmrss_kib']:,}"]
+         for c in soak["checkpoints"]],
+        ["r", "r", "r", "r"],
     )
     verdict = "PASS" if soak["passed"] else "FAIL"
     wrk = soak["wrk"]
     seconds = wrk["duration_us"] / 1e6
+    made = " (run by `make bench-soak`)" if meta.get("run_by_make") else ""
+    report = soak.get("wrk_report", "").rstrip()
+    wrk_section = f"""
+## wrk's own report
+
+`{soak['wrk_command']}`, stopped with SIGINT after the last checkpoint:
+
+```
+{report}
+```
+""" if report else ""
     text = f"""# HealthLake relay soak
+
+Written by `scripts/bench.py --soak` on {meta['machine']['date']}; `soak.json` beside this file
+holds the same figures. Relay `.wasm` built from `{meta['source']}` ({meta['wasm_bytes']:,} bytes; the
+uncommitted changes, if any, are listed under Machine), Envoy {meta['machine']['envoy_version']}. Command{made}:
+
+```
+{meta['command']}
+```
 
 One relay Envoy (`--concurrency 1`) against the stub upstream, {soak['body']['label']} bodies
 ({soak['body']['source']}, {soak['body']['bytes']:,} bytes), wrk {meta['connections']} connections.
+Requests are the relay's `{DELIVERED_STAT}` counter (writes the upstream
+accepted) when the checkpoint was reached; VmRSS is that Envoy's resident memory
+(`/proc/<pid>/status`) at that moment.
 
 {checkpoints}
 
@@ -352,6 +387,6 @@ Peak (VmHWM) {soak['vmhwm_kib'] / 1024:.1f} MiB.
 wrk: {wrk['requests']:,} requests in {seconds:.0f} s ({wrk['requests'] / seconds:,.0f} requests/s), no errors.
 
 {machine_section(meta)}
-"""
+{wrk_section}"""
     (out / "soak.md").write_text(text)
     return text
