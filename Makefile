@@ -14,16 +14,18 @@ FHIR_VER    := 4.0.1
 FHIR_DIR    := build/fhir
 FHIR_READY  := $(FHIR_DIR)/package/.complete
 
-.PHONY: help run test deps build test-wasm lint unit integration fixtures clean bench bench-soak bench-deps fuzz fuzz-envoy
+.PHONY: help run test deps build test-wasm lint unit integration fixtures clean bench bench-soak bench-instructions bench-deps fuzz fuzz-envoy mutants
 
 help:
 	@echo "make run          start the relay (Envoy + filter) on the local HealthLake emulator"
 	@echo "make test         lint, unit tests, and integration tests through the real Envoy"
 	@echo "make bench        plain forwarding vs Envoy's native SigV4 filter vs the relay (vs a minimal Wasm signer)"
 	@echo "make bench-soak   the relay's memory after 100,000 and 1,000,000 requests"
+	@echo "make bench-instructions  instructions per 2 KB PUT under callgrind: plain, native, relay builds, floor"
 	@echo "make backfill     a 20,000-write historical backfill under faults, checked end to end"
 	@echo "make fuzz         fuzz the request/response handling for FUZZ_SECONDS (nightly toolchain)"
 	@echo "make fuzz-envoy   hostile requests through the real Envoy and relay for FUZZ_ENVOY_SECONDS"
+	@echo "make mutants      mutation testing of the core: do its unit tests catch every change to it?"
 
 deps: $(VENV)/.installed
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -66,8 +68,11 @@ lint: deps
 	# The fuzzer (its own lockfile and target dir): compiled here so that it cannot rot.
 	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 	cargo clippy --locked --manifest-path fuzz/Cargo.toml --target-dir target/fuzz -- -D warnings
+	# The Python tooling and tests.
+	$(PY) -m pyflakes scripts tests
 
-unit:
+# The stand-in's tests read the HL7 examples: fetched first, so that nothing is skipped.
+unit: fixtures
 	cargo test --locked --workspace
 
 integration: build test-wasm fixtures bench-deps
@@ -89,6 +94,14 @@ bench: build fixtures bench-deps
 
 bench-soak: build fixtures bench-deps
 	$(PY) scripts/bench.py --soak $(BENCH_ARGS)
+
+# Instructions per 2 KB PUT through Envoy (one worker) under valgrind's callgrind, unaffected by other
+# load unlike timings: plain, native, the relay and the floor, and the relay built from other git
+# revisions (scripts/instructions.py --help; e.g. INSTRUCTIONS_ARGS="--revs 6c29ba3,c333b8e").
+# Latest figures in bench/results/instructions.md; valgrind from Debian, installed here if missing.
+bench-instructions: build fixtures
+	@command -v callgrind_control >/dev/null || (apt-get update && apt-get install -y valgrind)
+	$(PY) scripts/instructions.py $(INSTRUCTIONS_ARGS)
 
 clean:
 	rm -rf build target $(VENV)
@@ -117,3 +130,13 @@ fuzz: fixtures
 FUZZ_ENVOY_SECONDS ?= 600
 fuzz-envoy: build
 	$(PY) scripts/fuzz_envoy.py --seconds $(FUZZ_ENVOY_SECONDS) $(FUZZ_ENVOY_ARGS)
+
+# Mutation testing of the host-agnostic core (src/*.rs; src/filter/ is wasm32-only) with its unit
+# tests: cargo-mutants, installed here (pinned) if missing, changes the code one mutant at a time
+# and each must make a test fail. Scope, build profile and the accepted survivors (each with its
+# reason): .cargo/mutants.toml. Fails if a mutant survives; report in mutants.out/, latest figures
+# in bench/results/mutants.md. About 25 minutes on the 2-core machine (e.g. MUTANTS_ARGS="-f
+# src/plan.rs" for one file, or "--iterate" to skip the mutants the previous run caught).
+mutants:
+	@command -v cargo-mutants >/dev/null || cargo install cargo-mutants --version 25.3.1 --locked
+	cargo mutants -p healthlake-relay --jobs 1 $(MUTANTS_ARGS)

@@ -162,6 +162,23 @@ mod tests {
     }
 
     #[test]
+    fn chunks_are_held_in_order() {
+        let budget = Budget::new(MIB);
+        let mut body = Body::new(Rc::clone(&budget));
+        assert!(body.is_empty());
+        assert_eq!(body.as_slice(), b"");
+        body.prepare(3, MIB).unwrap();
+        body.push(b"{\"a".to_vec());
+        assert!(!body.is_empty());
+        body.prepare(7, MIB).unwrap();
+        body.push(b"\":1}".to_vec());
+        body.prepare(7, MIB).unwrap();
+        body.push(Vec::new());
+        assert_eq!(body.as_slice(), b"{\"a\":1}");
+        assert_eq!(body.len(), 7);
+    }
+
+    #[test]
     fn growth_doubles_up_to_the_declared_length() {
         let budget = Budget::new(100 * MIB);
         let mut body = Body::new(Rc::clone(&budget));

@@ -136,6 +136,19 @@ mod tests {
     }
 
     #[test]
+    fn unavailability_is_explained() {
+        assert_eq!(
+            Unavailable::Missing("AWS_SECRET_ACCESS_KEY").to_string(),
+            "no AWS credentials: AWS_SECRET_ACCESS_KEY is not set in the plugin's environment \
+             (vm_config.environment_variables)"
+        );
+        assert_eq!(
+            Unavailable::Expired.to_string(),
+            "the AWS credentials have expired"
+        );
+    }
+
+    #[test]
     fn debug_never_shows_secrets() {
         let c = Credentials {
             access_key_id: "AKIDEXAMPLE9876".into(),

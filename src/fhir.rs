@@ -206,6 +206,16 @@ mod tests {
     }
 
     #[test]
+    fn type_index_is_the_position_in_the_list() {
+        assert_eq!(type_index("Account"), Some(0));
+        assert_eq!(type_index("ActivityDefinition"), Some(1));
+        assert_eq!(type_index("VisionPrescription"), Some(145));
+        let patient = type_index("Patient").unwrap();
+        assert_eq!(R4_RESOURCE_TYPES[patient], "Patient");
+        assert_eq!(type_index("Nope"), None);
+    }
+
+    #[test]
     fn id_rule() {
         for id in ["example", "a", "1.2.3", "A-b.C", &"x".repeat(64)] {
             assert!(is_valid_id(id), "{id}");

@@ -78,6 +78,14 @@ mod tests {
                 (b"e".to_vec(), Vec::new()),
             ]
         );
+        // The layout, byte for byte: count, sizes, then NUL-terminated names and values; built
+        // in one allocation of exactly that size.
+        let two = encode_pairs(&[("ab", b"cde"), ("xyz", b"")]);
+        assert_eq!(
+            two,
+            b"\x02\0\0\0\x02\0\0\0\x03\0\0\0\x03\0\0\0\0\0\0\0ab\0cde\0xyz\0\0"
+        );
+        assert_eq!(two.capacity(), two.len());
         assert_eq!(decode_pairs(b""), Some(Vec::new()));
         assert_eq!(decode_pairs(&encode_pairs(&[])), Some(Vec::new()));
     }

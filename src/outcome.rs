@@ -637,6 +637,42 @@ mod tests {
     }
 
     #[test]
+    fn a_delete_is_already_absent_only_on_404() {
+        let delete = |status: u16| {
+            classify_body(
+                Operation::Delete,
+                status,
+                None,
+                br#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing","diagnostics":"x"}]}"#,
+                "Patient",
+                "Patient/p",
+            )
+        };
+        let v = delete(404);
+        assert_eq!(v.outcome, Outcome::AlreadyAbsent);
+        assert_eq!(
+            v.reply,
+            Reply::Replace {
+                status: 204,
+                body: None
+            }
+        );
+        for status in [400, 409, 412, 422] {
+            let v = delete(status);
+            assert_eq!(v.outcome, Outcome::Rejected, "{status}");
+            assert_eq!(v.reply, Reply::PassThrough, "{status}");
+            assert_eq!(v.error_code.as_deref(), Some("processing"));
+        }
+        // An expired token on a DELETE is an auth failure like on a PUT.
+        assert_eq!(delete(401).outcome, Outcome::AuthFailed);
+    }
+
+    #[test]
+    fn at_most_64_kib_of_an_error_body_is_read() {
+        assert_eq!(MAX_ERROR_BODY_BYTES, 65_536);
+    }
+
+    #[test]
     fn error_type_normalisation() {
         assert_eq!(
             normalise_error_type("ThrottlingException"),

@@ -284,9 +284,11 @@ mod tests {
             Plan::Forward(t) => assert_eq!(t.upstream_path, "/datastore/ds1/r4/Patient/p1"),
             other => panic!("{other:?}"),
         }
-        assert_eq!(rejected(plan("PUT", "/Patient/p1", &c)).status, 404);
-        assert_eq!(rejected(plan("PUT", "/fhirX/Patient/p1", &c)).status, 404);
-        assert_eq!(rejected(plan("PUT", "/fhir", &c)).status, 404);
+        for p in ["/Patient/p1", "/fhirX/Patient/p1", "/fhir"] {
+            let r = rejected(plan("PUT", p, &c));
+            assert_eq!((r.status, r.issue_code), (404, "not-found"), "{p}");
+            assert!(r.diagnostics.contains("base path /fhir/"), "{r:?}");
+        }
     }
 
     #[test]
@@ -310,9 +312,22 @@ mod tests {
         let f = config("/fhir");
         assert_eq!(plan("POST", "/fhir", &f), Plan::BasePost);
         assert_eq!(plan("POST", "/fhir/", &f), Plan::BasePost);
-        assert_eq!(rejected(plan("POST", "/Patient/x", &c)).status, 405);
-        assert_eq!(rejected(plan("POST", "/NotAType", &c)).status, 400);
-        assert_eq!(rejected(plan("POST", "/Patient?name=x", &c)).status, 400);
+        for (p, status, code) in [
+            ("/Patient/x", 405, "not-supported"),
+            ("//", 405, "not-supported"),
+            ("/NotAType", 400, "invalid"),
+            ("/Patient?name=x", 400, "not-supported"),
+        ] {
+            let r = rejected(plan("POST", p, &c));
+            assert_eq!((r.status, r.issue_code), (status, code), "{p}");
+            assert_eq!(r.allow, status == 405, "{p}");
+            assert_eq!(r.outcome, Outcome::InvalidRequest, "{p}");
+        }
+        let r = rejected(plan("POST", "/Patient/x", &c));
+        assert!(
+            r.diagnostics.contains("POST is accepted only to /{type}"),
+            "{r:?}"
+        );
     }
 
     #[test]
@@ -343,29 +358,88 @@ mod tests {
     #[test]
     fn malformed_paths_are_rejected_before_signing() {
         let c = config("");
-        for p in [
-            "/Patient",
-            "/Patient/",
-            "/Patient//x",
-            "//Patient/x",
-            "/Patient/x/_history/1",
-            "/Patient/..",
-            "/Patient/.",
-            "/Patient/a%2Fb",
-            "/Patient/a?b=c",
-            "/Patient?identifier=x",
-            "/patient/x",
-            "/NotAType/x",
-            "/Patient/$validate",
-            "/../Patient/x",
-            "",
+        let long = format!("/Patient/{}", "x".repeat(65));
+        // (path, status, issue code, what the diagnostics say)
+        for (p, status, code, says) in [
+            ("/Patient", 400, "invalid", "does not have the form"),
+            ("/Patient/", 400, "invalid", "\"\" is not a valid FHIR id"),
+            ("/Patient//x", 400, "invalid", "does not have the form"),
+            ("//Patient/x", 400, "invalid", "does not have the form"),
+            ("/Patient/x/y", 400, "invalid", "does not have the form"),
+            ("/", 400, "invalid", "does not have the form"),
+            ("/Patient/x/_history/1", 400, "not-supported", "_history"),
+            (
+                "/Patient/..",
+                400,
+                "invalid",
+                "\"..\" is not a valid FHIR id",
+            ),
+            ("/Patient/.", 400, "invalid", "\".\" is not a valid FHIR id"),
+            (
+                "/Patient/a%2Fb",
+                400,
+                "invalid",
+                "\"a%2Fb\" is not a valid FHIR id",
+            ),
+            (&long, 400, "invalid", "is not a valid FHIR id"),
+            ("/Patient/a?b=c", 400, "not-supported", "Query strings"),
+            ("/Patient/a#b", 400, "not-supported", "Query strings"),
+            (
+                "/Patient?identifier=x",
+                400,
+                "not-supported",
+                "Query strings",
+            ),
+            ("/patient/x", 400, "invalid", "\"patient\" is not a FHIR R4"),
+            (
+                "/NotAType/x",
+                400,
+                "invalid",
+                "\"NotAType\" is not a FHIR R4",
+            ),
+            ("/Patient/$validate", 400, "not-supported", "operations"),
+            ("/$meta", 400, "not-supported", "operations"),
+            ("/../Patient/x", 400, "invalid", "does not have the form"),
+            ("", 404, "not-found", "is not under the relay's base path"),
+            (
+                "Patient/x",
+                404,
+                "not-found",
+                "is not under the relay's base path",
+            ),
         ] {
             let r = rejected(plan("PUT", p, &c));
-            assert!((400..500).contains(&r.status), "{p}: {r:?}");
-            assert_eq!(r.outcome, Outcome::InvalidRequest);
+            assert_eq!((r.status, r.issue_code), (status, code), "{p}: {r:?}");
+            assert!(r.diagnostics.contains(says), "{p}: {r:?}");
+            assert_eq!(r.outcome, Outcome::InvalidRequest, "{p}");
+            assert!(!r.allow, "{p}");
         }
-        let long = format!("/Patient/{}", "x".repeat(65));
-        assert_eq!(rejected(plan("PUT", &long, &c)).status, 400);
+        // The same for a DELETE.
+        let r = rejected(plan("DELETE", "/Patient", &c));
+        assert_eq!((r.status, r.issue_code), (400, "invalid"));
+    }
+
+    #[test]
+    fn operations_name_their_http_method() {
+        assert_eq!(Operation::Put.method(), "PUT");
+        assert_eq!(Operation::Delete.method(), "DELETE");
+    }
+
+    #[test]
+    fn only_a_post_may_address_the_base_itself() {
+        let c = config("");
+        for m in ["PUT", "DELETE"] {
+            let r = rejected(plan(m, "/", &c));
+            assert_eq!((r.status, r.issue_code), (400, "invalid"), "{m}");
+        }
+        let f = config("/fhir");
+        for (m, p, status) in [
+            ("PUT", "/fhir/", 400),
+            ("DELETE", "/fhir", 404),
+            ("PUT", "/fhir", 404),
+        ] {
+            assert_eq!(rejected(plan(m, p, &f)).status, status, "{m} {p}");
+        }
     }
 
     #[test]

@@ -394,6 +394,46 @@ mod tests {
     }
 
     #[test]
+    fn nesting_depth_counts_levels_not_brackets() {
+        // Closed brackets give their level back: many siblings are not deep.
+        assert!(!nests_deeper_than(br#"{"a":[1],"b":[2],"c":{"d":3}}"#, 2));
+        assert!(nests_deeper_than(br#"{"a":[1],"b":[[2]]}"#, 2));
+        // An escaped quote does not end a string, and the string does end after it.
+        assert!(nests_deeper_than(br#"{"a":"x\"y","b":[[1]]}"#, 2));
+        assert!(nests_deeper_than(br#"{"a":"x\\","b":[[1]]}"#, 2));
+        assert!(!nests_deeper_than(br#"{"a":"x\\\"[[[[","b":[1]}"#, 2));
+    }
+
+    #[test]
+    fn malformed_bodies_are_explained() {
+        for (body, says) in [
+            (&b"[]"[..], "is not a JSON object"),
+            (b"null", "is not a JSON object"),
+            (b"\"Patient\"", "is not a JSON object"),
+            (
+                b"{\"resourceType\":5}",
+                "is not a valid FHIR JSON resource: invalid type",
+            ),
+            (
+                b"{\"resourceType\":\"Patient\",}",
+                "is not a valid FHIR JSON resource",
+            ),
+            (b"nope", "is not a valid FHIR JSON resource"),
+            (b"{", "is not a valid FHIR JSON resource"),
+            (b"\xff", "is not UTF-8"),
+        ] {
+            let r = err(body);
+            assert!(
+                r.diagnostics.contains(says),
+                "{:?}: {}",
+                String::from_utf8_lossy(body),
+                r.diagnostics
+            );
+            assert_eq!((r.status, r.issue_code), (400, "structure"));
+        }
+    }
+
+    #[test]
     fn deep_nesting_is_refused_not_a_crash() {
         let deep = format!(
             r#"{{"resourceType":"Basic","x":{}1{}}}"#,

@@ -375,6 +375,60 @@ mod tests {
     }
 
     #[test]
+    fn hasher_counts_what_it_hashed() {
+        let mut h = PayloadHasher::new();
+        assert!(h.is_empty());
+        h.update(b"");
+        assert!(h.is_empty());
+        h.update(b"{}");
+        assert!(!h.is_empty());
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn signing_errors_say_so() {
+        assert_eq!(
+            SigningError("no region".into()).to_string(),
+            "SigV4 signing failed: no region"
+        );
+    }
+
+    #[test]
+    fn cached_key_follows_region_and_service() {
+        // Same credentials and day, another region or service: another signing key.
+        let hash = EMPTY_SHA256;
+        let mut cache = KeyCache::default();
+        let c = creds(None);
+        for (region, service) in [
+            ("us-east-1", "healthlake"),
+            ("eu-west-1", "healthlake"),
+            ("eu-west-1", "sts"),
+            ("us-east-1", "sts"),
+            ("us-east-1", "healthlake"),
+        ] {
+            let mut i = input(hash, "/datastore/ds/r4/Patient/a");
+            i.region = region;
+            i.service = service;
+            let mut got = sign_request_cached(&i, &c, &mut cache).unwrap();
+            let mut want = sign_request(&i, &c).unwrap();
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "{region} {service}");
+        }
+        // Same day, region, service and key id, but the secret rotated: another signing key.
+        let i = input(hash, "/datastore/ds/r4/Patient/a");
+        let mut rotated = creds(None);
+        rotated.secret_access_key = "rotated-secret".into();
+        for c in [&creds(None), &rotated, &creds(None)] {
+            let mut got = sign_request_cached(&i, c, &mut cache).unwrap();
+            let mut want = sign_request(&i, c).unwrap();
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "{}", c.secret_access_key);
+        }
+    }
+
+    #[test]
     fn signs_fixed_header_set_with_body_hash() {
         let hash = hex::encode(Sha256::digest(b"{}"));
         let h = sign_request(

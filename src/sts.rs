@@ -359,6 +359,16 @@ mod tests {
     }
 
     #[test]
+    fn entities_and_character_references_are_decoded() {
+        let body = r#"<ErrorResponse><Error><Code>AccessDenied</Code>
+    <Message>a &lt;b&gt; &quot;c&quot; &apos;d&apos; &amp; &#65;&#x42;</Message></Error></ErrorResponse>"#;
+        let e = parse_response(403, body.as_bytes()).unwrap_err();
+        assert_eq!(e.message, r#"a <b> "c" 'd' & AB"#);
+        let e = parse_response(403, b"<Error><Message>&nope;</Message></Error>").unwrap_err();
+        assert_eq!(e.code, "InvalidResponse");
+    }
+
+    #[test]
     fn bad_answers_are_errors_not_credentials() {
         for (status, body) in [
             (200, ""),
