@@ -44,6 +44,11 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Whether an entry is still remembered at `now`: recorded at most `max_age_seconds` ago.
+    pub fn young(&self, entry: &Entry, now: u64) -> bool {
+        now.saturating_sub(entry.recorded_at) <= self.max_age_seconds
+    }
+
     /// Whether a `lastUpdated` can be trusted at `now` (Unix seconds): not beyond now plus the
     /// clock-skew allowance.
     pub fn trusts(&self, time: Nanos, now: u64) -> bool {
@@ -130,7 +135,7 @@ fn numeric_version(v: &Version) -> Option<u64> {
 
 /// The guard's verdict on an incoming write at `now` (Unix seconds). What it knows with an
 /// untrusted `lastUpdated` (recorded before the allowance existed, or by a relay whose clock was
-/// behind) counts as nothing known.
+/// behind), or recorded longer than `max_age_seconds` ago, counts as nothing known.
 pub fn check(known: Option<&Entry>, incoming: &Version, now: u64, limits: Limits) -> Decision {
     if incoming
         .last_updated
@@ -138,7 +143,9 @@ pub fn check(known: Option<&Entry>, incoming: &Version, now: u64, limits: Limits
     {
         return Decision::Unrecorded;
     }
-    let known = known.filter(|k| k.last_updated.is_none_or(|t| limits.trusts(t, now)));
+    let known = known
+        .filter(|k| limits.young(k, now))
+        .filter(|k| k.last_updated.is_none_or(|t| limits.trusts(t, now)));
     order(known, incoming)
 }
 
@@ -233,19 +240,31 @@ impl Shard {
             deleted: false,
             recorded_at: now,
         };
-        match self
-            .entries
-            .iter_mut()
-            .find(|e| e.fingerprint == fingerprint)
-        {
-            Some(e) => match check(Some(e), v, now, limits) {
-                Decision::Forward => *e = candidate,
-                Decision::Stale => e.recorded_at = now,
-                Decision::Unrecorded => return,
+        let known = self.position(&fingerprint);
+        let known_entry = known.and_then(|at| self.entries.get(at));
+        let entry = match (check(known_entry, v, now, limits), known_entry) {
+            (Decision::Forward, _) | (Decision::Stale, None) => candidate,
+            // A newer version was recorded meanwhile: it stays, written again now.
+            (Decision::Stale, Some(known)) => Entry {
+                recorded_at: known.recorded_at.max(now),
+                ..*known
             },
-            None => self.entries.push(candidate),
+            // A lastUpdated the guard does not trust is never recorded; nothing moves.
+            (Decision::Unrecorded, _) => return,
+        };
+        // The entry written last goes last: eviction drops from the front.
+        if let Some(at) = known {
+            self.entries.remove(at);
         }
+        self.entries.push(entry);
         self.evict(now, limits);
+    }
+
+    /// Where the entry of `fingerprint` is, if any.
+    fn position(&self, fingerprint: &Fingerprint) -> Option<usize> {
+        self.entries
+            .iter()
+            .position(|e| e.fingerprint == *fingerprint)
     }
 
     /// Records a deletion: a tombstone at the last known `lastUpdated`. A resource the relay
@@ -253,27 +272,31 @@ impl Shard {
     /// compared with Smile CDR's `lastUpdated` (a backfill re-delivers re-created resources with
     /// past times, which a clock-based tombstone would wrongly call stale: data lost).
     pub fn record_delete(&mut self, fingerprint: Fingerprint, now: u64, limits: Limits) {
-        if let Some(e) = self
-            .entries
-            .iter_mut()
-            .find(|e| e.fingerprint == fingerprint)
-        {
-            if e.last_updated.is_some() {
-                e.deleted = true;
-                e.recorded_at = now;
-            }
+        // Only a version the guard still knows (young, with a lastUpdated) becomes a tombstone.
+        let known = self.position(&fingerprint).filter(|&at| {
+            self.entries
+                .get(at)
+                .is_some_and(|e| limits.young(e, now) && e.last_updated.is_some())
+        });
+        if let Some(at) = known {
+            let mut e = self.entries.remove(at);
+            e.deleted = true;
+            e.recorded_at = e.recorded_at.max(now);
+            self.entries.push(e);
         }
         self.evict(now, limits);
     }
 
+    /// Drops entries older than the maximum age, then the least recently written beyond the
+    /// shard's capacity. `recorded_at` has a resolution of one second, so within a second the
+    /// order of the entries decides: the one written last is last (a stable sort keeps it so).
     fn evict(&mut self, now: u64, limits: Limits) {
-        self.entries
-            .retain(|e| now.saturating_sub(e.recorded_at) <= limits.max_age_seconds);
+        self.entries.retain(|e| limits.young(e, now));
         let cap = limits.per_shard();
         if self.entries.len() > cap {
-            self.entries
-                .sort_by_key(|e| std::cmp::Reverse(e.recorded_at));
-            self.entries.truncate(cap);
+            self.entries.sort_by_key(|e| e.recorded_at);
+            let excess = self.entries.len() - cap;
+            self.entries.drain(..excess);
         }
     }
 }
@@ -535,6 +558,64 @@ mod tests {
     }
 
     #[test]
+    fn shard_keys_stay_within_the_shard_count() {
+        for limits in [
+            LIMITS,
+            Limits {
+                max_entries: 40,
+                ..LIMITS
+            },
+            Limits {
+                max_entries: 1,
+                ..LIMITS
+            },
+        ] {
+            let shards = limits.shards();
+            let prefix = format!("healthlake_relay.versions.{shards}.");
+            let mut seen = std::collections::HashSet::new();
+            for i in 0..2_000 {
+                let (key, _) = locate("Patient", &format!("p{i}"), limits);
+                let shard: usize = key.strip_prefix(&prefix).unwrap().parse().unwrap();
+                assert!(shard < shards, "{key}");
+                seen.insert(shard);
+            }
+            // Spread over the shards, not a few of them.
+            assert!(seen.len() >= shards.min(1_500), "{shards}: {}", seen.len());
+        }
+    }
+
+    #[test]
+    fn an_encoded_entry_is_49_bytes() {
+        let mut s = Shard::default();
+        assert!(s.is_empty());
+        s.record_write(fp(1), &v("2026-01-02T00:00:00Z", "2"), T0, LIMITS);
+        assert!(!s.is_empty());
+        let bytes = s.encode();
+        // Format byte, then fingerprint 16, lastUpdated 16, version 8, deleted 1, recorded 8.
+        assert_eq!(bytes.len(), 1 + 49);
+        assert_eq!(bytes[0], 1);
+        assert_eq!(&bytes[1..17], &[1; 16]);
+        assert_eq!(bytes[41], 0);
+        assert_eq!(&bytes[42..50], &T0.to_le_bytes());
+    }
+
+    #[test]
+    fn a_one_entry_guard_keeps_the_latest_write() {
+        let one = Limits {
+            max_entries: 1,
+            max_age_seconds: 3600,
+            clock_skew_seconds: 300,
+        };
+        let mut s = Shard::default();
+        s.record_write(fp(1), &v("2026-01-02T00:00:00Z", "1"), T0, one);
+        s.record_write(fp(2), &v("2026-01-02T00:00:00Z", "1"), T0 + 1, one);
+        assert_eq!(s.len(), 1);
+        assert!(s.get(&fp(2)).is_some());
+        s.record_delete(fp(2), T0 + 2, one);
+        assert!(s.get(&fp(2)).unwrap().deleted);
+    }
+
+    #[test]
     fn memory_is_bounded_by_entries_and_age() {
         // Three entries: one shard of three.
         let limits = Limits {
@@ -556,5 +637,128 @@ mod tests {
         assert!(s.get(&fp(9)).is_some() && s.get(&fp(7)).is_some() && s.get(&fp(0)).is_none());
         s.record_write(fp(20), &v("2026-01-02T00:00:00Z", "1"), T0 + 500, limits);
         assert_eq!(s.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod eviction_order {
+    use super::*;
+    use crate::instant;
+
+    fn version(time: &str) -> Version {
+        Version {
+            last_updated: instant::parse(time),
+            version_id: Some("1".to_owned()),
+        }
+    }
+
+    fn fingerprint(n: u8) -> Fingerprint {
+        [n; 16]
+    }
+
+    /// Within one second (`recorded_at` ties), a full shard forgets the entry written first,
+    /// never the one just written.
+    #[test]
+    fn a_full_shard_forgets_the_least_recently_written_even_within_a_second() {
+        let limits = Limits {
+            max_entries: 4,
+            max_age_seconds: 3600,
+            clock_skew_seconds: 300,
+        };
+        // 2026-03-01T00:00:00Z, after the lastUpdated used.
+        let now = 1_772_323_200;
+        let v = version("2026-01-02T10:00:00Z");
+        let mut shard = Shard::decode(None);
+        for n in 0..6 {
+            shard.record_write(fingerprint(n), &v, now, limits);
+        }
+        let kept: Vec<bool> = (0..6)
+            .map(|n| shard.get(&fingerprint(n)).is_some())
+            .collect();
+        assert_eq!(kept, [false, false, true, true, true, true]);
+        // Writing an entry again (a retry) makes it the most recent: 3 is forgotten next, not 2.
+        shard.record_write(fingerprint(2), &v, now, limits);
+        shard.record_write(fingerprint(6), &v, now, limits);
+        let kept: Vec<bool> = (2..7)
+            .map(|n| shard.get(&fingerprint(n)).is_some())
+            .collect();
+        assert_eq!(kept, [true, false, true, true, true]);
+        // The order survives encoding: it is what the next worker reads.
+        let again = Shard::decode(Some(&shard.encode()));
+        assert_eq!(again.encode(), shard.encode());
+    }
+
+    /// A DELETE of a resource whose entry has aged out leaves no tombstone (the guard no longer
+    /// knows its version); an unrecorded write moves nothing.
+    #[test]
+    fn an_aged_entry_is_not_revived_as_a_tombstone_and_unrecorded_writes_move_nothing() {
+        let limits = Limits {
+            max_entries: 100,
+            max_age_seconds: 60,
+            clock_skew_seconds: 300,
+        };
+        let now = 1_772_323_200;
+        let mut shard = Shard::decode(None);
+        shard.record_write(
+            fingerprint(1),
+            &version("2026-01-02T10:00:00Z"),
+            now,
+            limits,
+        );
+        shard.record_write(
+            fingerprint(2),
+            &version("2026-01-02T10:00:00Z"),
+            now,
+            limits,
+        );
+        shard.record_write(
+            fingerprint(2),
+            &version("2026-01-02T10:00:00Z"),
+            now + 30,
+            limits,
+        );
+        shard.record_delete(fingerprint(1), now + 61, limits);
+        assert!(shard.get(&fingerprint(1)).is_none());
+        assert!(shard.get(&fingerprint(2)).is_some());
+        let before = shard.encode();
+        // lastUpdated beyond the clock-skew allowance: forwarded, never recorded, known or not.
+        for n in [2, 3] {
+            shard.record_write(
+                fingerprint(n),
+                &version("2099-01-01T00:00:00Z"),
+                now + 62,
+                limits,
+            );
+            assert_eq!(shard.encode(), before);
+        }
+    }
+
+    /// An entry older than `max_age_seconds` is nothing known, even before a write to its
+    /// shard drops it.
+    #[test]
+    fn an_entry_past_the_maximum_age_is_forgotten_when_read() {
+        let limits = Limits {
+            max_entries: 100,
+            max_age_seconds: 60,
+            clock_skew_seconds: 300,
+        };
+        let now = 1_772_323_200;
+        let mut shard = Shard::decode(None);
+        shard.record_write(
+            fingerprint(1),
+            &version("2026-01-02T10:00:00Z"),
+            now,
+            limits,
+        );
+        let known = find(Some(&shard.encode()), &fingerprint(1));
+        let older = version("2026-01-01T10:00:00Z");
+        assert_eq!(
+            check(known.as_ref(), &older, now + 60, limits),
+            Decision::Stale
+        );
+        assert_eq!(
+            check(known.as_ref(), &older, now + 61, limits),
+            Decision::Forward
+        );
     }
 }
