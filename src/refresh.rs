@@ -22,6 +22,9 @@ pub const CALL_TIMEOUT_MS: u64 = 10_000;
 /// (and Envoy's retries of it, within the route's 60 s timeout) must reach AWS before expiry.
 pub const MIN_REMAINING_MS: u64 = 90_000;
 
+/// How long after publishing credentials that are already due for a refresh the next one starts.
+pub const EARLY_REFRESH_RETRY_MS: u64 = 30_000;
+
 const BACKOFF_BASE_MS: u64 = 1_000;
 const BACKOFF_CAP_MS: u64 = 60_000;
 
@@ -50,6 +53,23 @@ pub struct RefreshState {
     pub next_attempt_ms: u64,
     /// HealthLake said this generation's token expired: refresh now, and do not sign with it.
     pub force_generation: Option<u64>,
+}
+
+/// Whether credentials STS just issued can be used at all: they must outlive
+/// [`MIN_REMAINING_MS`]. Credentials already expired (or about to), as a broken STS or a clock far
+/// off could hand out, are a failed fetch, backed off like any other, never published: they would
+/// only be refused at every request and fetched again at once.
+pub fn check_issued(expires_at_ms: Option<u64>, now_ms: u64) -> Result<(), String> {
+    match expires_at_ms {
+        Some(e) if e <= now_ms.saturating_add(MIN_REMAINING_MS) => Err(format!(
+            "STS issued credentials that expire at {} (Unix {}), {} s from now: too soon to use \
+             (the relay's clock may be wrong)",
+            rfc3339(e / 1000),
+            e / 1000,
+            i128::from(e / 1000) - i128::from(now_ms / 1000)
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Unix milliseconds of a time.
@@ -166,6 +186,24 @@ impl RefreshState {
     /// The state after a successful fetch.
     pub fn succeeded() -> RefreshState {
         RefreshState::default()
+    }
+
+    /// The state after publishing `published`. Credentials already inside the refresh margin (a
+    /// lifetime shorter than the margin, or the relay's clock far ahead of STS's) would make the
+    /// next refresh due at once, on every tick: it waits [`EARLY_REFRESH_RETRY_MS`] instead, while
+    /// they are used.
+    pub fn after_publishing(published: &Published, now_ms: u64, margin_ms: u64) -> RefreshState {
+        let due_now = published
+            .refresh_at_ms(margin_ms)
+            .is_some_and(|at| at <= now_ms);
+        RefreshState {
+            next_attempt_ms: if due_now {
+                now_ms.saturating_add(EARLY_REFRESH_RETRY_MS)
+            } else {
+                0
+            },
+            ..RefreshState::succeeded()
+        }
     }
 
     /// The state after a failed fetch: back off with full jitter, `seed` picking the point.
@@ -307,6 +345,145 @@ mod tests {
         assert!(newer.usable(forced.force_generation, now));
     }
 
+    /// The refresh start of credentials of `key`, relative to `expiry - margin`.
+    fn spread_of(key: &str, lifetime_ms: u64, margin_ms: u64) -> u64 {
+        let now = 1_000_000_000;
+        let mut p = published(Some(lifetime_ms), 1, now);
+        p.access_key_id = key.to_owned();
+        p.refresh_at_ms(margin_ms).unwrap() - (now + lifetime_ms - margin_ms)
+    }
+
+    #[test]
+    fn refresh_starts_are_spread_over_a_bounded_window() {
+        // (lifetime, margin, window): a tenth of the time used before the margin, at most a fifth
+        // of the margin.
+        for (lifetime, margin, window) in [
+            (60 * MIN, 15 * MIN, 180_000), // a fifth of 15 min (a tenth of 45 min is more)
+            (900_000, 890_000, 1_000),     // a tenth of 10 s
+            (12 * 60 * MIN, 2 * MIN, 24_000), // a fifth of 2 min
+        ] {
+            let spreads: Vec<u64> = (0..200)
+                .map(|n| spread_of(&format!("ASIAKEY{n}"), lifetime, margin))
+                .collect();
+            assert!(spreads.iter().all(|&s| s < window), "{window}: {spreads:?}");
+            // Spread over the whole window, not bunched at its start.
+            let max = spreads.iter().max().copied().unwrap_or(0);
+            assert!(max >= window / 2, "{window}: {max}");
+            let distinct: std::collections::HashSet<_> = spreads.iter().collect();
+            assert!(distinct.len() > 150, "{window}: {}", distinct.len());
+        }
+        // The same credentials always start at the same moment, on every worker.
+        assert_eq!(
+            spread_of("ASIAKEY1", 60 * MIN, 15 * MIN),
+            spread_of("ASIAKEY1", 60 * MIN, 15 * MIN)
+        );
+    }
+
+    #[test]
+    fn backoff_is_full_jitter_over_a_doubling_ceiling() {
+        // The seed picks a point below the ceiling: 1 s, 2 s, 4 s ... capped at 60 s.
+        for (failures, ceiling) in [
+            (1, 1_000),
+            (2, 2_000),
+            (3, 4_000),
+            (6, 32_000),
+            (7, 60_000),
+            (30, 60_000),
+        ] {
+            assert_eq!(backoff_ms(failures, ceiling - 1), ceiling - 1, "{failures}");
+            assert_eq!(backoff_ms(failures, ceiling + 700), 700, "{failures}");
+            // Never less than 200 ms.
+            assert_eq!(backoff_ms(failures, ceiling), 200, "{failures}");
+            assert_eq!(backoff_ms(failures, 3 * ceiling + 199), 200, "{failures}");
+        }
+        let now = 5_000_000;
+        let twice = RefreshState::default().failed(now, 0).failed(now, 1_999);
+        assert_eq!(twice.failures, 2);
+        assert_eq!(twice.next_attempt_ms, now + 1_999);
+    }
+
+    #[test]
+    fn failure_and_force_keep_what_they_must() {
+        let now = 2_000_000;
+        let forced = RefreshState {
+            lock_until_ms: now + LOCK_MS,
+            failures: 3,
+            next_attempt_ms: now + 9,
+            force_generation: Some(4),
+        };
+        let after = forced.failed(now, 2_500);
+        assert_eq!(
+            after,
+            RefreshState {
+                lock_until_ms: 0,
+                failures: 4,
+                next_attempt_ms: now + 2_500,
+                force_generation: Some(4),
+            }
+        );
+        let locked = RefreshState {
+            failures: 2,
+            next_attempt_ms: 7,
+            ..RefreshState::default()
+        }
+        .locked(now);
+        assert_eq!(
+            locked,
+            RefreshState {
+                lock_until_ms: now + 15_000,
+                failures: 2,
+                next_attempt_ms: 7,
+                force_generation: None,
+            }
+        );
+        // A forced refresh does not wait for a back-off, and keeps the lock and failures.
+        let p = published(Some(60 * MIN), 5, now);
+        let backing_off = RefreshState {
+            lock_until_ms: 1,
+            failures: 3,
+            next_attempt_ms: now + 50_000,
+            force_generation: None,
+        };
+        assert_eq!(
+            backing_off.force(5, Some(&p)),
+            Some(RefreshState {
+                lock_until_ms: 1,
+                failures: 3,
+                next_attempt_ms: 0,
+                force_generation: Some(5),
+            })
+        );
+        assert_eq!(backing_off.force(5, None), None);
+    }
+
+    #[test]
+    fn times_and_credentials_convert_to_unix_milliseconds() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_234_567);
+        assert_eq!(unix_ms(t), 1_234_567);
+        assert_eq!(unix_ms(SystemTime::UNIX_EPOCH - Duration::from_secs(1)), 0);
+        let p = published(Some(9_000), 2, 1_000);
+        let c = p.credentials();
+        assert_eq!(c.access_key_id, "ASIAEXAMPLE");
+        assert_eq!(c.secret_access_key, "secret");
+        assert_eq!(c.session_token.as_deref(), Some("token"));
+        assert_eq!(
+            c.expires_at,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_millis(10_000))
+        );
+        assert_eq!(Published::new(&c, 2, 1_000), p);
+        assert_eq!(Published::decode(b"{}"), None);
+        let shown = format!("{p:?}");
+        assert!(shown.starts_with("Published"), "{shown}");
+        assert!(
+            shown.contains("MPLE") && shown.contains("generation: 2"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("\"secret\"") && !shown.contains("\"token\""),
+            "{shown}"
+        );
+    }
+
     #[test]
     fn credentials_about_to_expire_are_not_used() {
         let now = 1_000_000;
@@ -346,5 +523,91 @@ mod time_tests {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::rfc3339(1_795_820_400), "2026-11-27T23:00:00Z");
         assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+        assert_eq!(super::rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn time_of_day() {
+        assert_eq!(super::civil(3723), ((1970, 1, 1), (1, 2, 3)));
+        assert_eq!(super::civil(86_399), ((1970, 1, 1), (23, 59, 59)));
+        assert_eq!(super::civil(86_400), ((1970, 1, 2), (0, 0, 0)));
+        assert_eq!(super::civil(1_709_210_096), ((2024, 2, 29), (12, 34, 56)));
+    }
+
+    /// Counting days one by one through the Gregorian calendar from 1970-01-01 to 2800: every
+    /// Unix day is the date after the one before.
+    #[test]
+    fn every_day_follows_the_one_before() {
+        let leap = |y: i64| y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+        let (mut year, mut month, mut day) = (1970, 1, 1);
+        for n in 0..303_000u64 {
+            // A different time of day each day, so the date never depends on it.
+            let second = n * 7919 % 86_400;
+            let (date, _) = super::civil(n * 86_400 + second);
+            assert_eq!(date, (year, month, day), "day {n}");
+            let length = match month {
+                2 if leap(year) => 29,
+                2 => 28,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            };
+            day += 1;
+            if day > length {
+                (day, month) = (1, month + 1);
+                if month > 12 {
+                    (month, year) = (1, year + 1);
+                }
+            }
+        }
+        assert_eq!((year, month, day), (2799, 8, 3));
+    }
+}
+
+#[cfg(test)]
+mod issued_credentials {
+    use super::*;
+
+    #[test]
+    fn credentials_that_expire_within_the_minimum_are_refused_when_issued() {
+        let now = 1_772_323_200_000;
+        assert_eq!(check_issued(None, now), Ok(()));
+        assert_eq!(check_issued(Some(now + 3_600_000), now), Ok(()));
+        assert_eq!(check_issued(Some(now + MIN_REMAINING_MS + 1), now), Ok(()));
+        // Exactly the minimum is what `usable` refuses too.
+        let soon = check_issued(Some(now + MIN_REMAINING_MS), now).unwrap_err();
+        assert!(soon.contains("90 s from now"), "{soon}");
+        let past = check_issued(Some(now - 3_600_000), now).unwrap_err();
+        assert!(
+            past.contains("2026-02-28T23:00:00Z") && past.contains("-3600 s"),
+            "{past}"
+        );
+    }
+
+    #[test]
+    fn credentials_inside_the_margin_are_used_but_not_refetched_every_tick() {
+        let now = 1_772_323_200_000;
+        let margin = 900_000;
+        let published = |expires_in_ms: u64| Published {
+            access_key_id: "ASIAEXAMPLE".into(),
+            secret_access_key: "s".into(),
+            session_token: Some("t".into()),
+            expires_at_ms: Some(now + expires_in_ms),
+            issued_at_ms: now,
+            generation: 2,
+        };
+        // 10 minutes left with a 15-minute margin: usable, due at once, so the next attempt waits.
+        let short = published(600_000);
+        assert!(short.usable(None, now));
+        let state = RefreshState::after_publishing(&short, now, margin);
+        assert_eq!(state.next_attempt_ms, now + EARLY_REFRESH_RETRY_MS);
+        assert!(!state.due(Some(&short), now + 250, margin));
+        assert!(state.due(Some(&short), now + EARLY_REFRESH_RETRY_MS, margin));
+        // A normal hour: nothing to wait for, the refresh comes at its time.
+        let hour = published(3_600_000);
+        assert_eq!(
+            RefreshState::after_publishing(&hour, now, margin),
+            RefreshState::succeeded()
+        );
     }
 }

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import relay_env, relayctl, send, start_relay
+from conftest import register_secret, register_state_file, relay_env, relayctl, send, start_relay
 
 FHIR = {"Content-Type": "application/fhir+json"}
 
@@ -26,6 +27,7 @@ def body(rid: str) -> bytes:
 def moto(tmp_path_factory):
     m = relayctl.start_moto(tmp_path_factory.mktemp("moto"))
     iam = relayctl.setup_iam(m)
+    register_secret(iam.secret_access_key, iam.denied_secret_access_key)
     yield m, iam
     m.stop()
 
@@ -33,7 +35,12 @@ def moto(tmp_path_factory):
 @pytest.fixture(scope="module")
 def emulator(moto, tmp_path_factory):
     m, _ = moto
-    emu = relayctl.start_emulator(tmp_path_factory.mktemp("emulator"), [], sts_upstream=m.url)
+    workdir = tmp_path_factory.mktemp("emulator")
+    # The state file, written when the emulator stops, is where the STS-issued secrets and
+    # session tokens are read from for the session's search of every output (conftest).
+    state = workdir / "state.jsonl"
+    register_state_file(state)
+    emu = relayctl.start_emulator(workdir, [], sts_upstream=m.url, extra_args=["--state-file", str(state)])
     yield emu
     emu.stop()
 
@@ -85,7 +92,13 @@ def test_first_fetch_then_refreshes_once_per_envoy_not_per_worker(moto, emulator
         calls = assume_role_calls(emulator)[calls_before:]
         assert len(calls) >= 3, calls  # the first fetch and at least two refreshes
         assert all(c["status"] == 200 for c in calls), calls
-        # One AssumeRole per refresh, for the whole Envoy (two workers).
+        # One AssumeRole per refresh for the whole Envoy, not one per worker (two workers): the
+        # first fetch alone, then one call every 10 s (+ a spread of up to 1 s, a tenth of the
+        # 10 s used before the margin). A call per worker would come in pairs milliseconds apart;
+        # a missed refresh would leave a gap of 20 s.
+        times = [datetime.fromisoformat(c["time"].replace("Z", "+00:00")).timestamp() for c in calls]
+        gaps = [round(b - a, 2) for a, b in zip(times, times[1:])]
+        assert all(9.5 <= g <= 16 for g in gaps), gaps
         assert stat(envoy, "refresh_succeeded") == len(calls)
         assert stat(envoy, "refresh_attempted") == len(calls)
         assert stat(envoy, "refresh_failed") == 0
@@ -165,7 +178,10 @@ def test_sts_down_at_start_then_recovers_without_restart(moto, tmp_path):
         assert (r.status, r.header("x-healthlake-outcome")) == (503, "no-credentials")
         assert stat(envoy, "refresh_failed") >= 1
 
-        emu = relayctl.start_emulator(tmp_path / "emulator", [], sts_upstream=m.url, port=port, sts_port=sts_port)
+        state = tmp_path / "emulator" / "state.jsonl"
+        register_state_file(state)
+        emu = relayctl.start_emulator(tmp_path / "emulator", [], sts_upstream=m.url, port=port, sts_port=sts_port,
+                                      extra_args=["--state-file", str(state)])
 
         def delivered():
             r = send(envoy.url, "PUT", "/Patient/up", body("up"), FHIR)
@@ -178,3 +194,51 @@ def test_sts_down_at_start_then_recovers_without_restart(moto, tmp_path):
         envoy.stop()
         if emu:
             emu.stop()
+
+
+# (STS proxy fault, what the relay's warn line says)
+BROKEN_STS_ANSWERS = [
+    ("garbled", "the answer is not UTF-8"),
+    ("no-credentials", "the answer has no AccessKeyId"),
+    ("bad-expiration", 'Expiration "not-a-date" is not an ISO-8601 time'),
+    ("expired", "too soon to use"),
+    ("huge", "the answer has no AccessKeyId"),
+    ("503", "ServiceUnavailable"),
+]
+
+
+@pytest.mark.parametrize("fault,reason", BROKEN_STS_ANSWERS, ids=[f for f, _ in BROKEN_STS_ANSWERS])
+def test_a_broken_sts_answer_is_a_failed_fetch_never_a_signature(moto, emulator, tmp_path, fault, reason):
+    """The first AssumeRole gets a broken answer: the write waiting for credentials is answered
+    503 no-credentials (Smile CDR retries), the relay logs why and backs off, and the next call
+    (a normal answer) brings credentials; nothing is ever signed with what the broken answer held."""
+    _, iam = moto
+    emulator.reset()
+    emulator.set_sts_faults([fault])
+    calls_before = len(assume_role_calls(emulator))
+    envoy = role_relay(tmp_path, emulator, iam, RELAY_CREDENTIALS_WAIT_MS="300")
+    try:
+        r = send(envoy.url, "PUT", f"/Patient/{fault}-first", body(f"{fault}-first"), FHIR)
+        if r.status != 503:
+            # Only if the broken answer came and went within the 300 ms wait (a fast retry).
+            assert r.header("x-healthlake-outcome") == "delivered", (r.status, r.body)
+        else:
+            assert r.header("x-healthlake-outcome") == "no-credentials", r.body
+
+        def delivered():
+            r = send(envoy.url, "PUT", f"/Patient/{fault}-later", body(f"{fault}-later"), FHIR)
+            return r.status == 201
+
+        relayctl.wait_until(delivered, 30, "a write with the next credentials", interval=0.3)
+        calls = assume_role_calls(emulator)[calls_before:]
+        assert [c["fault"] for c in calls] == [fault, None], calls
+        assert stat(envoy, "refresh_failed") == 1 and stat(envoy, "refresh_succeeded") == 1
+        log = (tmp_path / "envoy.log").read_text()
+        assert "AssumeRole failed (attempt 1)" in log and reason in log, log[-3000:]
+        reached = [q for q in emulator.requests() if q["path"].startswith("/datastore/")]
+        assert reached and all(q["verified"] and q["credential_valid"] for q in reached), reached
+        # Every request was signed with the set issued by the good call.
+        assert {q["access_key_id"] for q in reached} == {calls[1]["issued_access_key_id"]}
+        assert envoy.alive()
+    finally:
+        envoy.stop()

@@ -185,7 +185,10 @@ impl CredentialCache {
         );
         let body = host::buffer(Buffer::HttpCallResponseBody, 0, body_size).unwrap_or_default();
         match sts::parse_response(status, &body) {
-            Ok(creds) => self.publish(&creds, now_ms, metrics),
+            Ok(creds) => match refresh::check_issued(creds.expires_at.map(unix_ms), now_ms) {
+                Ok(()) => self.publish(&creds, now_ms, metrics),
+                Err(why) => self.failed(now_ms, &why, metrics),
+            },
             Err(e) => self.failed(now_ms, &e.to_string(), metrics),
         }
         true
@@ -207,7 +210,20 @@ impl CredentialCache {
             );
             return;
         }
-        set_state(|_| RefreshState::succeeded());
+        let margin_ms = self
+            .role()
+            .map_or(0, |r| r.refresh_margin_seconds.saturating_mul(1000));
+        let state = RefreshState::after_publishing(&published, now_ms, margin_ms);
+        if state.next_attempt_ms > 0 {
+            log::warn!(
+                "healthlake-relay: STS issued credentials that are already within the refresh \
+                 margin ({} s before expiry): using them, and asking again in {} s (the role's \
+                 session duration is shorter than the margin, or the clock is off)",
+                margin_ms / 1000,
+                crate::refresh::EARLY_REFRESH_RETRY_MS / 1000
+            );
+        }
+        set_state(|_| state.clone());
         metrics.refresh_succeeded();
         let expires = published.expires_at_ms.map_or(0, |e| e / 1000);
         log::info!(
