@@ -85,12 +85,23 @@ ROWS = [
     ("put-ok", {}, "PUT", 201, "delivered", 1),
     ("throttled-429", {"next": ["throttle-429"] * 4}, "PUT", 429, "throttled", 4),
     ("throttled-400", {"next": ["throttle-400"] * 4}, "PUT", 429, "throttled", 4),
+    # HealthLake's 429 without Retry-After: the relay's own (retry_after_seconds) is sent.
+    ("throttled-no-retry-after", {"next": ["throttle-429-bare"] * 4}, "PUT", 429, "throttled", 4),
     ("expired-token", {"next": ["expired-token"]}, "PUT", 503, "auth-failed", 1),
     ("bad-signature", {"next": ["invalid-signature"]}, "PUT", 503, "auth-failed", 1),
+    # A front end's 401/403 with no body at all: still a 503 with an OperationOutcome.
+    ("auth-empty-403", {"next": ["empty:403"]}, "PUT", 503, "auth-failed", 1),
+    ("auth-empty-401", {"next": ["empty:401"]}, "PUT", 503, "auth-failed", 1),
     ("server-500", {"next": ["500"] * 4}, "PUT", 502, "upstream-error", 4),
     ("server-503", {"next": ["503"] * 4}, "PUT", 503, "upstream-error", 4),
     ("reset", {"next": ["reset"] * 4}, "PUT", 503, "upstream-error", 4),
     ("invalid-422", {"next": ["422"]}, "PUT", 422, "rejected", 1),
+    # Error bodies that are not what HealthLake normally sends: larger than the 64 KiB the relay
+    # reads, not JSON, not UTF-8.
+    ("large-html-500", {"next": ["large:500"] * 4}, "PUT", 502, "upstream-error", 4),
+    ("large-html-400", {"next": ["large:400"]}, "PUT", 400, "rejected", 1),
+    ("garbled-400", {"next": ["garbled:400"]}, "PUT", 400, "rejected", 1),
+    ("garbled-429", {"next": ["garbled:429"] * 4}, "PUT", 429, "throttled", 4),
     ("delete-absent", {}, "DELETE", 204, "already-absent", 1),
 ]
 
@@ -108,15 +119,31 @@ def test_each_answer_is_classified(relay, fresh, name, faults, method, status, o
     assert entry["attempts"] == attempts
     assert all(q["verified"] for q in reached)
     if outcome == "throttled":
-        assert r.header("retry-after")
-        assert entry["error_code"] == "ThrottlingException"
+        # HealthLake's Retry-After (the emulator sends 1), else the relay's retry_after_seconds (5).
+        sent_retry_after = all(q["fault"] in ("throttle-429", "throttle-400") for q in reached)
+        assert r.header("retry-after") == ("1" if sent_retry_after else "5"), r.headers
+        assert entry["error_code"] == ("ThrottlingException" if name.startswith("throttled") else None)
     if outcome == "auth-failed":
+        assert r.header("content-type") == "application/fhir+json"
         assert r.json()["resourceType"] == "OperationOutcome"
         assert r.json()["issue"][0]["code"] == "transient"
-        assert entry["error_code"] in ("ExpiredTokenException", "InvalidSignatureException")
-    if outcome == "rejected":
+        assert entry["error_code"] == {"expired-token": "ExpiredTokenException",
+                                       "bad-signature": "InvalidSignatureException"}.get(name)
+    if name == "invalid-422":
         assert r.json()["issue"][0]["code"] == "processing"  # HealthLake's own OperationOutcome
         assert entry["error_code"] == "processing"
+    if name.startswith(("large", "garbled")):
+        # Passed on as HealthLake sent it, whole, though the relay read only 64 KiB of it.
+        if name.startswith("large"):
+            assert (r.header("content-type"), len(r.body)) == ("text/html", 100_000), r.headers
+            assert r.body.rstrip().endswith(b"</html>"), r.body[-100:]
+        else:
+            assert r.body.startswith(b'{"__type": "Thrott\xff\xfe\x00'), r.body
+    # AWS's front-end headers (the emulator sends them on every answer) never reach Smile CDR;
+    # what an operator needs does.
+    assert not {"via", "x-amz-apigw-id", "x-amzn-trace-id", "x-amz-cf-id", "x-amz-cf-pop"} & set(r.headers), r.headers
+    if reached[-1]["status"]:  # a reset gets no answer, so no request id
+        assert r.header("x-amzn-requestid") == reached[-1]["request_id"]
     if outcome == "already-absent":
         assert r.body == b""
     if status < 300 or outcome == "rejected" or outcome == "auth-failed":

@@ -52,13 +52,11 @@ impl RelayHttp {
                     };
                     return Action::Pause;
                 }
-                self.conclude(&mut forwarded, status, verdict, None);
-                Action::Continue
+                self.conclude(&mut forwarded, status, verdict, None)
             }
             AtHeaders::NeedBody if end_of_stream => {
                 let verdict = self.classify_error_body(&forwarded, status, error_type, b"");
-                self.conclude(&mut forwarded, status, verdict, None);
-                Action::Continue
+                self.conclude(&mut forwarded, status, verdict, None)
             }
             AtHeaders::NeedBody => {
                 self.phase = Phase::ReadingError {
@@ -89,16 +87,15 @@ impl RelayHttp {
                 let body =
                     host::response_body(0, body_size.min(MAX_ERROR_BODY_BYTES)).unwrap_or_default();
                 let verdict = self.classify_error_body(&forwarded, status, error_type, &body);
-                self.conclude(&mut forwarded, status, verdict, Some(body_size));
+                self.conclude(&mut forwarded, status, verdict, Some(body_size))
             }
             Phase::Replacing {
                 mut forwarded,
                 status,
                 verdict,
             } => self.conclude(&mut forwarded, status, verdict, Some(body_size)),
-            _ => {}
+            _ => Action::Continue,
         }
-        Action::Continue
     }
 
     fn classify_error_body(
@@ -120,14 +117,17 @@ impl RelayHttp {
     }
 
     /// Applies the verdict to the response Smile CDR receives and records it. `body_size` is the
-    /// size of HealthLake's buffered body when the verdict is applied at its end.
+    /// size of HealthLake's buffered body when the verdict is applied at its end. Pauses only when
+    /// the answer had to be sent as a local response (a replacement body for an answer that had
+    /// none, which a filter cannot add to a response that already ended).
     fn conclude(
         &mut self,
         forwarded: &mut Forwarded,
         upstream_status: u16,
         verdict: Verdict,
         body_size: Option<usize>,
-    ) {
+    ) -> Action {
+        let mut action = Action::Continue;
         match &verdict.reply {
             Reply::PassThrough => {}
             Reply::Status {
@@ -158,8 +158,22 @@ impl RelayHttp {
                         host::remove_response_header("content-length");
                         host::remove_response_header("content-type");
                     }
-                    // HealthLake sent no body to replace: the status alone tells Smile CDR.
-                    (Some(_), None) => {}
+                    // HealthLake sent no body (e.g. a front end's bare 401/403): the answer
+                    // with the OperationOutcome is sent as a local response instead, keeping
+                    // HealthLake's request id for the access log.
+                    (Some(new), None) => {
+                        let request_id = host::response_header_text("x-amzn-requestid");
+                        let mut headers = vec![
+                            ("content-type", FHIR_JSON),
+                            (OUTCOME_HEADER, verdict.outcome.as_str()),
+                        ];
+                        if let Some(id) = request_id.as_deref() {
+                            headers.push(("x-amzn-requestid", id));
+                        }
+                        if host::send_local_response(*status, &headers, new) {
+                            action = Action::Pause;
+                        }
+                    }
                 }
                 host::remove_response_header("etag");
                 host::remove_response_header("location");
@@ -173,6 +187,7 @@ impl RelayHttp {
         self.record(verdict.outcome);
         self.remember(forwarded, verdict.outcome);
         self.explain(forwarded, upstream_status, &verdict);
+        action
     }
 
     /// Tells the version guard what HealthLake now holds.
