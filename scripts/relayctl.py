@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import ipaddress
 import json
 import os
@@ -42,6 +43,11 @@ DEMO_ACCESS_KEY_ID = "AKIDRELAYDEMO0000001"
 DEMO_SECRET_ACCESS_KEY = "relay-demo-secret-not-an-aws-key"
 DEMO_DATASTORE_ID = "0123456789abcdef0123456789abcdef"
 DEFAULT_REGION = "us-east-1"
+# Shortest inbound token (src/inbound_auth.rs), and shortest one from a tokens file, whose digest
+# goes into the configuration.
+TOKEN_MIN_LEN = 16
+FILE_TOKEN_MIN_LEN = 32
+DEFAULT_ROLE_SESSION_NAME = "healthlake-relay"  # the plugin's default (src/config.rs)
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 # A body is held whole in the Wasm VM, whose memory Envoy caps at 1 GiB (src/config.rs).
 MAX_MAX_BODY_BYTES = 256 * 1024 * 1024
@@ -103,6 +109,10 @@ class Settings:
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
     max_connections: int = 1024
+    # Envoy's worker threads; None leaves Envoy's own default (one per core).
+    concurrency: int | None = None
+    # SHA-256 digests (hex) of the tokens in RELAY_INBOUND_TOKENS_FILE.
+    inbound_token_sha256: tuple[str, ...] = ()
 
     @staticmethod
     def from_env(env: Mapping[str, str]) -> "Settings":
@@ -110,13 +120,14 @@ class Settings:
 
     @staticmethod
     def with_tokens(env: Mapping[str, str]) -> tuple["Settings", str]:
-        """The settings, and the inbound bearer tokens (for Envoy's environment, never the file)."""
+        """The settings, and the tokens of RELAY_INBOUND_TOKENS (for Envoy's environment, never the
+        file; those of RELAY_INBOUND_TOKENS_FILE go into the plugin configuration as digests)."""
         def get(name: str, default: str = "") -> str:
             return env.get(name, "").strip() or default
 
         def port(name: str, default: int) -> int:
             raw = get(name, str(default))
-            if not raw.isdigit() or int(raw) > 65535:
+            if not is_decimal(raw) or int(raw) > 65535:
                 raise SettingsError(f"{name} must be a TCP port number (0-65535), got {raw!r}")
             return int(raw)
 
@@ -143,12 +154,12 @@ class Settings:
         if base_path and not re.fullmatch(r"(/[A-Za-z0-9._-]+)+", base_path):
             raise SettingsError(f"RELAY_INBOUND_BASE_PATH must look like /fhir, got {base_path!r}")
         max_body = get("RELAY_MAX_BODY_BYTES", str(DEFAULT_MAX_BODY_BYTES))
-        if not max_body.isdigit() or not 1 <= int(max_body) <= MAX_MAX_BODY_BYTES:
+        if not is_decimal(max_body) or not 1 <= int(max_body) <= MAX_MAX_BODY_BYTES:
             raise SettingsError(
                 f"RELAY_MAX_BODY_BYTES must be 1 to {MAX_MAX_BODY_BYTES} bytes, got {max_body!r}")
         budget = get("RELAY_BODY_BUDGET_BYTES", str(DEFAULT_BODY_BUDGET_BYTES))
         most_budget = VM_BODY_ROOM_BYTES - 2 * int(max_body)
-        if not budget.isdigit() or not int(max_body) <= int(budget) <= most_budget:
+        if not is_decimal(budget) or not int(max_body) <= int(budget) <= most_budget:
             raise SettingsError(
                 f"RELAY_BODY_BUDGET_BYTES must be RELAY_MAX_BODY_BYTES ({max_body}) to "
                 f"{most_budget} bytes (896 MiB - 2 x RELAY_MAX_BODY_BYTES), got {budget!r}")
@@ -162,38 +173,38 @@ class Settings:
         if bad_types:
             raise SettingsError(f"RELAY_UNSUPPORTED_TYPES must be FHIR resource type names, got {bad_types}")
         ttl = get("RELAY_UNSUPPORTED_TYPE_TTL_SECONDS", "3600")
-        if not ttl.isdigit() or not 1 <= int(ttl) <= 604800:
+        if not is_decimal(ttl) or not 1 <= int(ttl) <= 604800:
             raise SettingsError(f"RELAY_UNSUPPORTED_TYPE_TTL_SECONDS must be 1 to 604800 seconds, got {ttl!r}")
         guard_entries = get("RELAY_VERSION_GUARD_MAX_ENTRIES", "100000")
-        if not guard_entries.isdigit() or int(guard_entries) > 10_000_000:
+        if not is_decimal(guard_entries) or int(guard_entries) > 10_000_000:
             raise SettingsError(
                 f"RELAY_VERSION_GUARD_MAX_ENTRIES must be 0 (off) to 10000000, got {guard_entries!r}")
         guard_age = get("RELAY_VERSION_GUARD_MAX_AGE_SECONDS", str(7 * 24 * 3600))
-        if not guard_age.isdigit() or int(guard_age) == 0:
+        if not is_decimal(guard_age) or int(guard_age) == 0:
             raise SettingsError(
                 f"RELAY_VERSION_GUARD_MAX_AGE_SECONDS must be a positive number of seconds, got {guard_age!r}")
         guard_skew = get("RELAY_VERSION_GUARD_CLOCK_SKEW_SECONDS", "300")
-        if not guard_skew.isdigit() or int(guard_skew) > 86400:
+        if not is_decimal(guard_skew) or int(guard_skew) > 86400:
             raise SettingsError(
                 f"RELAY_VERSION_GUARD_CLOCK_SKEW_SECONDS must be 0 to 86400 seconds, got {guard_skew!r}")
         role_arn = get("AWS_ROLE_ARN")
         if role_arn and not re.fullmatch(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+", role_arn):
             raise SettingsError(f"AWS_ROLE_ARN must be an IAM role ARN, got {role_arn!r}")
-        host_name = re.sub(r"[^\w+=,.@-]", "-", socket.gethostname())[:40] or "host"
-        session = get("AWS_ROLE_SESSION_NAME", f"healthlake-relay-{host_name}")
+        # The plugin's own default, so that a rendered configuration and one's own agree.
+        session = get("AWS_ROLE_SESSION_NAME", DEFAULT_ROLE_SESSION_NAME)
         if not re.fullmatch(r"[\w+=,.@-]{2,64}", session):
             raise SettingsError(f"AWS_ROLE_SESSION_NAME must be 2-64 of letters, digits and +=,.@_-, got {session!r}")
         external_id = get("AWS_ROLE_EXTERNAL_ID")
         duration = get("AWS_ROLE_DURATION_SECONDS", "3600")
-        if not duration.isdigit() or not 900 <= int(duration) <= 43200:
+        if not is_decimal(duration) or not 900 <= int(duration) <= 43200:
             raise SettingsError(f"AWS_ROLE_DURATION_SECONDS must be 900 to 43200, got {duration!r}")
         margin = get("RELAY_CREDENTIALS_REFRESH_MARGIN_SECONDS", "900")
-        if not margin.isdigit() or not 120 <= int(margin) < int(duration):
+        if not is_decimal(margin) or not 120 <= int(margin) < int(duration):
             raise SettingsError(
                 "RELAY_CREDENTIALS_REFRESH_MARGIN_SECONDS must be at least 120 and less than "
                 f"AWS_ROLE_DURATION_SECONDS, got {margin!r}")
         wait = get("RELAY_CREDENTIALS_WAIT_MS", "5000")
-        if not wait.isdigit() or int(wait) > 60000:
+        if not is_decimal(wait) or int(wait) > 60000:
             raise SettingsError(f"RELAY_CREDENTIALS_WAIT_MS must be 0 to 60000, got {wait!r}")
         sts_endpoint = get("AWS_ENDPOINT_URL_STS", f"https://sts.{region}.amazonaws.com")
         sts_parts = urlsplit(sts_endpoint)
@@ -203,18 +214,26 @@ class Settings:
             raise SettingsError(f"AWS_ENDPOINT_URL_STS may use plain http:// only on loopback, got {sts_endpoint!r}")
         tokens = get("RELAY_INBOUND_TOKENS")
         tokens_file = get("RELAY_INBOUND_TOKENS_FILE")
-        if tokens_file and not tokens:
+        token_digests: tuple[str, ...] = ()
+        if tokens_file:
+            # The plugin gets the SHA-256 digests of the file's tokens in its configuration, never
+            # the tokens: a rendered configuration works in any Envoy, and holds no secret.
             try:
-                tokens = Path(tokens_file).read_text().strip()
+                listed = Path(tokens_file).read_text()
             except OSError as e:
                 raise SettingsError(f"RELAY_INBOUND_TOKENS_FILE cannot be read: {e.strerror}") from None
+            except UnicodeDecodeError:
+                raise SettingsError("RELAY_INBOUND_TOKENS_FILE is not text (UTF-8)") from None
+            token_digests = token_sha256(listed, "RELAY_INBOUND_TOKENS_FILE")
+        if tokens:
+            check_tokens(tokens, "RELAY_INBOUND_TOKENS", TOKEN_MIN_LEN)
         mtls = get("RELAY_INBOUND_MTLS").lower() in ("1", "true", "yes")
         tls = {name: get(name) for name in ("RELAY_TLS_CERT_FILE", "RELAY_TLS_KEY_FILE", "RELAY_TLS_CLIENT_CA_FILE")}
         if (mtls or any(tls.values())) and not all(tls.values()):
             # The listener's TLS always verifies client certificates: the three files go together.
             missing = ", ".join(k for k, v in tls.items() if not v)
             raise SettingsError(f"{'RELAY_INBOUND_MTLS' if mtls else 'TLS on the listener'} needs {missing}")
-        if tokens:
+        if tokens or token_digests:
             inbound_auth = "bearer"
         elif mtls:
             inbound_auth = "mtls"
@@ -232,8 +251,12 @@ class Settings:
                 "reaches it. Set RELAY_INBOUND_TOKENS (or RELAY_INBOUND_TOKENS_FILE) to the bearer "
                 "token(s) Smile CDR sends, or RELAY_INBOUND_MTLS=true with the listener's certificates.")
         max_connections = get("RELAY_MAX_CONNECTIONS", "1024")
-        if not max_connections.isdigit() or int(max_connections) == 0:
+        if not is_decimal(max_connections) or int(max_connections) == 0:
             raise SettingsError(f"RELAY_MAX_CONNECTIONS must be a positive number, got {max_connections!r}")
+        concurrency = get("RELAY_CONCURRENCY")
+        if concurrency and (not is_decimal(concurrency) or not 1 <= int(concurrency) <= 1024):
+            raise SettingsError(
+                f"RELAY_CONCURRENCY must be 1 to 1024 Envoy worker threads (unset: one per core), got {concurrency!r}")
         ca_bundle = get("RELAY_CA_BUNDLE") or next(
             (c for c in CA_BUNDLE_CANDIDATES if Path(c).exists()), CA_BUNDLE_CANDIDATES[0]
         )
@@ -266,6 +289,8 @@ class Settings:
             tls_key_file=tls["RELAY_TLS_KEY_FILE"],
             tls_client_ca_file=tls["RELAY_TLS_CLIENT_CA_FILE"],
             max_connections=int(max_connections),
+            concurrency=int(concurrency) if concurrency else None,
+            inbound_token_sha256=token_digests,
         ), tokens
 
     @property
@@ -314,7 +339,37 @@ class Settings:
             config["assume_role"] = role
         if self.base_path:
             config["inbound_base_path"] = self.base_path
+        if self.inbound_token_sha256:
+            config["inbound_token_sha256"] = list(self.inbound_token_sha256)
         return config
+
+
+def is_decimal(text: str) -> bool:
+    """ASCII digits only (str.isdigit also takes "²", which int() refuses)."""
+    return text.isascii() and text.isdecimal()
+
+
+def check_tokens(listed: str, where: str, shortest: int) -> list[str]:
+    """Tokens separated by commas or new lines, checked as the plugin checks them (errors never
+    include a token)."""
+    tokens = [t.strip(" \t\r") for t in re.split(r"[,\n]", listed)]
+    tokens = [t for t in tokens if t]
+    if not tokens:
+        raise SettingsError(f"{where} holds no token")
+    for n, token in enumerate(tokens, 1):
+        if len(token) < shortest:
+            raise SettingsError(f"{where}: token #{n} is shorter than {shortest} characters")
+        if not all(33 <= ord(c) <= 126 for c in token):
+            raise SettingsError(f"{where}: token #{n} has characters a header value cannot carry")
+    return tokens
+
+
+def token_sha256(listed: str, where: str) -> tuple[str, ...]:
+    """The SHA-256 digests (hex) of the tokens of a tokens file. They end up in the configuration,
+    where a digest of a short token could be guessed back: 32 characters at least (random ones,
+    e.g. `openssl rand -hex 32`), where RELAY_INBOUND_TOKENS takes 16."""
+    tokens = check_tokens(listed, where, FILE_TOKEN_MIN_LEN)
+    return tuple(hashlib.sha256(t.encode()).hexdigest() for t in tokens)
 
 
 def endpoint_parts(url: str) -> tuple[str, str, int]:
@@ -497,10 +552,19 @@ class Emulator(Service):
         with urllib.request.urlopen(req, timeout=5) as r:
             return json.loads(r.read())
 
+    def set_sts_faults(self, next: list[str]) -> dict:
+        """Queues answers of the STS proxy, one per AssumeRole call (see emulator/README.md)."""
+        req = urllib.request.Request(
+            self.url + "/_emulator/sts/faults", method="PUT", data=json.dumps({"next": next}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read())
+
 
 def read_port(path: Path) -> int:
     text = path.read_text().strip() if path.exists() else ""
-    return int(text) if text.isdigit() else 0
+    return int(text) if is_decimal(text) else 0
 
 
 def start_emulator(
@@ -665,9 +729,14 @@ class Envoy(Service):
 
 
 def write_config(text: str, workdir: Path, name: str = "envoy.yaml") -> Path:
+    """Writes a rendered configuration readable by its owner only (0600): it names files, hosts
+    and, with a tokens file, the tokens' digests."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / name
-    path.write_text(text)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
     return path
 
 
@@ -685,12 +754,13 @@ def start_envoy(
     config_path: Path,
     workdir: Path,
     env: Mapping[str, str],
-    concurrency: int = 1,
+    concurrency: int | None = None,
     admin_port: int | None = None,
     wait: bool = True,
     component_log_level: str = "wasm:info",
 ) -> Envoy:
     """Starts Envoy with a rendered configuration; the access log (stdout) goes to workdir/access.log.
+    `concurrency` None leaves Envoy's default: one worker thread per core.
 
     With `admin_port` None the configuration must use port 0 for admin and listener: the bound
     admin address is read from --admin-address-path, the listener's from the admin API.
@@ -701,7 +771,10 @@ def start_envoy(
     out = private_log(workdir / "access.log")
     err = private_log(workdir / "envoy.log")
     cmd = [
-        str(envoy_binary()), "-c", str(config_path), "--concurrency", str(concurrency),
+        str(envoy_binary()), "-c", str(config_path),
+        # Without a value, Envoy's default: a worker per core it may run on (its cpuset, so a
+        # container limited to 2 CPUs gets 2 workers, not one per core of the host).
+        *(["--concurrency", str(concurrency)] if concurrency is not None else ["--cpuset-threads"]),
         "--disable-hot-restart", "--admin-address-path", str(address_file),
         "--log-level", "warn", "--component-log-level", component_log_level,
         # Envoy writes the access log every 10 s by default; operators (and tests) want it now.
@@ -745,6 +818,20 @@ def start_envoy(
 # make run
 
 
+def shown(path: Path) -> Path:
+    """A path as the user would type it: relative to the current directory when under it."""
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+
+
+def envoy_workers(envoy: Envoy) -> str:
+    """Envoy's worker threads, as it reports them (its --concurrency)."""
+    try:
+        status, body = http_get(envoy.admin_url + "/server_info")
+        return str(json.loads(body)["command_line_options"]["concurrency"]) if status == 200 else "?"
+    except (OSError, ValueError, KeyError):
+        return "?"
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -756,11 +843,16 @@ def run() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     env = dict(os.environ)
     demo = not env.get("AWS_ENDPOINT_URL_HEALTHLAKE") and not env.get("HEALTHLAKE_DATASTORE_ID")
-    workdir = BUILD / "run"
-    if workdir.exists():
+    # The rendered configuration and the logs (access log, Envoy's, the emulator's): build/run,
+    # emptied first, or RELAY_RUN_DIR, which must be new or empty (nothing of the user's is removed).
+    chosen = env.get("RELAY_RUN_DIR", "").strip()
+    workdir = Path(chosen or BUILD / "run").resolve()
+    if not chosen and workdir.exists():
         shutil.rmtree(workdir)
     services: list[Service] = []
     try:
+        if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
+            raise SettingsError(f"RELAY_RUN_DIR must be a new or empty directory: {workdir} is not")
         if demo:
             emu = start_emulator(workdir, [f"{DEMO_ACCESS_KEY_ID}:{DEMO_SECRET_ACCESS_KEY}"])
             services.append(emu)
@@ -768,15 +860,17 @@ def run() -> int:
             env["AWS_ACCESS_KEY_ID"] = DEMO_ACCESS_KEY_ID
             env["AWS_SECRET_ACCESS_KEY"] = DEMO_SECRET_ACCESS_KEY
             env.pop("AWS_SESSION_TOKEN", None)
-        settings, tokens = Settings.with_tokens(env)
-        if tokens:
-            env["RELAY_INBOUND_TOKENS"] = tokens  # to the Wasm VM, not into the file
+        # RELAY_INBOUND_TOKENS reaches the Wasm VM through Envoy's environment (never the file);
+        # the tokens of RELAY_INBOUND_TOKENS_FILE as digests in the plugin configuration.
+        settings = Settings.from_env(env)
         config_path = write_config(render(settings), workdir)
-        envoy = start_envoy(config_path, workdir, env, admin_port=settings.admin_port)
+        envoy = start_envoy(config_path, workdir, env, concurrency=settings.concurrency,
+                            admin_port=settings.admin_port)
         services.append(envoy)
         relay = f"http://127.0.0.1:{settings.relay_port}{settings.base_path}"
         example = ROOT / "examples" / "Patient-relay-demo.json"
-        print(f"\nHealthLake relay listening on {relay}  (Envoy admin: http://127.0.0.1:{settings.admin_port})")
+        print(f"\nHealthLake relay listening on {relay}  (Envoy admin: http://127.0.0.1:{settings.admin_port}, "
+              f"{envoy_workers(envoy)} workers)")
         if demo:
             print(f"Demo mode: HealthLake played by the local emulator at {env['AWS_ENDPOINT_URL_HEALTHLAKE']}")
         if settings.inbound_auth == "none":
@@ -787,9 +881,10 @@ def run() -> int:
         print(
             f"  curl -sS -X PUT '{relay}/Patient/relay-demo' \\\n"
             "    -H 'Content-Type: application/fhir+json; charset=UTF-8' -H 'If-Match: W/\"1\"' \\\n"
-            + ("    -H \"Authorization: Bearer <one of RELAY_INBOUND_TOKENS>\" \\\n" if tokens else "")
-            + f"    --data-binary @{example.relative_to(Path.cwd()) if example.is_relative_to(Path.cwd()) else example} -i; echo; "
-            f"sleep 1; tail -n 1 {envoy.access_log_path}\n"
+            + ("    -H \"Authorization: Bearer <one of your inbound tokens>\" \\\n"
+               if settings.inbound_auth == "bearer" else "")
+            + f"    --data-binary @{shown(example)} -i; echo; "
+            f"sleep 1; tail -n 1 {shown(envoy.access_log_path)}\n"
         )
         if demo:
             print(f"  curl -sS {env['AWS_ENDPOINT_URL_HEALTHLAKE']}/_emulator/resources/Patient/relay-demo\n")

@@ -71,6 +71,8 @@ struct RawConfig {
     assume_role: Option<RawAssumeRole>,
     #[serde(default)]
     inbound_auth: Option<String>,
+    #[serde(default)]
+    inbound_token_sha256: Option<Vec<String>>,
 }
 
 /// How callers prove they are Smile CDR.
@@ -224,6 +226,10 @@ pub struct Config {
     pub assume_role: Option<crate::sts::AssumeRole>,
     /// How callers are authenticated.
     pub inbound_auth: InboundAuth,
+    /// SHA-256 digests of accepted bearer tokens (`inbound_token_sha256`, 64 hex digits each),
+    /// besides the tokens in `RELAY_INBOUND_TOKENS`: a configuration can name the tokens without
+    /// holding them.
+    pub inbound_token_digests: Vec<[u8; 32]>,
     /// `/datastore/{datastore_id}/r4`, the upstream prefix every forwarded path starts with.
     pub upstream_prefix: String,
 }
@@ -423,6 +429,30 @@ impl Config {
             }
         };
 
+        let inbound_token_digests = raw
+            .inbound_token_sha256
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(n, hex_digest)| {
+                token_digest(hex_digest).ok_or_else(|| {
+                    err(
+                        "inbound_token_sha256",
+                        format!(
+                            "entry #{} is not a SHA-256 digest (64 hexadecimal digits)",
+                            n + 1
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !inbound_token_digests.is_empty() && inbound_auth != InboundAuth::Bearer {
+            return Err(err(
+                "inbound_token_sha256",
+                "token digests need inbound_auth \"bearer\" (they would be ignored)".to_owned(),
+            ));
+        }
+
         let upstream_prefix = format!("/datastore/{datastore_id}/r4");
         Ok(Config {
             region,
@@ -437,9 +467,17 @@ impl Config {
             version_guard,
             assume_role,
             inbound_auth,
+            inbound_token_digests,
             upstream_prefix,
         })
     }
+}
+
+/// A token digest as configured: exactly 64 hexadecimal digits (either case).
+fn token_digest(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(out)
 }
 
 fn normalise_base_path(path: String) -> Result<String, ConfigError> {
@@ -479,23 +517,141 @@ mod tests {
     fn accepts_minimal_config_with_defaults() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.region, "us-east-1");
+        assert_eq!(c.datastore_id, "0123456789abcdef");
+        assert_eq!(c.healthlake_host, "healthlake.us-east-1.amazonaws.com");
         assert_eq!(c.inbound_base_path, "");
-        assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert_eq!(c.upstream_prefix, "/datastore/0123456789abcdef/r4");
         assert!(c.unsupported_types.is_empty());
         assert_eq!(c.inbound_auth, InboundAuth::Bearer);
+        assert_eq!(c.assume_role, None);
+        // The documented values (README, Settings and Plugin configuration), written out rather
+        // than the constants compared with themselves: a default changed without the docs fails.
+        assert_eq!(c.max_body_bytes, 8_388_608); // RELAY_MAX_BODY_BYTES, 8 MiB
+        assert_eq!(c.body_budget_bytes, 268_435_456); // RELAY_BODY_BUDGET_BYTES, 256 MiB
+        assert_eq!(c.unsupported_type_ttl_seconds, 3600); // RELAY_UNSUPPORTED_TYPE_TTL_SECONDS
+        assert_eq!(c.retry_after_seconds, 5); // retry_after_seconds
         assert_eq!(
-            c.unsupported_type_ttl_seconds,
-            DEFAULT_UNSUPPORTED_TYPE_TTL_SECONDS
+            c.version_guard,
+            Some(crate::versions::Limits {
+                max_entries: 100_000,     // RELAY_VERSION_GUARD_MAX_ENTRIES
+                max_age_seconds: 604_800, // RELAY_VERSION_GUARD_MAX_AGE_SECONDS, 7 days
+                clock_skew_seconds: 300,  // RELAY_VERSION_GUARD_CLOCK_SKEW_SECONDS
+            })
         );
-        assert_eq!(c.retry_after_seconds, DEFAULT_RETRY_AFTER_SECONDS);
+    }
+
+    #[test]
+    fn documented_limits_are_the_constants() {
+        assert_eq!(DEFAULT_MAX_BODY_BYTES, 8_388_608);
+        assert_eq!(MAX_MAX_BODY_BYTES, 268_435_456);
+        assert_eq!(DEFAULT_BODY_BUDGET_BYTES, 268_435_456);
+        assert_eq!(VM_BODY_ROOM_BYTES, 939_524_096); // 896 MiB
+        assert_eq!(DEFAULT_UNSUPPORTED_TYPE_TTL_SECONDS, 3600);
+        assert_eq!(DEFAULT_RETRY_AFTER_SECONDS, 5);
+        assert_eq!(DEFAULT_VERSION_GUARD_MAX_ENTRIES, 100_000);
+        assert_eq!(DEFAULT_VERSION_GUARD_MAX_AGE_SECONDS, 604_800);
+        assert_eq!(DEFAULT_VERSION_GUARD_CLOCK_SKEW_SECONDS, 300);
+        assert_eq!(DEFAULT_ROLE_DURATION_SECONDS, 3600);
+        assert_eq!(DEFAULT_REFRESH_MARGIN_SECONDS, 900);
+        assert_eq!(DEFAULT_FIRST_FETCH_WAIT_MS, 5000);
+    }
+
+    /// The minimal configuration plus `fields` (a JSON fragment).
+    fn with(fields: &str) -> Result<Config, ConfigError> {
+        parse(&format!(
+            r#"{{"region":"us-east-1","datastore_id":"d","healthlake_host":"h",{fields}}}"#
+        ))
+    }
+
+    #[test]
+    fn numeric_settings_accept_their_documented_range_and_nothing_beyond() {
+        for (field, lowest, highest) in [
+            ("max_body_bytes", 1, 268_435_456),
+            ("unsupported_type_ttl_seconds", 1, 604_800),
+            ("retry_after_seconds", 1, 3600),
+            ("version_guard_max_entries", 0, 10_000_000),
+            ("version_guard_max_age_seconds", 1, u64::MAX),
+            ("version_guard_clock_skew_seconds", 0, 86_400),
+        ] {
+            for ok in [lowest, highest] {
+                assert!(with(&format!(r#""{field}":{ok}"#)).is_ok(), "{field} {ok}");
+            }
+            if lowest > 0 {
+                let e = with(&format!(r#""{field}":{}"#, lowest - 1)).unwrap_err();
+                assert_eq!(e.field, field);
+            }
+            if highest < u64::MAX {
+                let e = with(&format!(r#""{field}":{}"#, highest + 1)).unwrap_err();
+                assert_eq!(e.field, field);
+            }
+        }
+        let c = with(
+            r#""version_guard_max_entries":10000000,"version_guard_max_age_seconds":60,"version_guard_clock_skew_seconds":86400"#,
+        )
+        .unwrap();
         assert_eq!(
-            c.version_guard.map(|l| l.max_entries),
-            Some(DEFAULT_VERSION_GUARD_MAX_ENTRIES)
+            c.version_guard,
+            Some(crate::versions::Limits {
+                max_entries: 10_000_000,
+                max_age_seconds: 60,
+                clock_skew_seconds: 86_400,
+            })
         );
-        // The documented values, not the constants compared with themselves.
-        assert_eq!(c.body_budget_bytes, 268_435_456);
-        assert_eq!(c.version_guard.map(|l| l.clock_skew_seconds), Some(300));
+        let c =
+            with(r#""retry_after_seconds":3600,"unsupported_type_ttl_seconds":604800"#).unwrap();
+        assert_eq!(
+            (c.retry_after_seconds, c.unsupported_type_ttl_seconds),
+            (3600, 604_800)
+        );
+    }
+
+    #[test]
+    fn datastore_ids_are_at_most_64_letters_digits_and_dashes() {
+        let id = |id: &str| {
+            parse(&format!(
+                r#"{{"region":"us-east-1","datastore_id":"{id}","healthlake_host":"h"}}"#
+            ))
+        };
+        let longest = format!("a-{}", "0".repeat(62));
+        assert_eq!(
+            id(&longest).unwrap().upstream_prefix,
+            format!("/datastore/{longest}/r4")
+        );
+        assert_eq!(
+            id(&format!("{longest}1")).unwrap_err().field,
+            "datastore_id"
+        );
+        for bad in ["a_b", "a.b", "a b", "caf\u{e9}"] {
+            assert_eq!(id(bad).unwrap_err().field, "datastore_id", "{bad}");
+        }
+        // Blank is missing, not an empty id; surrounding spaces are not part of it.
+        assert_eq!(id("  ").unwrap_err().field, "datastore_id");
+        assert_eq!(id(" ds-1 ").unwrap().datastore_id, "ds-1");
+        let blank_region = parse(r#"{"region":" ","datastore_id":"d","healthlake_host":"h"}"#);
+        assert_eq!(blank_region.unwrap_err().field, "region");
+    }
+
+    #[test]
+    fn base_paths_are_plain_segments() {
+        let base = |p: &str| with(&format!(r#""inbound_base_path":"{p}""#));
+        assert_eq!(base("/").unwrap().inbound_base_path, "");
+        assert_eq!(base(" /fhir/r4// ").unwrap().inbound_base_path, "/fhir/r4");
+        assert_eq!(
+            base("/a-b_c.d/E9").unwrap().inbound_base_path,
+            "/a-b_c.d/E9"
+        );
+        for bad in [
+            "/a//b",
+            "/a/./b",
+            "/a/../b",
+            "/..",
+            "/fh ir",
+            "/fhir?x",
+            "/caf\u{e9}",
+            "fhir/",
+        ] {
+            assert_eq!(base(bad).unwrap_err().field, "inbound_base_path", "{bad}");
+        }
     }
 
     #[test]
@@ -576,6 +732,124 @@ mod tests {
                 r#"{{"region":"us-east-1","datastore_id":"d","healthlake_host":"h","assume_role":{role}}}"#
             );
             assert_eq!(parse(&json).unwrap_err().field, field, "{role}");
+        }
+    }
+
+    #[test]
+    fn assume_role_values_are_kept_within_sts_limits() {
+        let role = |fields: &str| {
+            with(&format!(
+                r#""assume_role":{{"role_arn":"arn:aws:iam::1:role/r"{fields}}}"#
+            ))
+            .map(|c| c.assume_role.unwrap())
+        };
+        let field = |fields: &str| role(fields).unwrap_err().field;
+        let r = role(
+            r#","session_name":"relay+=,.@_-9","external_id":"ext:id/1+=,.@_-","duration_seconds":43200,"refresh_margin_seconds":120,"first_fetch_wait_ms":60000,"sts_cluster":"my_sts","sts_host":"127.0.0.1:4566""#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            crate::sts::AssumeRole {
+                role_arn: "arn:aws:iam::1:role/r".into(),
+                session_name: "relay+=,.@_-9".into(),
+                external_id: Some("ext:id/1+=,.@_-".into()),
+                duration_seconds: 43_200,
+                cluster: "my_sts".into(),
+                host: "127.0.0.1:4566".into(),
+                refresh_margin_seconds: 120,
+                first_fetch_wait_ms: 60_000,
+            }
+        );
+        // The documented defaults: 3600 s sessions, refreshed from 900 s before expiry, 5 s of
+        // waiting for the first credentials.
+        let d = role("").unwrap();
+        assert_eq!(
+            (
+                d.duration_seconds,
+                d.refresh_margin_seconds,
+                d.first_fetch_wait_ms
+            ),
+            (3600, 900, 5000)
+        );
+        // An empty external id is none at all.
+        assert_eq!(role(r#","external_id":"""#).unwrap().external_id, None);
+        assert_eq!(
+            role(r#","duration_seconds":900,"refresh_margin_seconds":899"#)
+                .unwrap()
+                .refresh_margin_seconds,
+            899
+        );
+        assert_eq!(role(r#","session_name":"ab""#).unwrap().session_name, "ab");
+        let longest_name = "n".repeat(64);
+        assert!(role(&format!(r#","session_name":"{longest_name}""#)).is_ok());
+        for (fields, bad) in [
+            (
+                r#","session_name":"a""#.to_owned(),
+                "assume_role.session_name",
+            ),
+            (
+                format!(r#","session_name":"{longest_name}n""#),
+                "assume_role.session_name",
+            ),
+            (
+                r#","external_id":"a""#.to_owned(),
+                "assume_role.external_id",
+            ),
+            (
+                format!(r#","external_id":"{}""#, "e".repeat(1225)),
+                "assume_role.external_id",
+            ),
+            (
+                r#","duration_seconds":899"#.to_owned(),
+                "assume_role.duration_seconds",
+            ),
+            (
+                r#","duration_seconds":43201"#.to_owned(),
+                "assume_role.duration_seconds",
+            ),
+            (
+                r#","refresh_margin_seconds":119"#.to_owned(),
+                "assume_role.refresh_margin_seconds",
+            ),
+            (
+                r#","first_fetch_wait_ms":60001"#.to_owned(),
+                "assume_role.first_fetch_wait_ms",
+            ),
+            (r#","sts_cluster":"""#.to_owned(), "assume_role.sts_cluster"),
+            (r#","sts_host":"""#.to_owned(), "assume_role.sts_host"),
+            (
+                r#","sts_host":"sts host""#.to_owned(),
+                "assume_role.sts_host",
+            ),
+        ] {
+            assert_eq!(field(&fields), bad, "{fields}");
+        }
+        assert!(role(&format!(r#","external_id":"{}""#, "e".repeat(1224))).is_ok());
+        // Role ARNs: an ARN, and of a role.
+        for arn in [
+            "arn:aws:iam::1:user/r",
+            "iam::1:role/r",
+            "aws:iam::1:role/r",
+        ] {
+            let e = with(&format!(r#""assume_role":{{"role_arn":"{arn}"}}"#)).unwrap_err();
+            assert_eq!(e.field, "assume_role.role_arn", "{arn}");
+        }
+        let gov = with(r#""assume_role":{"role_arn":"arn:aws-us-gov:iam::1:role/r"}"#).unwrap();
+        assert_eq!(
+            gov.assume_role.unwrap().role_arn,
+            "arn:aws-us-gov:iam::1:role/r"
+        );
+    }
+
+    #[test]
+    fn inbound_auth_is_one_of_three_words() {
+        let auth = |v: &str| with(&format!(r#""inbound_auth":"{v}""#));
+        assert_eq!(auth("bearer").unwrap().inbound_auth, InboundAuth::Bearer);
+        assert_eq!(auth("mtls").unwrap().inbound_auth, InboundAuth::MutualTls);
+        assert_eq!(auth("none").unwrap().inbound_auth, InboundAuth::None);
+        for bad in ["Bearer", "tls", ""] {
+            assert_eq!(auth(bad).unwrap_err().field, "inbound_auth", "{bad}");
         }
     }
 
@@ -667,5 +941,53 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.problem.contains("regoin"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod token_digests {
+    use super::*;
+
+    fn with(digests: &str) -> Result<Config, ConfigError> {
+        Config::from_json(
+            format!(
+                r#"{{"region":"us-east-1","datastore_id":"d","healthlake_host":"h","inbound_token_sha256":{digests}}}"#
+            )
+            .as_bytes(),
+        )
+    }
+
+    #[test]
+    fn token_digests_are_64_hex_digits() {
+        let a = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let c = with(&format!(r#"["{a}","{}"]"#, a.to_uppercase())).unwrap();
+        assert_eq!(c.inbound_token_digests.len(), 2);
+        assert_eq!(c.inbound_token_digests[0], c.inbound_token_digests[1]);
+        assert_eq!(c.inbound_token_digests[0][0], 0x9f);
+        assert!(with("[]").unwrap().inbound_token_digests.is_empty());
+        let mtls = Config::from_json(
+            format!(
+                r#"{{"region":"us-east-1","datastore_id":"d","healthlake_host":"h","inbound_auth":"mtls","inbound_token_sha256":["{a}"]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(mtls.contains("need inbound_auth"), "{mtls}");
+        for bad in [
+            &a[..63],
+            &format!("{a}00"),
+            &a.replace('9', "g"),
+            "secret-token-itself-123",
+        ] {
+            let e = with(&format!(r#"["{a}","{bad}"]"#))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("inbound_token_sha256") && e.contains("#2"),
+                "{e}"
+            );
+            assert!(!e.contains(bad), "the error repeats the value: {e}");
+        }
     }
 }

@@ -88,6 +88,28 @@ impl Tokens {
         })
     }
 
+    /// The tokens of `RELAY_INBOUND_TOKENS` (`env`, may be empty) and the configured digests of
+    /// others (`inbound_token_sha256`), together; at least one is needed.
+    pub fn from_sources(env: &str, digests: &[[u8; 32]]) -> Result<Tokens, String> {
+        let listed = env.split([',', '\n']).any(|t| !t.trim().is_empty());
+        let mut tokens = if !listed {
+            Tokens {
+                digests: Vec::new(),
+            }
+        } else {
+            Tokens::parse(env)?
+        };
+        tokens.digests.extend_from_slice(digests);
+        if tokens.digests.is_empty() {
+            return Err(
+                "no inbound token is configured (RELAY_INBOUND_TOKENS is empty and \
+                        inbound_token_sha256 absent)"
+                    .to_owned(),
+            );
+        }
+        Ok(tokens)
+    }
+
     pub fn len(&self) -> usize {
         self.digests.len()
     }
@@ -181,6 +203,39 @@ mod tests {
     }
 
     #[test]
+    fn tokens_are_at_least_16_characters() {
+        let sixteen = "0123456789abcdef";
+        let t = Tokens::parse(sixteen).unwrap();
+        assert_eq!((t.len(), t.is_empty()), (1, false));
+        assert_eq!(
+            t.check(Some(format!("Bearer {sixteen}").as_bytes())),
+            Ok(())
+        );
+        let e = Tokens::parse(&sixteen[..15]).unwrap_err();
+        assert!(e.contains("#1") && e.contains("shorter than 16"), "{e}");
+    }
+
+    #[test]
+    fn a_token_configured_twice_is_still_accepted() {
+        // During a rotation both settings may briefly hold the same token.
+        let t = Tokens::parse(&format!("{A},{A}")).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.check(Some(format!("Bearer {A}").as_bytes())), Ok(()));
+        let t = Tokens::parse(&format!("{A}\n{B}\n{A}")).unwrap();
+        assert_eq!(t.check(Some(format!("Bearer {A}").as_bytes())), Ok(()));
+        assert_eq!(t.check(Some(format!("Bearer {B}").as_bytes())), Ok(()));
+    }
+
+    #[test]
+    fn refusals_say_what_to_send() {
+        assert!(Refusal::Missing
+            .diagnostics()
+            .contains("send Authorization: Bearer <token>"));
+        assert!(Refusal::NotBearer.diagnostics().contains("Bearer scheme"));
+        assert!(Refusal::WrongToken.diagnostics().contains("not accepted"));
+    }
+
+    #[test]
     fn only_loopback_addresses_are_local() {
         for local in [
             "127.0.0.1:5000",
@@ -215,5 +270,44 @@ mod tests {
             format!("{:?}", Tokens::parse(A).unwrap()),
             "Tokens(1 configured)"
         );
+    }
+}
+
+#[cfg(test)]
+mod token_sources {
+    use super::*;
+
+    const ENV_TOKEN: &str = "token-from-the-environment-0001";
+    const FILE_TOKEN: &str = "token-named-by-its-digest-0002";
+
+    fn bearer(token: &str) -> Vec<u8> {
+        format!("Bearer {token}").into_bytes()
+    }
+
+    #[test]
+    fn digests_and_environment_tokens_are_accepted_together_or_alone() {
+        let file_digest = digest(FILE_TOKEN.as_bytes());
+        let both = Tokens::from_sources(ENV_TOKEN, &[file_digest]).unwrap();
+        assert_eq!(both.len(), 2);
+        assert_eq!(both.check(Some(&bearer(ENV_TOKEN))), Ok(()));
+        assert_eq!(both.check(Some(&bearer(FILE_TOKEN))), Ok(()));
+        assert_eq!(
+            both.check(Some(&bearer("some-other-token-of-length"))),
+            Err(Refusal::WrongToken)
+        );
+        let digests_only = Tokens::from_sources(" ,\n, ", &[file_digest]).unwrap();
+        assert_eq!(digests_only.check(Some(&bearer(FILE_TOKEN))), Ok(()));
+        assert_eq!(
+            digests_only.check(Some(&bearer(ENV_TOKEN))),
+            Err(Refusal::WrongToken)
+        );
+    }
+
+    #[test]
+    fn no_source_at_all_or_a_bad_environment_token_is_an_error() {
+        let none = Tokens::from_sources("", &[]).unwrap_err();
+        assert!(none.contains("inbound_token_sha256"), "{none}");
+        let short = Tokens::from_sources("short", &[digest(FILE_TOKEN.as_bytes())]).unwrap_err();
+        assert!(short.contains("shorter than 16"), "{short}");
     }
 }

@@ -109,14 +109,15 @@ impl RootContext for RelayRoot {
         let inbound = match config.inbound_auth {
             InboundAuth::Bearer => {
                 let value = std::env::var("RELAY_INBOUND_TOKENS").unwrap_or_default();
-                match Tokens::parse(&value) {
+                match Tokens::from_sources(&value, &config.inbound_token_digests) {
                     Ok(tokens) => Inbound::Bearer(tokens),
                     Err(e) => {
                         log_error(&format!(
                             "healthlake-relay: refusing to start: inbound_auth is \"bearer\" but {e}. \
                              Give Smile CDR a token (RELAY_INBOUND_TOKENS, passed through \
-                             vm_config.environment_variables), or protect the listener with mutual \
-                             TLS (inbound_auth \"mtls\")."
+                             vm_config.environment_variables, or its SHA-256 digest in \
+                             inbound_token_sha256), or protect the listener with mutual TLS \
+                             (inbound_auth \"mtls\")."
                         ));
                         return false;
                     }
