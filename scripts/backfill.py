@@ -543,8 +543,8 @@ def evaluate(summary, standin_rc, truth, listing, stored, records, emu_log, acce
                         f"{len(access)} lines for {summary.get('sent', 0)} requests sent"))
     stat_outcomes = {k.rsplit(".", 1)[1].replace("_", "-"): v for k, v in stats.items()
                      if k.startswith("wasmcustom.healthlake_relay.outcome.")}
-    mismatch = {o: (stat_outcomes.get(o, 0), n) for o, n in log_outcomes.items()
-                if o != NO_OUTCOME and stat_outcomes.get(o, 0) != n}
+    mismatch = {o: (stat_outcomes.get(o, 0), log_outcomes.get(o, 0)) for o in set(log_outcomes) | set(stat_outcomes)
+                if o != NO_OUTCOME and stat_outcomes.get(o, 0) != log_outcomes.get(o, 0)}
     checks.append(Check("Envoy stats count the same outcomes as the access log", bool(stat_outcomes) and not mismatch,
                         f"differences (stats, log): {mismatch or 'none'}" if stat_outcomes
                         else "Envoy reported no outcome stats"))

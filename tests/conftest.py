@@ -9,7 +9,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import sys
+from urllib.parse import quote
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,6 +26,73 @@ import relayctl  # noqa: E402
 
 CREDENTIAL = f"{relayctl.DEMO_ACCESS_KEY_ID}:{relayctl.DEMO_SECRET_ACCESS_KEY}"
 FHIR_EXAMPLES = ROOT / "build" / "fhir" / "package"
+
+
+# Every secret the suite hands to a process (AWS secret keys, session tokens, inbound bearer
+# tokens) is registered here; at the end of the session every file the suite wrote is searched
+# for all of them (no_secret_in_any_output). Emulator state files hold STS-issued secrets by
+# design (mode 0600): they are where those secrets are read from, and the only files allowed to
+# hold them, with the token files the tests write on purpose.
+SECRETS: set[str] = {relayctl.DEMO_SECRET_ACCESS_KEY}
+SECRET_HOLDERS: set[Path] = set()
+STATE_FILES: set[Path] = set()
+
+
+def register_secret(*values: str) -> None:
+    SECRETS.update(v for v in values if v)
+
+
+def register_secret_file(path: Path) -> None:
+    """A file a test wrote on purpose to hold a secret (a token file)."""
+    SECRET_HOLDERS.add(path.resolve())
+
+
+def register_state_file(path: Path) -> None:
+    """An emulator --state-file: at the end of the session its STS-issued secret keys and session
+    tokens are added to the secrets searched for (it is written when the emulator stops)."""
+    STATE_FILES.add(path.resolve())
+    SECRET_HOLDERS.add(path.resolve())
+
+
+def sts_secrets_in(state_file: Path) -> list[str]:
+    out = []
+    for line in state_file.read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("kind") == "sts_credential":
+            out += [entry["secret_access_key"], entry["session_token"]]
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_output(tmp_path_factory):
+    """After every test: no registered secret, and no STS-issued secret or session token, in any
+    file the suite wrote (logs, access logs, rendered configurations, reports, corpus and
+    backfill outputs), except the files that hold them on purpose."""
+    yield
+    base = tmp_path_factory.getbasetemp()
+    issued = []
+    for state in STATE_FILES:
+        assert state.exists(), f"the emulator state file {state} was not written"
+        found = sts_secrets_in(state)
+        assert found, f"no STS-issued credentials in {state}: nothing to search for"
+        issued += found
+    secrets = sorted(SECRETS | set(issued))
+    # As written, and as a URL or a JSON string would carry them.
+    forms = {form for s in secrets for form in (s, quote(s, safe=""), json.dumps(s)[1:-1])}
+    pattern = re.compile(b"|".join(re.escape(f.encode()) for f in sorted(forms)))
+    scanned = 0
+    leaks = []
+    for path in sorted(p for p in base.rglob("*") if p.is_file() and not p.is_symlink()):
+        if path.resolve() in SECRET_HOLDERS:
+            continue
+        scanned += 1
+        match = pattern.search(path.read_bytes())
+        if match:
+            leaks.append(f"{path.relative_to(base)}: a secret of {len(match.group())} characters")
+    assert scanned, f"no output files found under {base}"
+    assert not leaks, "secrets written to outputs:\n" + "\n".join(leaks)
+    print(f"\nno_secret_in_any_output: {len(secrets)} secrets ({len(issued)} issued by STS) "
+          f"searched in {scanned} files")
 
 
 @dataclass
@@ -54,20 +123,31 @@ def send(base_url: str, method: str, path: str, body: bytes | None = None,
 
 
 def relay_env(**overrides: str | None) -> dict[str, str]:
-    """Envoy's environment: this process's, without any AWS variables, plus the overrides."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    """Envoy's environment: this process's, without any AWS or RELAY_ variables (a developer's
+    shell settings must not change what a test runs), plus the overrides. The secrets among the
+    overrides are registered for the session's search of every output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RELAY_"))}
     for k, v in overrides.items():
         if v is not None:
             env[k] = v
+    register_secrets_of(env)
     return env
+
+
+def register_secrets_of(settings: dict[str, str]) -> None:
+    """Registers the secrets among settings: AWS secret keys and session tokens, inbound tokens."""
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        register_secret(settings.get(name, ""))
+    register_secret(*(t.strip() for t in re.split(r"[,\n]", settings.get("RELAY_INBOUND_TOKENS", ""))))
 
 
 def start_relay(workdir: Path, emulator: relayctl.Emulator | None, env: dict[str, str],
                 settings_env: dict[str, str] | None = None,
                 edit: Callable[[dict], None] | None = None,
                 plugin_config: dict | None = None,
-                concurrency: int = 1) -> relayctl.Envoy:
+                concurrency: int = 2) -> relayctl.Envoy:
     """Renders envoy.yaml for the emulator (ports 0), optionally edits it, validates it, starts Envoy."""
+    register_secrets_of(settings_env or {})
     settings = relayctl.Settings.from_env({
         "AWS_ENDPOINT_URL_HEALTHLAKE": emulator.url if emulator else "",
         "RELAY_PORT": "0",
@@ -81,6 +161,7 @@ def start_relay(workdir: Path, emulator: relayctl.Emulator | None, env: dict[str
         text = yaml.safe_dump(config, sort_keys=False)
     path = relayctl.write_config(text, workdir)
     checked = relayctl.validate_config(path, env)
+    (workdir / "validate.log").write_text(checked.stdout + checked.stderr)  # searched for secrets too
     assert checked.returncode == 0, checked.stderr
     return relayctl.start_envoy(path, workdir, env, concurrency=concurrency)
 

@@ -36,6 +36,9 @@ def test_quick_benchmark_measures_every_setup(tmp_path):
         [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
+    # Kept beside the results, searched for secrets with every output of the suite (conftest).
+    (tmp_path / "bench.stdout").write_text(done.stdout)
+    (tmp_path / "bench.stderr").write_text(done.stderr)
     assert done.returncode == 0, f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
     assert "signing check passed" in done.stdout
     rows = results_rows((tmp_path / "results.md").read_text())

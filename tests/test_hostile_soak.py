@@ -5,6 +5,9 @@ HTTP/2, with a normal write every 100 that must arrive, and no Wasm VM crash."""
 from __future__ import annotations
 
 import fuzz_envoy  # scripts/, on sys.path through conftest
+from conftest import register_secret
+
+register_secret(fuzz_envoy.TOKEN)
 
 SECONDS = 20
 SEED = 20240601
@@ -13,6 +16,7 @@ SEED = 20240601
 def test_hostile_requests_through_envoy_lose_no_normal_write_and_crash_no_vm(tmp_path):
     report = fuzz_envoy.run(seconds=SECONDS, seed=SEED, workdir=tmp_path, concurrency=2)
     summary = fuzz_envoy.summary(report)
+    (tmp_path / "summary.txt").write_text(summary)  # searched for secrets with every output
     print(summary)
     assert report.hostile_sent >= 500, summary
     assert report.normal_sent >= 2, summary
