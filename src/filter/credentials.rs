@@ -202,7 +202,7 @@ impl CredentialCache {
             .map_or(1, |p| p.generation.saturating_add(1));
         let published = Published::new(creds, generation, now_ms);
         // This worker holds the lock: nobody else writes the credentials now.
-        if !host::set_shared_data(CREDENTIALS_KEY, &published.encode(), None) {
+        if !host::overwrite_shared_data(CREDENTIALS_KEY, &published.encode()) {
             self.failed(
                 now_ms,
                 "cannot store the credentials in shared data",

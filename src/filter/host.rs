@@ -176,7 +176,20 @@ pub fn shared_data(key: &str) -> (Option<Vec<u8>>, Option<u32>) {
     }
 }
 
-/// Stores a shared-data value if `cas` still matches; false if another worker got there first.
+/// The CAS token written with a key that was absent when read. Envoy creates an absent key
+/// whatever the token, and refuses a token that its entry does not hold once another worker has
+/// created it: no entry holds this one (Envoy's counter would have to wrap onto it at that very
+/// moment). Token 0 would mean "whatever is there", and let two workers both create the key.
+const CAS_ABSENT: u32 = u32::MAX;
+
+/// Stores a shared-data value if nobody wrote it since it was read: `cas` as read with it, or
+/// `None` if the key was absent then (the write then succeeds only while it still is). False if
+/// another worker got there first.
 pub fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> bool {
-    abi::set_shared_data(key, value, cas.unwrap_or(0)).is_ok()
+    abi::set_shared_data(key, value, cas.unwrap_or(CAS_ABSENT)).is_ok()
+}
+
+/// Stores a shared-data value whatever is there (only the holder of a lock writes the key).
+pub fn overwrite_shared_data(key: &str, value: &[u8]) -> bool {
+    abi::set_shared_data(key, value, 0).is_ok()
 }
