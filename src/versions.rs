@@ -656,17 +656,28 @@ mod eviction_order {
         [n; 16]
     }
 
+    fn limits(max_entries: usize, max_age_seconds: u64) -> Limits {
+        Limits {
+            max_entries,
+            max_age_seconds,
+            clock_skew_seconds: 300,
+        }
+    }
+
+    /// 2026-03-01T00:00:00Z, after every lastUpdated used.
+    const NOW: u64 = 1_772_323_200;
+
+    /// Records a write of resource `n` at `time` (its lastUpdated), `now` seconds.
+    fn write(shard: &mut Shard, n: u8, time: &str, now: u64, limits: Limits) {
+        shard.record_write(fingerprint(n), &version(time), now, limits);
+    }
+
     /// Within one second (`recorded_at` ties), a full shard forgets the entry written first,
     /// never the one just written.
     #[test]
     fn a_full_shard_forgets_the_least_recently_written_even_within_a_second() {
-        let limits = Limits {
-            max_entries: 4,
-            max_age_seconds: 3600,
-            clock_skew_seconds: 300,
-        };
-        // 2026-03-01T00:00:00Z, after the lastUpdated used.
-        let now = 1_772_323_200;
+        let limits = limits(4, 3600);
+        let now = NOW;
         let v = version("2026-01-02T10:00:00Z");
         let mut shard = Shard::decode(None);
         for n in 0..6 {
@@ -692,43 +703,19 @@ mod eviction_order {
     /// knows its version); an unrecorded write moves nothing.
     #[test]
     fn an_aged_entry_is_not_revived_as_a_tombstone_and_unrecorded_writes_move_nothing() {
-        let limits = Limits {
-            max_entries: 100,
-            max_age_seconds: 60,
-            clock_skew_seconds: 300,
-        };
-        let now = 1_772_323_200;
+        let limits = limits(100, 60);
+        let now = NOW;
         let mut shard = Shard::decode(None);
-        shard.record_write(
-            fingerprint(1),
-            &version("2026-01-02T10:00:00Z"),
-            now,
-            limits,
-        );
-        shard.record_write(
-            fingerprint(2),
-            &version("2026-01-02T10:00:00Z"),
-            now,
-            limits,
-        );
-        shard.record_write(
-            fingerprint(2),
-            &version("2026-01-02T10:00:00Z"),
-            now + 30,
-            limits,
-        );
+        write(&mut shard, 1, "2026-01-02T10:00:00Z", now, limits);
+        write(&mut shard, 2, "2026-01-02T10:00:00Z", now, limits);
+        write(&mut shard, 2, "2026-01-02T10:00:00Z", now + 30, limits);
         shard.record_delete(fingerprint(1), now + 61, limits);
         assert!(shard.get(&fingerprint(1)).is_none());
         assert!(shard.get(&fingerprint(2)).is_some());
         let before = shard.encode();
         // lastUpdated beyond the clock-skew allowance: forwarded, never recorded, known or not.
         for n in [2, 3] {
-            shard.record_write(
-                fingerprint(n),
-                &version("2099-01-01T00:00:00Z"),
-                now + 62,
-                limits,
-            );
+            write(&mut shard, n, "2099-01-01T00:00:00Z", now + 62, limits);
             assert_eq!(shard.encode(), before);
         }
     }
@@ -737,19 +724,10 @@ mod eviction_order {
     /// shard drops it.
     #[test]
     fn an_entry_past_the_maximum_age_is_forgotten_when_read() {
-        let limits = Limits {
-            max_entries: 100,
-            max_age_seconds: 60,
-            clock_skew_seconds: 300,
-        };
-        let now = 1_772_323_200;
+        let limits = limits(100, 60);
+        let now = NOW;
         let mut shard = Shard::decode(None);
-        shard.record_write(
-            fingerprint(1),
-            &version("2026-01-02T10:00:00Z"),
-            now,
-            limits,
-        );
+        write(&mut shard, 1, "2026-01-02T10:00:00Z", now, limits);
         let known = find(Some(&shard.encode()), &fingerprint(1));
         let older = version("2026-01-01T10:00:00Z");
         assert_eq!(
