@@ -113,6 +113,11 @@ impl CredentialCache {
             Source::Role { base: Ok(b), role } => (b.clone(), role.clone()),
             _ => return,
         };
+        // The refresh state first, then the credentials: the worker that fetched publishes the
+        // credentials before it releases the lock, so a state read as released comes with
+        // credentials at least as new as that fetch (read the other way round, a worker could see
+        // no credentials yet, then the lock just released, and fetch again).
+        let (raw_state, cas) = host::shared_data(STATE_KEY);
         self.sync();
         let Some(now) = host::now() else { return };
         let now_ms = unix_ms(now);
@@ -128,7 +133,6 @@ impl CredentialCache {
         let margin_ms = role.refresh_margin_seconds.saturating_mul(1000);
         let published = self.current.as_ref().map(|(p, _)| p);
         // Take the lock: only the worker whose compare-and-swap succeeds calls STS.
-        let (raw_state, cas) = host::shared_data(STATE_KEY);
         let state = RefreshState::decode(raw_state.as_deref());
         if !state.due(published, now_ms, margin_ms)
             || !host::set_shared_data(STATE_KEY, &state.locked(now_ms).encode(), cas)
