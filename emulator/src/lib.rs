@@ -8,11 +8,15 @@
 //! - [`frontend`]: the routing headers AWS's front end adds to every data-plane answer.
 //! - [`server`]: routing, handlers, the request log and the inspection endpoints.
 //! - [`net`]: the hyper HTTP/1.1 accept loop and abortive closes.
-//! - [`sts`]: the STS recording proxy and the temporary credentials it learns.
-//! - [`persist`]: the state file (`--state-file`): resources and STS-issued credentials kept
+//! - [`sts`]: the STS recording proxy and the temporary credentials it learns, and the web
+//!   identity token check of `AssumeRoleWithWebIdentity`.
+//! - [`credentials`]: the IMDSv2 and container credential endpoints and the temporary
+//!   credentials they issue.
+//! - [`persist`]: the state file (`--state-file`): resources and temporary credentials kept
 //!   across a restart.
 //! - [`timefmt`]: the few UTC date formats involved.
 
+pub mod credentials;
 pub mod faults;
 pub mod fhir;
 pub mod frontend;
@@ -24,10 +28,11 @@ pub mod store;
 pub mod sts;
 pub mod timefmt;
 
+pub use credentials::{CredentialCall, CredentialsStatus, IssuedBy};
 pub use faults::{Fault, FaultSettings};
 pub use net::serve;
 pub use persist::Snapshot;
 pub use server::{Answer, App, Config, RequestRecord, SHUTTING_DOWN};
 pub use sigv4::Credential;
 pub use sts::proxy::{serve_sts_proxy, StsUpstream};
-pub use sts::{StsCall, StsStatus, UpstreamOutcome};
+pub use sts::{CallNotes, StsCall, StsStatus, UpstreamOutcome};

@@ -11,8 +11,9 @@ use clap::Parser;
 use http::StatusCode;
 use tokio::net::TcpListener;
 
+use healthlake_emulator::credentials::imds;
 use healthlake_emulator::{
-    persist, serve, serve_sts_proxy, App, Config, Credential, FaultSettings, StsUpstream,
+    persist, serve, serve_sts_proxy, App, Config, Credential, FaultSettings, IssuedBy, StsUpstream,
 };
 
 /// The environment variable holding extra credential sets, `,`-separated.
@@ -89,11 +90,32 @@ struct Cli {
     #[arg(long, value_name = "PATH", requires = "sts_upstream")]
     sts_port_file: Option<PathBuf>,
 
+    /// Refuse (InvalidIdentityToken, not forwarded) an AssumeRoleWithWebIdentity call through
+    /// the STS proxy whose WebIdentityToken is not this file's content, read for each call
+    /// (with --sts-upstream).
+    #[arg(long, value_name = "PATH", requires = "sts_upstream")]
+    web_identity_token_file: Option<PathBuf>,
+
+    /// The instance's IAM role on the IMDSv2 endpoint
+    /// (GET /latest/meta-data/iam/security-credentials/).
+    #[arg(long, value_name = "NAME", default_value = imds::DEFAULT_ROLE, value_parser = parse_role)]
+    imds_role: String,
+
+    /// Require this file's content (read for each request, whitespace trimmed) as the
+    /// Authorization header of container credentials requests (/v1/credentials,
+    /// /v2/credentials/ID), as the EKS Pod Identity agent does.
+    #[arg(long, value_name = "PATH")]
+    container_token_file: Option<PathBuf>,
+
     /// Keep the stored resources (exact bytes, version counters) and the STS-issued
     /// credentials in this file: loaded at start if it exists, written atomically on SIGTERM
     /// or Ctrl-C. It holds secrets (mode 0600). The request log and faults are not kept.
     #[arg(long, value_name = "PATH")]
     state_file: Option<PathBuf>,
+}
+
+fn parse_role(s: &str) -> Result<String, String> {
+    imds::check_role_name(s).map(|()| s.to_string())
 }
 
 fn parse_delete_status(s: &str) -> Result<u16, String> {
@@ -208,6 +230,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         delete_absent_status,
         log_requests: !cli.quiet,
         faults,
+        imds_role: cli.imds_role,
+        container_token_file: cli.container_token_file,
+        web_identity_token_file: cli.web_identity_token_file,
     };
 
     let sts_upstream = cli
@@ -283,7 +308,21 @@ async fn run(cli: Cli) -> Result<(), String> {
             shown_addr(*sts_addr),
             upstream.url()
         );
+        if let Some(path) = &config.web_identity_token_file {
+            eprintln!(
+                "healthlake-emulator: AssumeRoleWithWebIdentity calls must carry the token in {}",
+                path.display()
+            );
+        }
     }
+    eprintln!(
+        "healthlake-emulator: IMDSv2 on /latest/ (role {}), container credentials on /v1/credentials and /v2/credentials/ID ({})",
+        config.imds_role,
+        match &config.container_token_file {
+            Some(path) => format!("Authorization from {}", path.display()),
+            None => "no Authorization required".to_string(),
+        }
+    );
     if config.credentials.is_empty() && sts.is_none() {
         eprintln!(
             "healthlake-emulator: warning: no credentials configured (--credential or {CREDENTIALS_ENV}); every data-plane request will be rejected"
@@ -315,9 +354,10 @@ async fn run(cli: Cli) -> Result<(), String> {
     if let Some(path) = &cli.state_file {
         match saved {
             Some(snapshot) => {
+                let (sts_sets, endpoint_sets) = count_sets(&snapshot);
                 let (live, credentials) = app.restore(snapshot);
                 eprintln!(
-                    "healthlake-emulator: state loaded from {}: {live} resources, {credentials} STS-issued credential sets",
+                    "healthlake-emulator: state loaded from {}: {live} resources, {sts_sets} STS-issued credential sets, {endpoint_sets} issued by the IMDS/container endpoints ({credentials} restored)",
                     path.display()
                 );
             }
@@ -344,16 +384,27 @@ async fn run(cli: Cli) -> Result<(), String> {
                 // Nothing changes after this snapshot: later writes are answered 503.
                 let snapshot = app.freeze_and_snapshot();
                 persist::save(path, &snapshot, std::time::SystemTime::now())?;
+                let (sts_sets, endpoint_sets) = count_sets(&snapshot);
                 eprintln!(
-                    "healthlake-emulator: state saved to {}: {} resources, {} STS-issued credential sets",
+                    "healthlake-emulator: state saved to {}: {} resources, {sts_sets} STS-issued credential sets, {endpoint_sets} issued by the IMDS/container endpoints",
                     path.display(),
                     snapshot.live_resources(),
-                    snapshot.credentials.len()
                 );
             }
         }
     }
     Ok(())
+}
+
+/// How many credential sets of a snapshot STS issued, and how many the IMDS and container
+/// endpoints did.
+fn count_sets(snapshot: &persist::Snapshot) -> (usize, usize) {
+    let sts = snapshot
+        .credentials
+        .iter()
+        .filter(|c| c.source == IssuedBy::Sts)
+        .count();
+    (sts, snapshot.credentials.len().saturating_sub(sts))
 }
 
 /// `127.0.0.1:PORT` for a wildcard bind, `[v6]:PORT` for IPv6.
@@ -508,5 +559,38 @@ mod tests {
         // The STS listener's flags need an upstream.
         assert!(Cli::try_parse_from(["x", "--sts-listen", "127.0.0.1:1"]).is_err());
         assert!(Cli::try_parse_from(["x", "--sts-port-file", "p"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--web-identity-token-file", "t"]).is_err());
+    }
+
+    #[test]
+    fn credential_endpoint_flags() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(cli.imds_role, "healthlake-relay-instance");
+        assert_eq!(cli.container_token_file, None);
+        assert_eq!(cli.web_identity_token_file, None);
+        let cli = Cli::try_parse_from([
+            "x",
+            "--imds-role",
+            "other-role",
+            "--container-token-file",
+            "/run/token",
+            "--sts-upstream",
+            "http://127.0.0.1:5000",
+            "--web-identity-token-file",
+            "/var/run/secrets/token",
+        ])
+        .unwrap();
+        assert_eq!(cli.imds_role, "other-role");
+        assert_eq!(cli.container_token_file, Some(PathBuf::from("/run/token")));
+        assert_eq!(
+            cli.web_identity_token_file,
+            Some(PathBuf::from("/var/run/secrets/token"))
+        );
+        for bad in ["", "a/b", "with space"] {
+            assert!(
+                Cli::try_parse_from(["x", "--imds-role", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

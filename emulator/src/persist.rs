@@ -1,8 +1,8 @@
 //! The state file (`--state-file`): the stored resources (exact bytes, versions, version
 //! counters, deleted resources' counters included) and the temporary credentials issued through
-//! the STS proxy, so that a restarted emulator still holds what it held and still accepts the
-//! credentials a relay is signing with (AWS does not forget them when a server restarts either).
-//! The request log and the fault settings are not kept.
+//! the STS proxy or by the IMDS and container endpoints, so that a restarted emulator still holds
+//! what it held and still accepts the credentials a relay is signing with (AWS does not forget
+//! them when a server restarts either). The request log and the fault settings are not kept.
 //!
 //! The format is JSON lines, UTF-8, one object per line:
 //!
@@ -10,8 +10,12 @@
 //! {"kind":"header","format":"healthlake-emulator-state","version":1,"saved_at":"2026-11-27T22:00:00.000Z"}
 //! {"kind":"resource","resource_type":"Patient","id":"a","version_counter":3,"version":3,"last_updated_unix_nanos":1795816800000000000,"body_base64":"eyJyZXNvdXJjZVR5cGUiOi4uLn0="}
 //! {"kind":"deleted","resource_type":"Patient","id":"b","version_counter":2}
-//! {"kind":"sts_credential","access_key_id":"ASIA...","secret_access_key":"...","session_token":"...","expiration":"2026-11-27T23:00:00Z","expires_at_unix_nanos":1795820400000000000}
+//! {"kind":"sts_credential","access_key_id":"ASIA...","secret_access_key":"...","session_token":"...","expiration":"2026-11-27T23:00:00Z","expires_at_unix_nanos":1795820400000000000,"source":"sts"}
 //! ```
+//!
+//! Every temporary set is an `sts_credential` line, whoever issued it: `source` says who
+//! (`"sts"`, `"imds"` or `"container"`; absent, as in files written before it existed, means
+//! `"sts"`).
 //!
 //! It holds secrets and session tokens, so it is written with mode 0600 (on Unix), to a
 //! temporary file next to it first and then renamed over it: a reader never sees half a file.
@@ -25,6 +29,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::credentials::IssuedBy;
 use crate::fhir;
 use crate::sigv4::Credential;
 use crate::store::StoredResource;
@@ -46,13 +51,15 @@ pub struct SavedResource {
     pub live: Option<StoredResource>,
 }
 
-/// A temporary credential set issued through the STS proxy.
+/// A temporary credential set issued through the STS proxy or by a credential endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SavedCredential {
     /// With `session_token` and `expires_at` set.
     pub credential: Credential,
-    /// STS's `Expiration`, as it wrote it.
+    /// The `Expiration`, as its issuer wrote it.
     pub expiration: String,
+    /// Who issued it.
+    pub source: IssuedBy,
 }
 
 /// Everything the state file keeps.
@@ -96,6 +103,8 @@ enum Line {
         session_token: String,
         expiration: String,
         expires_at_unix_nanos: u64,
+        #[serde(default)]
+        source: IssuedBy,
     },
 }
 
@@ -147,6 +156,7 @@ fn encode_lines(snapshot: &Snapshot, now: SystemTime) -> Vec<Line> {
             session_token: token.clone(),
             expiration: c.expiration.clone(),
             expires_at_unix_nanos: to_nanos(expires_at),
+            source: c.source,
         });
     }
     lines
@@ -275,9 +285,10 @@ pub fn decode(reader: impl BufRead) -> Result<Snapshot, String> {
                 session_token,
                 expiration,
                 expires_at_unix_nanos,
+                source,
             } => {
                 if access_key_id.is_empty() || secret_access_key.is_empty() {
-                    return Err(bad("an STS credential without a key id or secret".into()));
+                    return Err(bad("a credential set without a key id or secret".into()));
                 }
                 snapshot.credentials.push(SavedCredential {
                     credential: Credential::new(
@@ -287,6 +298,7 @@ pub fn decode(reader: impl BufRead) -> Result<Snapshot, String> {
                     )
                     .expiring_at(from_nanos(expires_at_unix_nanos)),
                     expiration,
+                    source,
                 });
             }
         }
@@ -334,11 +346,26 @@ mod tests {
                     live: None,
                 },
             ],
-            credentials: vec![SavedCredential {
-                credential: Credential::new("ASIAONE", "s3cr3t/+", Some("t0k3n==".into()))
-                    .expiring_at(t + Duration::from_secs(900)),
-                expiration: "2026-11-27T22:15:00Z".into(),
-            }],
+            credentials: vec![
+                SavedCredential {
+                    credential: Credential::new("ASIAONE", "s3cr3t/+", Some("t0k3n==".into()))
+                        .expiring_at(t + Duration::from_secs(900)),
+                    expiration: "2026-11-27T22:15:00Z".into(),
+                    source: IssuedBy::Sts,
+                },
+                SavedCredential {
+                    credential: Credential::new("ASIATWO", "s3cr3t2", Some("t0k3n2".into()))
+                        .expiring_at(t + Duration::from_secs(60)),
+                    expiration: "2026-11-27T22:01:00Z".into(),
+                    source: IssuedBy::Imds,
+                },
+                SavedCredential {
+                    credential: Credential::new("ASIATHREE", "s3cr3t3", Some("t0k3n3".into()))
+                        .expiring_at(t + Duration::from_secs(60)),
+                    expiration: "2026-11-27T22:01:00Z".into(),
+                    source: IssuedBy::Container,
+                },
+            ],
         }
     }
 
@@ -391,6 +418,35 @@ mod tests {
         for (text, expected) in cases {
             let e = decode(text.as_bytes()).unwrap_err();
             assert!(e.contains(expected), "{text:?}: {e}");
+        }
+        let e = decode(format!("{header}\n{{\"kind\":\"sts_credential\",\"access_key_id\":\"A\",\"secret_access_key\":\"s\",\"session_token\":\"t\",\"expiration\":\"x\",\"expires_at_unix_nanos\":1,\"source\":\"ec2\"}}").as_bytes()).unwrap_err();
+        assert!(
+            e.contains("line 2:") && e.contains("unknown variant"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_credential_line_without_source_is_an_sts_set() {
+        let text = concat!(
+            r#"{"kind":"header","format":"healthlake-emulator-state","version":1,"saved_at":"x"}"#,
+            "\n",
+            r#"{"kind":"sts_credential","access_key_id":"ASIAOLD","secret_access_key":"s","session_token":"t","expiration":"2026-11-27T22:15:00Z","expires_at_unix_nanos":1795817700000000000}"#,
+        );
+        let snapshot = decode(text.as_bytes()).unwrap();
+        assert_eq!(snapshot.credentials.len(), 1);
+        assert_eq!(snapshot.credentials[0].source, IssuedBy::Sts);
+        // Written back, every line says who issued the set, under the same kind.
+        let lines = encode_lines(&sample(), SystemTime::now());
+        let json: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|l| serde_json::to_value(l).unwrap())
+            .filter(|v| v["kind"] == "sts_credential")
+            .collect();
+        let sources: Vec<&str> = json.iter().map(|v| v["source"].as_str().unwrap()).collect();
+        assert_eq!(sources, ["sts", "imds", "container"]);
+        for v in &json {
+            assert!(v["secret_access_key"].is_string() && v["session_token"].is_string());
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The HTTP side: routing, the data-plane handlers (`/datastore/{ds}/r4/{Type}/{id}`), fault
-//! injection into them, the request log, the STS ledger and the inspection endpoints
-//! (`/_emulator/...`).
+//! injection into them, the request log, the STS ledger, the credential endpoints (IMDSv2
+//! `/latest/...`, container `/v1/credentials`, `/v2/credentials/...`) and the inspection
+//! endpoints (`/_emulator/...`).
 
 use std::borrow::Cow;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -15,6 +17,9 @@ use hyper::body::Incoming;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::credentials::container::{self, Authorization};
+use crate::credentials::faults::CredentialFaultSettings;
+use crate::credentials::{self, imds, CredentialsStatus, EndpointRequest, IssuedBy, Issuer};
 use crate::faults::{self, Fault, FaultInjector, FaultReply, FaultSettings};
 use crate::fhir::{self, FHIR_JSON};
 use crate::frontend;
@@ -22,7 +27,7 @@ use crate::persist::{SavedCredential, SavedResource, Snapshot};
 use crate::sigv4::{self, Credential, Policy, Request as SignedRequest};
 use crate::store::Store;
 use crate::sts::faults::{StsFault, StsFaultInjector, StsFaultSettings, StsFaultStatus};
-use crate::sts::{StsCall, StsLedger, StsStatus, UpstreamOutcome};
+use crate::sts::{CallNotes, StsCall, StsLedger, StsStatus, UpstreamOutcome};
 use crate::timefmt;
 
 /// The SigV4 service name HealthLake signs with.
@@ -46,6 +51,15 @@ pub struct Config {
     /// The faults in force at start, and again after `DELETE /_emulator/faults` or
     /// `POST /_emulator/reset`.
     pub faults: FaultSettings,
+    /// The instance's role on the IMDSv2 endpoint (`--imds-role`).
+    pub imds_role: String,
+    /// When set, every container credentials request must carry this file's content as its
+    /// `Authorization` (`--container-token-file`); read for each request.
+    pub container_token_file: Option<PathBuf>,
+    /// When set, the STS proxy refuses an `AssumeRoleWithWebIdentity` call whose
+    /// `WebIdentityToken` is not this file's content (`--web-identity-token-file`); read for
+    /// each call.
+    pub web_identity_token_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -58,6 +72,9 @@ impl Default for Config {
             delete_absent_status: StatusCode::NO_CONTENT,
             log_requests: false,
             faults: FaultSettings::default(),
+            imds_role: imds::DEFAULT_ROLE.into(),
+            container_token_file: None,
+            web_identity_token_file: None,
         }
     }
 }
@@ -88,8 +105,9 @@ pub struct RequestRecord {
     pub has_security_token: bool,
     pub x_amz_date: Option<String>,
     /// Where the access key id's credential set came from: `"static"` (`--credential`,
-    /// `EMULATOR_CREDENTIALS`) or `"sts"` (issued through the STS proxy); null when the key is
-    /// unknown or the request named none.
+    /// `EMULATOR_CREDENTIALS`), `"sts"` (issued through the STS proxy), `"imds"` or
+    /// `"container"` (issued by those endpoints); null when the key is unknown or the request
+    /// named none.
     pub credential_source: Option<String>,
     /// When that set expires (RFC 3339 UTC with milliseconds); null for a static set.
     pub credential_expires_at: Option<String>,
@@ -107,6 +125,9 @@ struct State {
     sts: StsLedger,
     /// The faults of the STS proxy (`/_emulator/sts/faults`); cleared by `POST /_emulator/reset`.
     sts_faults: StsFaultInjector,
+    /// The IMDS and container credential endpoints: their issued sets and call log are not
+    /// cleared by `POST /_emulator/reset`, their faults and settings are.
+    credentials: Issuer,
     /// Set once the state was saved for shutdown: nothing may change after that.
     frozen: bool,
 }
@@ -326,25 +347,28 @@ struct CredentialFacts {
     valid: Option<bool>,
 }
 
+/// The credential sets the verifier accepts, and where each came from (`"static"`, `"sts"`,
+/// `"imds"`, `"container"`), in the same order.
+struct Accepted<'a> {
+    credentials: Cow<'a, [Credential]>,
+    sources: Vec<&'static str>,
+}
+
 impl CredentialFacts {
-    /// The facts about `access_key_id` among `credentials`, the first `static_count` of which
-    /// are the static sets (the verifier takes the first set with the key, so does this).
-    fn of(
-        credentials: &[Credential],
-        static_count: usize,
-        access_key_id: Option<&str>,
-        now: SystemTime,
-    ) -> Self {
+    /// The facts about `access_key_id` among the accepted sets (the verifier takes the first set
+    /// with the key, so does this).
+    fn of(accepted: &Accepted<'_>, access_key_id: Option<&str>, now: SystemTime) -> Self {
         let Some(akid) = access_key_id else {
             return CredentialFacts::default();
         };
-        match credentials
+        match accepted
+            .credentials
             .iter()
-            .enumerate()
-            .find(|(_, c)| c.access_key_id == akid)
+            .zip(&accepted.sources)
+            .find(|(c, _)| c.access_key_id == akid)
         {
-            Some((i, c)) => CredentialFacts {
-                source: Some(if i < static_count { "static" } else { "sts" }),
+            Some((c, source)) => CredentialFacts {
+                source: Some(source),
                 expires_at: c.expires_at,
                 valid: Some(!c.is_expired_at(now)),
             },
@@ -412,6 +436,40 @@ async fn wait(delay: Duration) {
 
 fn is_inspection(path: &str) -> bool {
     path == "/_emulator" || path.starts_with("/_emulator/")
+}
+
+/// The credential endpoints on the main listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    /// `/latest/...`
+    Imds,
+    /// `/v1/credentials`, `/v2/credentials...`
+    Container,
+}
+
+/// Which part of the emulator a path belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Surface {
+    /// `/_emulator/...`: unsigned, not recorded.
+    Inspection,
+    /// The IMDS and container endpoints: unsigned, recorded in the credentials call log.
+    Credentials(Endpoint),
+    /// Everything else: verified, recorded in the request log.
+    DataPlane,
+}
+
+impl Surface {
+    fn of(path: &str) -> Self {
+        if is_inspection(path) {
+            Surface::Inspection
+        } else if imds::is_imds_path(path) {
+            Surface::Credentials(Endpoint::Imds)
+        } else if container::is_container_path(path) {
+            Surface::Credentials(Endpoint::Container)
+        } else {
+            Surface::DataPlane
+        }
+    }
 }
 
 impl App {
@@ -490,6 +548,22 @@ impl App {
         now: SystemTime,
         fault: Option<&StsFault>,
     ) -> StsCall {
+        let notes = CallNotes {
+            fault,
+            ..CallNotes::default()
+        };
+        self.record_sts_call_noted(action, outcome, now, notes)
+    }
+
+    /// [`App::record_sts_call`] with what the proxy noted about the call (the STS fault
+    /// injected, the SHA-256 prefix of a web identity token).
+    pub fn record_sts_call_noted(
+        &self,
+        action: Option<&str>,
+        outcome: UpstreamOutcome<'_>,
+        now: SystemTime,
+        notes: CallNotes<'_>,
+    ) -> StsCall {
         let mut state = self.lock();
         if state.frozen {
             // The state was saved: a credential set accepted now would be forgotten by the next
@@ -498,9 +572,9 @@ impl App {
                 status: 503,
                 error: SHUTTING_DOWN,
             };
-            return state.sts.record_with_fault(action, refused, now, fault);
+            return state.sts.record_noted(action, refused, now, notes);
         }
-        state.sts.record_with_fault(action, outcome, now, fault)
+        state.sts.record_noted(action, outcome, now, notes)
     }
 
     /// Takes the next STS fault for an `AssumeRole` call on the STS listener (counting it), if
@@ -515,7 +589,8 @@ impl App {
     }
 
     /// Everything a state file keeps: resources (exact bytes, versions, every version
-    /// counter) and the STS-issued credential sets.
+    /// counter) and the temporary credential sets (issued through the STS proxy, then by the
+    /// IMDS and container endpoints).
     pub fn snapshot(&self) -> Snapshot {
         let state = self.lock();
         Self::snapshot_of(&state)
@@ -541,12 +616,16 @@ impl App {
                 live: state.store.get(t, id).cloned(),
             })
             .collect();
-        let credentials = state
+        let sts = state
             .sts
             .issued_sets()
-            .map(|(c, expiration)| SavedCredential {
+            .map(|(c, expiration)| (c, expiration, IssuedBy::Sts));
+        let credentials = sts
+            .chain(state.credentials.issued_sets())
+            .map(|(c, expiration, source)| SavedCredential {
                 credential: c.clone(),
                 expiration: expiration.to_string(),
+                source,
             })
             .collect();
         Snapshot {
@@ -568,7 +647,15 @@ impl App {
         }
         let mut credentials = 0;
         for c in snapshot.credentials {
-            credentials += usize::from(state.sts.restore_issued(c.credential, c.expiration));
+            let restored = match c.source {
+                IssuedBy::Sts => state.sts.restore_issued(c.credential, c.expiration),
+                IssuedBy::Imds | IssuedBy::Container => {
+                    state
+                        .credentials
+                        .restore_issued(c.credential, c.expiration, c.source)
+                }
+            };
+            credentials += usize::from(restored);
         }
         (live, credentials)
     }
@@ -584,16 +671,84 @@ impl App {
         self.lock().sts.expire_all(now)
     }
 
-    /// The credential sets the verifier accepts: the static ones, then those STS issued (the
-    /// verifier takes the first set with a key id, so a static set wins a clash).
-    fn accepted_credentials(&self) -> Cow<'_, [Credential]> {
+    /// The credential endpoints' call log, issued sets (`expired` as of `now`) and settings
+    /// (`GET /_emulator/credentials`).
+    pub fn credentials(&self, now: SystemTime) -> CredentialsStatus {
+        self.lock().credentials.status(now)
+    }
+
+    /// Makes every set the IMDS and container endpoints issued that has not expired yet expire
+    /// at `now`; returns how many.
+    pub fn expire_issued_credentials(&self, now: SystemTime) -> usize {
+        self.lock().credentials.expire_all(now)
+    }
+
+    /// Answers a request on the IMDS or container endpoint and records it in the credentials
+    /// call log (not in the data-plane request log). The container token file is read before
+    /// the state is locked.
+    fn credential_endpoint(
+        &self,
+        endpoint: Endpoint,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        now: SystemTime,
+    ) -> Resp {
+        let req = EndpointRequest {
+            method,
+            path: uri.path(),
+            headers,
+            now,
+        };
+        let handled = match endpoint {
+            Endpoint::Container => {
+                let authorization =
+                    Authorization::read(self.config.container_token_file.as_deref());
+                let mut state = self.lock();
+                let frozen = state.frozen;
+                container::handle(&mut state.credentials, &req, &authorization, frozen)
+            }
+            Endpoint::Imds => {
+                let mut state = self.lock();
+                let frozen = state.frozen;
+                imds::handle(&mut state.credentials, &req, &self.config.imds_role, frozen)
+            }
+        };
+        if self.config.log_requests {
+            eprintln!(
+                "healthlake-emulator: creds {method} {} -> {} {}",
+                uri.path(),
+                handled.call.status,
+                handled.summary
+            );
+        }
+        handled.resp
+    }
+
+    /// The credential sets the verifier accepts: the static ones, then those STS issued, then
+    /// those the IMDS and container endpoints issued (the verifier takes the first set with a
+    /// key id, so a static set wins a clash).
+    fn accepted_credentials(&self) -> Accepted<'_> {
         let state = self.lock();
-        if state.sts.is_empty() {
-            Cow::Borrowed(self.config.credentials.as_slice())
-        } else {
-            let mut all = self.config.credentials.clone();
-            all.extend(state.sts.credentials().cloned());
-            Cow::Owned(all)
+        let mut sources = vec!["static"; self.config.credentials.len()];
+        if state.sts.is_empty() && state.credentials.is_empty() {
+            return Accepted {
+                credentials: Cow::Borrowed(self.config.credentials.as_slice()),
+                sources,
+            };
+        }
+        let mut all = self.config.credentials.clone();
+        for c in state.sts.credentials() {
+            all.push(c.clone());
+            sources.push(IssuedBy::Sts.as_str());
+        }
+        for (c, source) in state.credentials.credentials() {
+            all.push(c.clone());
+            sources.push(source.as_str());
+        }
+        Accepted {
+            credentials: Cow::Owned(all),
+            sources,
         }
     }
 
@@ -657,8 +812,14 @@ impl App {
         now: SystemTime,
         instant: Instant,
     ) -> Answer {
+        let surface = Surface::of(uri.path());
+        if let Surface::Credentials(endpoint) = surface {
+            // Neither HealthLake's request id nor its front end's headers: these answers come
+            // from the instance or the container agent.
+            return Answer::Respond(self.credential_endpoint(endpoint, method, uri, headers, now));
+        }
         let request_id = self.next_request_id();
-        let inspection = is_inspection(uri.path());
+        let inspection = surface == Surface::Inspection;
         let answer = if inspection {
             let resp = self.inspect(method, uri.path(), &body, now);
             self.log_line(method, uri, resp.status().as_str(), "inspection");
@@ -710,22 +871,17 @@ impl App {
             headers: &header_list,
             body,
         };
-        let credentials = self.accepted_credentials();
+        let accepted = self.accepted_credentials();
         let policy = Policy {
             region: &self.config.region,
             service: SERVICE,
-            credentials: &credentials,
+            credentials: &accepted.credentials,
             now,
             max_skew: self.config.max_skew,
             normalize_path: true,
         };
         let verification = sigv4::verify(&signed, &policy);
-        let facts = CredentialFacts::of(
-            &credentials,
-            self.config.credentials.len(),
-            verification.access_key_id.as_deref(),
-            now,
-        );
+        let facts = CredentialFacts::of(&accepted, verification.access_key_id.as_deref(), now);
         (verification, facts)
     }
 
@@ -1101,9 +1257,15 @@ impl App {
             | ["_emulator", "resources"]
             | ["_emulator", "resources", _, _]
             | ["_emulator", "requests"]
-            | ["_emulator", "sts"] => vec![Method::GET],
-            ["_emulator", "reset"] | ["_emulator", "sts", "expire"] => vec![Method::POST],
-            ["_emulator", "faults"] | ["_emulator", "sts", "faults"] => {
+            | ["_emulator", "sts"]
+            | ["_emulator", "credentials"] => vec![Method::GET],
+            ["_emulator", "reset"]
+            | ["_emulator", "sts", "expire"]
+            | ["_emulator", "credentials", "expire"] => vec![Method::POST],
+            ["_emulator", "credentials", "settings"] => vec![Method::GET, Method::PUT],
+            ["_emulator", "faults"]
+            | ["_emulator", "sts", "faults"]
+            | ["_emulator", "credentials", "faults"] => {
                 vec![Method::GET, Method::PUT, Method::DELETE]
             }
             _ => {
@@ -1131,14 +1293,63 @@ impl App {
             (["_emulator", "health"], _) => text(StatusCode::OK, "ok"),
             (["_emulator", "reset"], _) => {
                 // The STS ledger is kept: issued credentials stay valid until they expire, as
-                // they would at AWS, and a relay caching them goes on using them.
+                // they would at AWS, and a relay caching them goes on using them. So are the
+                // sets the credential endpoints issued, their call log and the IMDS sessions;
+                // their faults and settings (lifetime, down) go back to the defaults.
                 let mut state = self.lock();
                 state.store.clear();
                 state.requests.clear();
                 state.seq = 0;
                 state.faults.reset(self.config.faults.clone());
                 state.sts_faults.reset();
+                state.credentials.reset();
                 text(StatusCode::OK, "ok")
+            }
+            (["_emulator", "credentials"], _) => {
+                json_response(StatusCode::OK, &self.credentials(now))
+            }
+            (["_emulator", "credentials", "expire"], _) => json_response(
+                StatusCode::OK,
+                &json!({ "expired": self.expire_issued_credentials(now) }),
+            ),
+            (["_emulator", "credentials", "settings"], &Method::PUT) => {
+                match credentials::Settings::from_json(body) {
+                    Ok(settings) => {
+                        let mut state = self.lock();
+                        state.credentials.replace_settings(settings);
+                        json_response(StatusCode::OK, &state.credentials.settings())
+                    }
+                    Err(e) => outcome_response(
+                        StatusCode::BAD_REQUEST,
+                        "invalid",
+                        &format!("invalid credentials settings: {e}"),
+                    ),
+                }
+            }
+            (["_emulator", "credentials", "settings"], _) => {
+                json_response(StatusCode::OK, &self.lock().credentials.settings())
+            }
+            (["_emulator", "credentials", "faults"], &Method::PUT) => {
+                match CredentialFaultSettings::from_json(body) {
+                    Ok(settings) => {
+                        let mut state = self.lock();
+                        state.credentials.replace_faults(settings);
+                        json_response(StatusCode::OK, &state.credentials.faults())
+                    }
+                    Err(e) => outcome_response(
+                        StatusCode::BAD_REQUEST,
+                        "invalid",
+                        &format!("invalid credentials fault settings: {e}"),
+                    ),
+                }
+            }
+            (["_emulator", "credentials", "faults"], &Method::DELETE) => {
+                let mut state = self.lock();
+                state.credentials.reset_faults();
+                json_response(StatusCode::OK, &state.credentials.faults())
+            }
+            (["_emulator", "credentials", "faults"], _) => {
+                json_response(StatusCode::OK, &self.lock().credentials.faults())
             }
             (["_emulator", "sts"], _) => json_response(StatusCode::OK, &self.sts(now)),
             (["_emulator", "sts", "expire"], _) => json_response(
@@ -1259,16 +1470,25 @@ impl App {
                     )
                 };
                 self.log_line(&parts.method, &parts.uri, status.as_str(), &msg);
+                let surface = Surface::of(parts.uri.path());
+                if let Surface::Credentials(_) = surface {
+                    // Not a data-plane request: neither recorded there nor dressed as one.
+                    return Answer::Respond(response(
+                        status,
+                        &[("content-type", "text/plain".to_string())],
+                        format!("{msg}\n"),
+                    ));
+                }
                 let request_id = self.next_request_id();
                 let mut resp = outcome_response(status, code, &msg);
-                let inspection = is_inspection(parts.uri.path());
-                if !inspection {
+                let data_plane = surface == Surface::DataPlane;
+                if data_plane {
                     add_front_end_headers(&mut resp, &request_id, SystemTime::now());
                 }
                 if let Ok(v) = HeaderValue::from_str(&request_id) {
                     resp.headers_mut().insert("x-amzn-requestid", v);
                 }
-                if !inspection {
+                if data_plane {
                     let observed =
                         Observed::new(&request_id, &parts.method, &parts.uri, &parts.headers, &[]);
                     self.record(

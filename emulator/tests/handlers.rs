@@ -615,6 +615,9 @@ fn every_data_plane_answer_has_the_front_end_headers() {
         "/_emulator/faults",
         "/_emulator/sts",
         "/_emulator/sts/faults",
+        "/_emulator/credentials",
+        "/_emulator/credentials/faults",
+        "/_emulator/credentials/settings",
         "/_emulator/nope",
     ] {
         let r = send(&app, &unsigned("GET", path));

@@ -303,3 +303,193 @@ fn nothing_changes_once_the_state_is_saved_for_shutdown() {
     assert_eq!(status.calls[0].proxy_error.as_deref(), Some(SHUTTING_DOWN));
     assert_eq!(app.snapshot(), saved);
 }
+
+fn credential_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> process::Response {
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", format!("127.0.0.1:{port}"));
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    exchange_once(port, &b.body(Vec::new()).unwrap())
+}
+
+fn put_with(port: u16, id: &str, doc: &Value) -> process::Response {
+    let req = signed_request(
+        "PUT",
+        &format!("/datastore/{DATASTORE}/r4/Patient/{id}"),
+        &[
+            ("host", &format!("127.0.0.1:{port}")),
+            ("content-type", "application/fhir+json"),
+        ],
+        &patient(id),
+        &SignOpts {
+            access_key_id: doc["AccessKeyId"].as_str().unwrap().into(),
+            secret: doc["SecretAccessKey"].as_str().unwrap().into(),
+            token: Some(doc["Token"].as_str().unwrap().into()),
+            ..SignOpts::long_term()
+        },
+    );
+    exchange_once(port, &req)
+}
+
+#[test]
+fn sets_from_the_credential_endpoints_are_served_logged_without_secrets_and_kept_across_a_restart()
+{
+    const POD_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eks-pod-identity-token.c2ln";
+    let dir = temp_dir("creds");
+    let state = dir.join("state.jsonl");
+    let token_file = dir.join("pod-token");
+    std::fs::write(&token_file, format!("{POD_TOKEN}\n")).unwrap();
+    let args = [
+        "--state-file",
+        state.to_str().unwrap(),
+        "--container-token-file",
+        token_file.to_str().unwrap(),
+        "--imds-role",
+        "relay-node",
+    ];
+    let emu = process::start(
+        dir.clone(),
+        Start {
+            args: &args,
+            keep_dir: true,
+            ..Start::default()
+        },
+    );
+    let port = emu.port;
+
+    // IMDSv2 over the wire.
+    let r = credential_request(
+        port,
+        "PUT",
+        "/latest/api/token",
+        &[("X-aws-ec2-metadata-token-ttl-seconds", "21600")],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-aws-ec2-metadata-token-ttl-seconds"),
+        Some("21600")
+    );
+    let session = String::from_utf8(r.body).unwrap();
+    let r = credential_request(
+        port,
+        "GET",
+        "/latest/meta-data/iam/security-credentials/",
+        &[("X-aws-ec2-metadata-token", &session)],
+    );
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, b"relay-node".as_slice())
+    );
+    let r = credential_request(
+        port,
+        "GET",
+        "/latest/meta-data/iam/security-credentials/relay-node",
+        &[("X-aws-ec2-metadata-token", &session)],
+    );
+    assert_eq!(r.status, 200);
+    let imds = r.json();
+    assert_eq!(put_with(port, "imds", &imds).status, 201);
+
+    // The container endpoint over the wire.
+    let r = credential_request(port, "GET", "/v1/credentials", &[]);
+    assert_eq!(r.status, 401);
+    let r = credential_request(
+        port,
+        "GET",
+        "/v1/credentials",
+        &[("Authorization", POD_TOKEN)],
+    );
+    assert_eq!(r.status, 200);
+    let container = r.json();
+    assert_eq!(put_with(port, "pod", &container).status, 201);
+
+    let stderr = terminate(emu);
+    assert!(
+        stderr.contains(
+            "creds GET /latest/meta-data/iam/security-credentials/relay-node -> 200 issued ASIA"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("creds GET /v1/credentials -> 401 refused: no Authorization"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(imds["AccessKeyId"].as_str().unwrap()),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "2 resources, 0 STS-issued credential sets, 2 issued by the IMDS/container endpoints"
+        ),
+        "{stderr}"
+    );
+    for secret in [
+        session.as_str(),
+        POD_TOKEN,
+        imds["SecretAccessKey"].as_str().unwrap(),
+        imds["Token"].as_str().unwrap(),
+        container["SecretAccessKey"].as_str().unwrap(),
+        container["Token"].as_str().unwrap(),
+    ] {
+        assert!(!stderr.contains(secret), "stderr shows a secret: {stderr}");
+    }
+    // The state file holds them as `sts_credential` lines (what the relay suite's secret scan
+    // reads), mode 0600.
+    let text = std::fs::read_to_string(&state).unwrap();
+    let kinds: Vec<(String, String)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["kind"] == "sts_credential")
+        .map(|v| {
+            assert!(v["secret_access_key"].is_string() && v["session_token"].is_string());
+            (
+                v["access_key_id"].as_str().unwrap().to_string(),
+                v["source"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (
+                imds["AccessKeyId"].as_str().unwrap().to_string(),
+                "imds".to_string()
+            ),
+            (
+                container["AccessKeyId"].as_str().unwrap().to_string(),
+                "container".to_string()
+            ),
+        ]
+    );
+
+    // Restarted: both sets are still accepted, and listed.
+    let emu = start(&dir, &state, port);
+    assert_eq!(put_with(port, "imds", &imds).status, 200);
+    assert_eq!(put_with(port, "pod", &container).status, 200);
+    let (status, body) = get(port, "/_emulator/credentials");
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let sources: Vec<&str> = v["issued"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, ["imds", "container"]);
+    assert_eq!(
+        v["calls"],
+        serde_json::json!([]),
+        "the call log is not kept"
+    );
+    drop(emu);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -318,6 +318,7 @@ fn expire_endpoint_ends_every_issued_set_early() {
             "error_code": null,
             "proxy_error": null,
             "fault": null,
+            "web_identity_token_sha256_prefix": null,
         })
     );
     assert_eq!(v["calls"][1]["seq"], 2);

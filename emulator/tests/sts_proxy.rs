@@ -35,22 +35,29 @@ struct Proxy {
 }
 
 fn start(upstream: &str) -> Proxy {
+    start_with(upstream, &[], false)
+}
+
+/// [`start`] with more arguments, and stderr kept for the test if `stderr`.
+fn start_with(upstream: &str, extra: &[&str], stderr: bool) -> Proxy {
     let dir = temp_dir("sts");
     let sts_port_file = dir.join("sts.port");
     let sts_port_path = sts_port_file.to_str().unwrap().to_string();
+    let mut args = vec![
+        "--sts-upstream",
+        upstream,
+        "--sts-listen",
+        "127.0.0.1:0",
+        "--sts-port-file",
+        &sts_port_path,
+    ];
+    args.extend_from_slice(extra);
     let emu = process::start(
         dir,
         Start {
-            args: &[
-                "--sts-upstream",
-                upstream,
-                "--sts-listen",
-                "127.0.0.1:0",
-                "--sts-port-file",
-                &sts_port_path,
-            ],
+            args: &args,
             stdout_lines: 2,
-            stderr: false,
+            stderr,
             ..Start::default()
         },
     );
@@ -406,6 +413,10 @@ fn bad_sts_flags_are_a_configuration_error() {
         ),
         (vec!["--sts-upstream", "https://127.0.0.1:5000"], "http://"),
         (vec!["--sts-listen", "127.0.0.1:0"], "--sts-upstream"),
+        (
+            vec!["--web-identity-token-file", "/tmp/t"],
+            "--sts-upstream",
+        ),
     ] {
         let stderr = process::refused(&args);
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
@@ -754,4 +765,264 @@ fn sts_faults_are_cleared_by_delete_and_reset() {
         .map(|c| c["fault"].clone())
         .collect();
     assert_eq!(faults, [json!("599"), Value::Null, Value::Null]);
+}
+
+const WEB_AKID_1: &str = "ASIAWEBIDENTITY00001";
+const WEB_AKID_2: &str = "ASIAWEBIDENTITY00002";
+const WEB_AKID_3: &str = "ASIAWEBIDENTITY00003";
+/// Two versions of a projected service-account token (JWT-like, with a `+` and a `=` that are percent-encoded on the wire).
+const WEB_TOKEN_1: &str =
+    "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6cmVsYXkifQ.sig-version_1+a=";
+const WEB_TOKEN_2: &str =
+    "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6cmVsYXkifQ.sig-version_2+b=";
+
+fn web_identity_xml(akid: &str, expiration: &str) -> String {
+    format!(
+        r#"<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleWithWebIdentityResult><SubjectFromWebIdentityToken>system:serviceaccount:relay</SubjectFromWebIdentityToken><Credentials><AccessKeyId>{akid}</AccessKeyId><SecretAccessKey>{ISSUED_SECRET}</SecretAccessKey><SessionToken>{ISSUED_TOKEN}</SessionToken><Expiration>{expiration}</Expiration></Credentials></AssumeRoleWithWebIdentityResult><ResponseMetadata><RequestId>fake-request-1</RequestId></ResponseMetadata></AssumeRoleWithWebIdentityResponse>"#
+    )
+}
+
+/// The percent-encoding of a form value (unreserved characters kept).
+fn form_encode(v: &str) -> String {
+    healthlake_emulator::sigv4::uri_encode(v.as_bytes(), false)
+}
+
+/// An unsigned AssumeRoleWithWebIdentity call as botocore sends it, the token in the form body
+/// (`in_query`: in the query string instead, the rest in the body), or no token at all.
+fn web_identity_call(sts_port: u16, token: Option<&str>, in_query: bool) -> Vec<u8> {
+    let mut body = "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Frelay&RoleSessionName=relay".to_string();
+    let mut uri = "/".to_string();
+    if let Some(t) = token {
+        if in_query {
+            uri = format!("/?WebIdentityToken={}", form_encode(t));
+        } else {
+            body.push_str(&format!("&WebIdentityToken={}", form_encode(t)));
+        }
+    }
+    format!(
+        "POST {uri} HTTP/1.1\r\nHost: 127.0.0.1:{sts_port}\r\nContent-Type: application/x-www-form-urlencoded; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn digest(token: &str) -> String {
+    healthlake_emulator::sigv4::sha256_hex(token.as_bytes())[..12].to_string()
+}
+
+#[test]
+fn web_identity_tokens_are_checked_against_the_token_file() {
+    let expiration = timefmt::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3600));
+    let answers = [WEB_AKID_1, WEB_AKID_2, WEB_AKID_3]
+        .iter()
+        .map(|akid| http_answer("200 OK", "", &web_identity_xml(akid, &expiration)))
+        .collect();
+    let (upstream_port, received) = fake_sts(answers);
+    let dir = temp_dir("webid");
+    let file = dir.join("token");
+    std::fs::write(&file, format!("{WEB_TOKEN_1}\n")).unwrap();
+    let file_arg = file.to_str().unwrap().to_string();
+    let mut emu = start_with(
+        &format!("http://127.0.0.1:{upstream_port}"),
+        &["--web-identity-token-file", &file_arg],
+        true,
+    );
+    let mut sts = connect(emu.sts_port);
+
+    // The file's token in the form body: forwarded unchanged, its answer passed back.
+    let sent = web_identity_call(emu.sts_port, Some(WEB_TOKEN_1), false);
+    assert!(String::from_utf8_lossy(&sent).ends_with("&WebIdentityToken=eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6cmVsYXkifQ.sig-version_1%2Ba%3D"));
+    let r = exchange_raw(&mut sts, &sent);
+    assert_eq!(
+        received.recv_timeout(Duration::from_secs(60)).unwrap(),
+        sent
+    );
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.body, web_identity_xml(WEB_AKID_1, &expiration).as_bytes());
+
+    // Another token, or none: 400 InvalidIdentityToken from the proxy, nothing forwarded.
+    for call in [
+        web_identity_call(emu.sts_port, Some(WEB_TOKEN_2), false),
+        web_identity_call(emu.sts_port, None, false),
+        web_identity_call(emu.sts_port, Some(WEB_TOKEN_2), true),
+    ] {
+        let r = exchange_raw(&mut sts, &call);
+        assert_eq!(r.status, 400, "{}", r.head);
+        assert_eq!(r.header("content-type"), Some("text/xml"));
+        assert!(r.header("x-amzn-requestid").is_some_and(|v| !v.is_empty()));
+        let text = String::from_utf8(r.body.clone()).unwrap();
+        assert!(
+            text.starts_with("<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">"),
+            "{text}"
+        );
+        assert!(
+            text.contains("<Type>Sender</Type>")
+                && text.contains("<Code>InvalidIdentityToken</Code>"),
+            "{text}"
+        );
+        assert!(text.contains("<RequestId>"), "{text}");
+        assert!(!text.contains("sig-version"), "{text}");
+        assert!(
+            received.try_recv().is_err(),
+            "a refused call reached the upstream"
+        );
+    }
+
+    // The file's token in the query string: forwarded unchanged too.
+    let sent = web_identity_call(emu.sts_port, Some(WEB_TOKEN_1), true);
+    let r = exchange_raw(&mut sts, &sent);
+    assert_eq!(
+        received.recv_timeout(Duration::from_secs(60)).unwrap(),
+        sent
+    );
+    assert_eq!(r.status, 200);
+
+    // Rotated: read for each call, so the old token is refused at once and the new one taken.
+    std::fs::write(&file, WEB_TOKEN_2).unwrap();
+    let r = exchange_raw(
+        &mut sts,
+        &web_identity_call(emu.sts_port, Some(WEB_TOKEN_1), false),
+    );
+    assert_eq!(r.status, 400);
+    assert!(received.try_recv().is_err());
+    let sent = web_identity_call(emu.sts_port, Some(WEB_TOKEN_2), false);
+    let r = exchange_raw(&mut sts, &sent);
+    assert_eq!(
+        received.recv_timeout(Duration::from_secs(60)).unwrap(),
+        sent
+    );
+    assert_eq!(r.status, 200);
+
+    // The file gone: 500 from the proxy, nothing forwarded.
+    std::fs::remove_file(&file).unwrap();
+    let r = exchange_raw(
+        &mut sts,
+        &web_identity_call(emu.sts_port, Some(WEB_TOKEN_2), false),
+    );
+    assert_eq!(r.status, 500);
+    assert!(String::from_utf8_lossy(&r.body).contains("cannot read the web identity token file"));
+    assert!(received.try_recv().is_err());
+
+    // The call log: which token version each call carried, never the token.
+    let mut ctl = connect(emu.port);
+    let v = exchange_raw(&mut ctl, &plain("GET", "/_emulator/sts", emu.port)).json();
+    let calls: Vec<(Value, Value, Value, Value)> = v["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["status"].clone(),
+                c["error_code"].clone(),
+                c["issued_access_key_id"].clone(),
+                c["web_identity_token_sha256_prefix"].clone(),
+            )
+        })
+        .collect();
+    let invalid = json!("InvalidIdentityToken");
+    assert_eq!(
+        calls,
+        [
+            (
+                json!(200),
+                Value::Null,
+                json!(WEB_AKID_1),
+                json!(digest(WEB_TOKEN_1))
+            ),
+            (
+                json!(400),
+                invalid.clone(),
+                Value::Null,
+                json!(digest(WEB_TOKEN_2))
+            ),
+            (json!(400), invalid.clone(), Value::Null, Value::Null),
+            (
+                json!(400),
+                invalid.clone(),
+                Value::Null,
+                json!(digest(WEB_TOKEN_2))
+            ),
+            (
+                json!(200),
+                Value::Null,
+                json!(WEB_AKID_2),
+                json!(digest(WEB_TOKEN_1))
+            ),
+            (json!(400), invalid, Value::Null, json!(digest(WEB_TOKEN_1))),
+            (
+                json!(200),
+                Value::Null,
+                json!(WEB_AKID_3),
+                json!(digest(WEB_TOKEN_2))
+            ),
+            (
+                json!(500),
+                Value::Null,
+                Value::Null,
+                json!(digest(WEB_TOKEN_2))
+            ),
+        ]
+    );
+    assert!(v["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["action"] == "AssumeRoleWithWebIdentity"));
+    assert!(v["calls"][7]["proxy_error"]
+        .as_str()
+        .unwrap()
+        .contains("cannot read"));
+    let shown = v.to_string();
+    assert!(!shown.contains("sig-version"), "{shown}");
+
+    // The issued sets work on the data plane.
+    let mut data = connect(emu.port);
+    let r = exchange_raw(&mut data, &put_signed_with(WEB_AKID_3, "irsa", emu.port));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+
+    // stderr: one line per call, never a token.
+    let stderr = emu._emu.kill_and_read_stderr();
+    assert!(
+        stderr.contains("AssumeRoleWithWebIdentity -> 400 error InvalidIdentityToken"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "web identity token sha256 {}",
+            digest(WEB_TOKEN_1)
+        )),
+        "{stderr}"
+    );
+    for secret in ["sig-version", ISSUED_SECRET, ISSUED_TOKEN] {
+        assert!(!stderr.contains(secret), "{secret}: {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn without_a_token_file_any_web_identity_token_is_forwarded() {
+    let expiration = timefmt::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3600));
+    let (upstream_port, received) = fake_sts(vec![http_answer(
+        "200 OK",
+        "",
+        &web_identity_xml(WEB_AKID_1, &expiration),
+    )]);
+    let emu = start(&format!("http://127.0.0.1:{upstream_port}"));
+    let sent = web_identity_call(emu.sts_port, Some("any.token.at-all"), false);
+    let r = exchange_raw(&mut connect(emu.sts_port), &sent);
+    assert_eq!(
+        received.recv_timeout(Duration::from_secs(60)).unwrap(),
+        sent
+    );
+    assert_eq!(r.status, 200);
+    let v = exchange_raw(
+        &mut connect(emu.port),
+        &plain("GET", "/_emulator/sts", emu.port),
+    )
+    .json();
+    assert_eq!(v["calls"][0]["issued_access_key_id"], WEB_AKID_1);
+    assert_eq!(
+        v["calls"][0]["web_identity_token_sha256_prefix"],
+        digest("any.token.at-all")
+    );
 }

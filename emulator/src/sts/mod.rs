@@ -5,11 +5,14 @@
 //! - [`proxy`]: the second listener (`--sts-upstream`), forwarding every request unchanged to the
 //!   upstream STS and its answer unchanged back.
 //! - [`xml`]: reading the credentials of a successful answer and the code of an error answer.
+//! - [`web_identity`]: the `WebIdentityToken` check of `AssumeRoleWithWebIdentity` calls
+//!   (`--web-identity-token-file`).
 //! - [`StsLedger`]: what the proxy saw (the call log) and the credential sets STS issued, with
 //!   their expiry; the verifier accepts those sets until they expire.
 
 pub mod faults;
 pub mod proxy;
+pub mod web_identity;
 pub mod xml;
 
 use std::time::SystemTime;
@@ -53,6 +56,18 @@ pub struct StsCall {
     pub proxy_error: Option<String>,
     /// The STS fault injected into this call (`"garbled"`, `"expired"`, `"503"`, ...), or null.
     pub fault: Option<String>,
+    /// For a call carrying a `WebIdentityToken`: the first 12 hex digits of the token's SHA-256
+    /// (the token itself is never recorded); null otherwise.
+    pub web_identity_token_sha256_prefix: Option<String>,
+}
+
+/// What the proxy notes about a call besides its answer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CallNotes<'a> {
+    /// The STS fault injected into the call.
+    pub fault: Option<&'a faults::StsFault>,
+    /// The SHA-256 prefix of the call's `WebIdentityToken`.
+    pub web_identity_token_sha256_prefix: Option<&'a str>,
 }
 
 /// An issued credential set, as listed by `GET /_emulator/sts`.
@@ -101,10 +116,16 @@ pub struct StsLedger {
 
 /// The `Action` parameter of an STS call: from the form body, else from the query string.
 pub fn action_of(query: Option<&str>, body: &[u8]) -> Option<String> {
+    param_of("Action", query, body)
+}
+
+/// A parameter of an STS call (AWS query protocol), percent-decoded: from the form body, else
+/// from the query string; `None` when absent or empty.
+pub fn param_of(name: &str, query: Option<&str>, body: &[u8]) -> Option<String> {
     let find = |text: &str| {
         text.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (sigv4::form_decode(k) == b"Action")
+            (sigv4::form_decode(k) == name.as_bytes())
                 .then(|| String::from_utf8_lossy(&sigv4::form_decode(v)).into_owned())
         })
     };
@@ -138,6 +159,21 @@ impl StsLedger {
         now: SystemTime,
         fault: Option<&faults::StsFault>,
     ) -> StsCall {
+        let notes = CallNotes {
+            fault,
+            ..CallNotes::default()
+        };
+        self.record_noted(action, outcome, now, notes)
+    }
+
+    /// [`StsLedger::record`], with what the proxy noted about the call.
+    pub fn record_noted(
+        &mut self,
+        action: Option<&str>,
+        outcome: UpstreamOutcome<'_>,
+        now: SystemTime,
+        notes: CallNotes<'_>,
+    ) -> StsCall {
         self.seq = self.seq.saturating_add(1);
         let mut call = StsCall {
             seq: self.seq,
@@ -148,7 +184,10 @@ impl StsLedger {
             expiration: None,
             error_code: None,
             proxy_error: None,
-            fault: fault.map(ToString::to_string),
+            fault: notes.fault.map(ToString::to_string),
+            web_identity_token_sha256_prefix: notes
+                .web_identity_token_sha256_prefix
+                .map(str::to_string),
         };
         match outcome {
             UpstreamOutcome::Failed { status, error } => {

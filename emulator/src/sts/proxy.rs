@@ -8,9 +8,11 @@
 //! Each answer is recorded in the [`App`]'s STS ledger, which learns the credential sets STS
 //! issues.
 //!
-//! The exception: an `AssumeRole` call takes the next STS fault queued with
+//! The exceptions: an `AssumeRole` call takes the next STS fault queued with
 //! `PUT /_emulator/sts/faults` ([`super::faults`]), which either answers in the upstream's place
-//! or rewrites the `Expiration` of its answer.
+//! or rewrites the `Expiration` of its answer; and with `--web-identity-token-file`, an
+//! `AssumeRoleWithWebIdentity` call without the file's token is answered `InvalidIdentityToken`
+//! by the proxy ([`super::web_identity`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use super::faults::{rewrite_expiration, CannedAnswer, StsFault};
-use super::{action_of, UpstreamOutcome};
+use super::{action_of, web_identity, CallNotes, UpstreamOutcome};
 use crate::server::{App, MAX_BODY_BYTES, SHUTTING_DOWN};
 
 /// How long one forwarded call may take, connecting included.
@@ -327,7 +329,9 @@ fn made_up_request_id() -> String {
 }
 
 /// Forwards one received request (its body already read) and records the call. An `AssumeRole`
-/// call consumes the next STS fault, if one is queued (`PUT /_emulator/sts/faults`).
+/// call consumes the next STS fault, if one is queued (`PUT /_emulator/sts/faults`). With
+/// `--web-identity-token-file`, an `AssumeRoleWithWebIdentity` call whose `WebIdentityToken` is
+/// not the file's content is answered `InvalidIdentityToken` without being forwarded.
 pub async fn forward(
     app: &App,
     upstream: &StsUpstream,
@@ -337,28 +341,74 @@ pub async fn forward(
     let action = action_of(parts.uri.query(), &body);
     let method = parts.method.clone();
     let log_path = parts.uri.path().to_string();
+    let web_identity = action.as_deref() == Some(web_identity::ACTION);
+    let token = if web_identity {
+        web_identity::token_of(parts.uri.query(), &body)
+    } else {
+        None
+    };
+    let token_digest = token.as_deref().map(web_identity::sha256_prefix);
+    let token_check = match &app.config().web_identity_token_file {
+        Some(file) if web_identity => web_identity::check(file, token.as_deref()),
+        _ => web_identity::Check::Accepted,
+    };
+    drop(token);
     let fault = if action.as_deref() == Some("AssumeRole") {
         app.take_sts_fault()
     } else {
         None
     };
+    let notes = CallNotes {
+        fault: fault.as_ref(),
+        web_identity_token_sha256_prefix: token_digest.as_deref(),
+    };
     let request_id = made_up_request_id();
     let canned = fault.and_then(|f| f.canned_answer(&request_id));
 
-    let (resp, call) = match canned {
-        Some(answer) => {
-            let call = app.record_sts_call_with_fault(
+    let (resp, call) = match (token_check, canned) {
+        (web_identity::Check::Unreadable(error), _) => {
+            let status = StatusCode::INTERNAL_SERVER_ERROR;
+            let call = app.record_sts_call_noted(
+                action.as_deref(),
+                UpstreamOutcome::Failed {
+                    status: status.as_u16(),
+                    error: &error,
+                },
+                SystemTime::now(),
+                notes,
+            );
+            (failure(status, &error), call)
+        }
+        (web_identity::Check::Refused(message), _) => {
+            let answer = CannedAnswer {
+                status: StatusCode::BAD_REQUEST,
+                content_type: "text/xml",
+                body: web_identity::invalid_identity_token_xml(message, &request_id).into_bytes(),
+            };
+            let call = app.record_sts_call_noted(
                 action.as_deref(),
                 UpstreamOutcome::Answered {
                     status: answer.status.as_u16(),
                     body: &answer.body,
                 },
                 SystemTime::now(),
-                fault.as_ref(),
+                notes,
             );
             (canned_response(answer, &request_id), call)
         }
-        None => {
+        (web_identity::Check::Accepted, Some(answer)) => {
+            let call = app.record_sts_call_noted(
+                action.as_deref(),
+                UpstreamOutcome::Answered {
+                    status: answer.status.as_u16(),
+                    body: &answer.body,
+                },
+                SystemTime::now(),
+                notes,
+            );
+            (canned_response(answer, &request_id), call)
+        }
+        (web_identity::Check::Accepted, None) => {
             let mut relayed = relay(upstream, parts, body).await;
             let now = SystemTime::now();
             let ledger_body = match &fault {
@@ -375,8 +425,7 @@ pub async fn forward(
                     body: &ledger_body,
                 },
             };
-            let call =
-                app.record_sts_call_with_fault(action.as_deref(), outcome, now, fault.as_ref());
+            let call = app.record_sts_call_noted(action.as_deref(), outcome, now, notes);
             (relayed.resp, call)
         }
     };
@@ -404,8 +453,13 @@ pub async fn forward(
             .as_deref()
             .map(|f| format!(", injected STS fault {f}"))
             .unwrap_or_default();
+        let digest = call
+            .web_identity_token_sha256_prefix
+            .as_deref()
+            .map(|d| format!(", web identity token sha256 {d}..."))
+            .unwrap_or_default();
         eprintln!(
-            "healthlake-emulator: sts {method} {log_path} {} -> {} {what}{injected}",
+            "healthlake-emulator: sts {method} {log_path} {} -> {} {what}{injected}{digest}",
             call.action.as_deref().unwrap_or("(no action)"),
             call.status
         );

@@ -1,0 +1,319 @@
+//! Faults of the credential endpoints (`PUT /_emulator/credentials/faults`): one `next` entry is
+//! consumed per credential-issuing request (the IMDS `GET .../security-credentials/ROLE`, the
+//! container `GET /v1/credentials` or `/v2/credentials/...`), and makes the endpoint answer in a
+//! way the relay's credential provider must survive. The IMDS token `PUT` and the role listing
+//! consume nothing.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::time::Duration;
+
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+/// The `Expiration` written by `bad-expiration`.
+pub const BAD_EXPIRATION: &str = "not-a-date";
+
+/// How far in the past `expired` puts the `Expiration`.
+pub const EXPIRED_AGO: Duration = Duration::from_secs(3600);
+
+/// The size of the body of a `huge` answer, in bytes.
+pub const HUGE_BODY_BYTES: usize = 4_000_000;
+
+/// One credential-endpoint fault.
+///
+/// Written as text (in `next` and in the call log's `fault` field) as `"garbled"`,
+/// `"no-credentials"`, `"bad-expiration"`, `"expired"`, `"huge"` and `"500"`..`"599"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum CredentialFault {
+    /// `200`, a body that is neither JSON nor UTF-8; nothing issued.
+    Garbled,
+    /// `200`, a JSON object without `AccessKeyId`, `SecretAccessKey` and `Token`; nothing issued.
+    NoCredentials,
+    /// A real set, accepted with its real expiry, whose `Expiration` reads [`BAD_EXPIRATION`].
+    BadExpiration,
+    /// A real set whose `Expiration` is [`EXPIRED_AGO`] in the past, accepted as already expired.
+    Expired,
+    /// `200`, a JSON object without credentials padded to [`HUGE_BODY_BYTES`]; nothing issued.
+    Huge,
+    /// That 5xx status with a small `text/plain` body; nothing issued.
+    ServerError(StatusCode),
+}
+
+impl CredentialFault {
+    /// Parses a `next` entry.
+    pub fn parse(s: &str) -> Result<CredentialFault, String> {
+        match s {
+            "garbled" => return Ok(CredentialFault::Garbled),
+            "no-credentials" => return Ok(CredentialFault::NoCredentials),
+            "bad-expiration" => return Ok(CredentialFault::BadExpiration),
+            "expired" => return Ok(CredentialFault::Expired),
+            "huge" => return Ok(CredentialFault::Huge),
+            _ => {}
+        }
+        if s.len() == 3 && s.bytes().all(|b| b.is_ascii_digit()) {
+            return s
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (500..=599).contains(c))
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .map(CredentialFault::ServerError)
+                .ok_or_else(|| format!("\"{s}\": a credentials fault status must be 500..599"));
+        }
+        Err(format!(
+            "unknown credentials fault \"{s}\": expected \"garbled\", \"no-credentials\", \
+             \"bad-expiration\", \"expired\", \"huge\" or \"500\"..\"599\""
+        ))
+    }
+
+    /// Whether a real credential set is issued (and accepted by the data plane) anyway.
+    pub fn issues_a_set(&self) -> bool {
+        matches!(
+            self,
+            CredentialFault::BadExpiration | CredentialFault::Expired
+        )
+    }
+}
+
+impl fmt::Display for CredentialFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CredentialFault::Garbled => f.write_str("garbled"),
+            CredentialFault::NoCredentials => f.write_str("no-credentials"),
+            CredentialFault::BadExpiration => f.write_str("bad-expiration"),
+            CredentialFault::Expired => f.write_str("expired"),
+            CredentialFault::Huge => f.write_str("huge"),
+            CredentialFault::ServerError(status) => write!(f, "{}", status.as_u16()),
+        }
+    }
+}
+
+impl TryFrom<String> for CredentialFault {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        CredentialFault::parse(&s)
+    }
+}
+
+impl From<CredentialFault> for String {
+    fn from(f: CredentialFault) -> String {
+        f.to_string()
+    }
+}
+
+/// The body of a `garbled` answer: the start of a credentials document, the bytes
+/// `0xff 0xfe 0x00`, more text, then a cut UTF-8 sequence (`0xe2 0x82`). Neither JSON nor UTF-8.
+pub fn garbled_body() -> Vec<u8> {
+    let mut body = b"{\"Code\":\"Success\",\"AccessKeyId\":\"ASIA".to_vec();
+    body.extend_from_slice(&[0xff, 0xfe, 0x00]);
+    body.extend_from_slice(b"\",\"SecretAccessKey\":\"wJal");
+    body.extend_from_slice(&[0xe2, 0x82]);
+    body
+}
+
+/// `document` (a JSON object) with a `"Padding"` member appended that brings its serialised
+/// size to exactly [`HUGE_BODY_BYTES`] (or just the member, if it is already that large).
+pub fn huge_body(mut document: serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
+    document.insert("Padding".into(), serde_json::Value::String(String::new()));
+    let bare = serde_json::to_vec(&document).unwrap_or_default();
+    let room = HUGE_BODY_BYTES.saturating_sub(bare.len());
+    document.insert(
+        "Padding".into(),
+        serde_json::Value::String("x".repeat(room)),
+    );
+    serde_json::to_vec(&document).unwrap_or_default()
+}
+
+/// The body of a `500`..`599` answer.
+pub fn server_error_body(status: StatusCode) -> String {
+    format!(
+        "{} {} (fault injected by the HealthLake emulator)\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Server Error")
+    )
+}
+
+/// What `PUT /_emulator/credentials/faults` takes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialFaultSettings {
+    /// Faults for the next credential-issuing requests, one each, in order.
+    #[serde(default)]
+    pub next: Vec<CredentialFault>,
+}
+
+impl CredentialFaultSettings {
+    /// Parses a JSON body; errors are one line, meant for the caller.
+    pub fn from_json(body: &[u8]) -> Result<Self, String> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(
+                "the body is empty; send a JSON object, e.g. {} for no faults or {\"next\":[\"503\"]}"
+                    .to_string(),
+            );
+        }
+        let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        if !value.is_object() {
+            return Err("expected a JSON object, e.g. {\"next\":[\"503\"]}".to_string());
+        }
+        serde_json::from_value(value).map_err(|e| e.to_string())
+    }
+}
+
+/// The answer of `GET /_emulator/credentials/faults`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CredentialFaultStatus {
+    /// `next` holds only the entries not consumed yet.
+    pub settings: CredentialFaultSettings,
+    /// How many faults of each kind were injected (kinds never injected are left out).
+    pub injected: BTreeMap<String, u64>,
+}
+
+/// The fault queue and its counters.
+#[derive(Clone, Debug, Default)]
+pub struct CredentialFaultInjector {
+    queue: VecDeque<CredentialFault>,
+    injected: BTreeMap<String, u64>,
+}
+
+impl CredentialFaultInjector {
+    /// Puts new settings in force; the counters are kept.
+    pub fn replace(&mut self, settings: CredentialFaultSettings) {
+        self.queue = settings.next.into();
+    }
+
+    /// No faults, counters cleared.
+    pub fn reset(&mut self) {
+        self.queue.clear();
+        self.injected.clear();
+    }
+
+    /// Takes the next entry for a credential-issuing request, counting it.
+    pub fn take(&mut self) -> Option<CredentialFault> {
+        let fault = self.queue.pop_front()?;
+        let n = self.injected.entry(fault.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        Some(fault)
+    }
+
+    pub fn status(&self) -> CredentialFaultStatus {
+        CredentialFaultStatus {
+            settings: CredentialFaultSettings {
+                next: self.queue.iter().copied().collect(),
+            },
+            injected: self.injected.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_entries() {
+        for s in [
+            "garbled",
+            "no-credentials",
+            "bad-expiration",
+            "expired",
+            "huge",
+            "500",
+            "503",
+            "599",
+        ] {
+            assert_eq!(CredentialFault::parse(s).unwrap().to_string(), s);
+        }
+        for (s, needle) in [
+            ("499", "500..599"),
+            ("600", "500..599"),
+            ("404", "500..599"),
+            ("5000", "unknown credentials fault"),
+            ("reset", "unknown credentials fault"),
+            ("", "unknown credentials fault"),
+            ("Garbled", "unknown credentials fault"),
+        ] {
+            let e = CredentialFault::parse(s).unwrap_err();
+            assert!(e.contains(needle), "{s}: {e}");
+        }
+        assert!(CredentialFault::Expired.issues_a_set());
+        assert!(CredentialFault::BadExpiration.issues_a_set());
+        assert!(!CredentialFault::Huge.issues_a_set());
+    }
+
+    #[test]
+    fn settings_reject_unknown_fields_and_entries() {
+        let s = CredentialFaultSettings::from_json(br#"{"next":["expired","503"]}"#).unwrap();
+        assert_eq!(
+            s.next,
+            [
+                CredentialFault::Expired,
+                CredentialFault::ServerError(StatusCode::SERVICE_UNAVAILABLE)
+            ]
+        );
+        assert_eq!(
+            CredentialFaultSettings::from_json(b"{}").unwrap(),
+            CredentialFaultSettings::default()
+        );
+        for (body, needle) in [
+            ("", "body is empty"),
+            (r#"{"nxt":[]}"#, "unknown field `nxt`"),
+            (
+                r#"{"next":["teapot"]}"#,
+                "unknown credentials fault \"teapot\"",
+            ),
+            (r#"{"next":"503"}"#, "expected a sequence"),
+            (r#"{"next":["429"]}"#, "500..599"),
+            ("[]", "expected a JSON object"),
+            ("{", "EOF"),
+        ] {
+            let e = CredentialFaultSettings::from_json(body.as_bytes()).unwrap_err();
+            assert!(e.contains(needle), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn bodies() {
+        let garbled = garbled_body();
+        assert!(std::str::from_utf8(&garbled).is_err());
+        assert!(serde_json::from_slice::<serde_json::Value>(&garbled).is_err());
+
+        let mut doc = serde_json::Map::new();
+        doc.insert("Code".into(), "Success".into());
+        let huge = huge_body(doc);
+        assert_eq!(huge.len(), HUGE_BODY_BYTES);
+        let v: serde_json::Value = serde_json::from_slice(&huge).unwrap();
+        assert_eq!(v["Code"], "Success");
+        assert!(v.get("AccessKeyId").is_none());
+
+        assert_eq!(
+            server_error_body(StatusCode::SERVICE_UNAVAILABLE),
+            "503 Service Unavailable (fault injected by the HealthLake emulator)\n"
+        );
+    }
+
+    #[test]
+    fn the_queue_is_consumed_and_counted() {
+        let mut inj = CredentialFaultInjector::default();
+        inj.replace(
+            CredentialFaultSettings::from_json(br#"{"next":["503","503","huge"]}"#).unwrap(),
+        );
+        assert_eq!(
+            inj.take(),
+            Some(CredentialFault::ServerError(
+                StatusCode::SERVICE_UNAVAILABLE
+            ))
+        );
+        assert_eq!(
+            serde_json::to_value(inj.status()).unwrap(),
+            serde_json::json!({"settings": {"next": ["503", "huge"]}, "injected": {"503": 1}})
+        );
+        inj.replace(CredentialFaultSettings::default());
+        assert_eq!(inj.take(), None);
+        assert_eq!(inj.status().injected.len(), 1);
+        inj.reset();
+        assert!(inj.status().injected.is_empty());
+    }
+}
