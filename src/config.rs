@@ -2,6 +2,13 @@
 //! validated once when the plugin starts. A bad value yields one error naming the field and what is
 //! expected; the glue logs it and refuses to start the plugin.
 
+mod credentials;
+
+pub use credentials::{
+    check_role_arn, ContainerAuthorization, ContainerEndpoint, CredentialsConfig, Source,
+    DEFAULT_FIRST_FETCH_WAIT_MS, DEFAULT_IMDS_HOST, DEFAULT_IMDS_TOKEN_TTL_SECONDS,
+    DEFAULT_ROLE_DURATION_SECONDS, DEFAULT_SESSION_NAME, MAX_CHAINED_DURATION_SECONDS,
+};
 use serde::Deserialize;
 use std::fmt;
 
@@ -68,7 +75,9 @@ struct RawConfig {
     #[serde(default)]
     version_guard_clock_skew_seconds: Option<u64>,
     #[serde(default)]
-    assume_role: Option<RawAssumeRole>,
+    assume_role: Option<credentials::RawAssumeRole>,
+    #[serde(default)]
+    credentials: Option<credentials::RawCredentials>,
     #[serde(default)]
     inbound_auth: Option<String>,
     #[serde(default)]
@@ -85,115 +94,6 @@ pub enum InboundAuth {
     MutualTls,
     /// Nobody is checked: only for a local demo on loopback.
     None,
-}
-
-/// `assume_role`: sign with temporary credentials of an IAM role, from STS AssumeRole.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAssumeRole {
-    role_arn: Option<String>,
-    session_name: Option<String>,
-    external_id: Option<String>,
-    duration_seconds: Option<u32>,
-    sts_cluster: Option<String>,
-    sts_host: Option<String>,
-    refresh_margin_seconds: Option<u64>,
-    first_fetch_wait_ms: Option<u64>,
-}
-
-/// Default AssumeRole session length (1 hour).
-pub const DEFAULT_ROLE_DURATION_SECONDS: u32 = 3600;
-/// Default: refresh from 15 minutes before expiry (as botocore does).
-pub const DEFAULT_REFRESH_MARGIN_SECONDS: u64 = 900;
-/// Default time a write waits for the first credentials.
-pub const DEFAULT_FIRST_FETCH_WAIT_MS: u64 = 5_000;
-
-fn assume_role(raw: RawAssumeRole, region: &str) -> Result<crate::sts::AssumeRole, ConfigError> {
-    let role_arn = required("assume_role.role_arn", raw.role_arn)?;
-    if !(role_arn.starts_with("arn:aws") && role_arn.contains(":role/")) {
-        return Err(err(
-            "assume_role.role_arn",
-            format!("expected an IAM role ARN such as arn:aws:iam::123456789012:role/name, got {role_arn:?}"),
-        ));
-    }
-    let session_name = raw
-        .session_name
-        .unwrap_or_else(|| "healthlake-relay".to_owned());
-    let name_ok = (2..=64).contains(&session_name.len())
-        && session_name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
-    if !name_ok {
-        return Err(err(
-            "assume_role.session_name",
-            "expected 2 to 64 characters from letters, digits and +=,.@_-",
-        ));
-    }
-    let external_id = raw.external_id.filter(|e| !e.is_empty());
-    if let Some(e) = &external_id {
-        let ok = (2..=1224).contains(&e.len())
-            && e.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"+=,.@:/_-".contains(&b));
-        if !ok {
-            return Err(err(
-                "assume_role.external_id",
-                "expected 2 to 1224 characters from letters, digits and +=,.@:/_-",
-            ));
-        }
-    }
-    let duration_seconds = raw
-        .duration_seconds
-        .unwrap_or(DEFAULT_ROLE_DURATION_SECONDS);
-    if !(900..=43_200).contains(&duration_seconds) {
-        return Err(err(
-            "assume_role.duration_seconds",
-            "expected 900 to 43200 seconds (STS's limits)",
-        ));
-    }
-    let refresh_margin_seconds = raw
-        .refresh_margin_seconds
-        .unwrap_or(DEFAULT_REFRESH_MARGIN_SECONDS);
-    if refresh_margin_seconds < 120 || refresh_margin_seconds >= u64::from(duration_seconds) {
-        return Err(err(
-            "assume_role.refresh_margin_seconds",
-            "expected at least 120 seconds and less than duration_seconds",
-        ));
-    }
-    let cluster = raw.sts_cluster.unwrap_or_else(|| "sts".to_owned());
-    if cluster.is_empty() {
-        return Err(err(
-            "assume_role.sts_cluster",
-            "expected an Envoy cluster name",
-        ));
-    }
-    let host = raw
-        .sts_host
-        .unwrap_or_else(|| format!("sts.{region}.amazonaws.com"));
-    if host.is_empty() || host.contains(['/', ' ', '@', '?', '#']) {
-        return Err(err(
-            "assume_role.sts_host",
-            "expected a host name with an optional port (no scheme or path)",
-        ));
-    }
-    let first_fetch_wait_ms = raw
-        .first_fetch_wait_ms
-        .unwrap_or(DEFAULT_FIRST_FETCH_WAIT_MS);
-    if first_fetch_wait_ms > 60_000 {
-        return Err(err(
-            "assume_role.first_fetch_wait_ms",
-            "expected at most 60000 milliseconds",
-        ));
-    }
-    Ok(crate::sts::AssumeRole {
-        role_arn,
-        session_name,
-        external_id,
-        duration_seconds,
-        cluster,
-        host,
-        refresh_margin_seconds,
-        first_fetch_wait_ms,
-    })
 }
 
 /// The validated configuration.
@@ -222,8 +122,8 @@ pub struct Config {
     pub retry_after_seconds: u64,
     /// Bounds of the version guard's memory; `None` when the guard is off.
     pub version_guard: Option<crate::versions::Limits>,
-    /// Temporary credentials from STS AssumeRole; `None` signs with the environment's.
-    pub assume_role: Option<crate::sts::AssumeRole>,
+    /// Where the credentials come from, and a role assumed on top.
+    pub credentials: CredentialsConfig,
     /// How callers are authenticated.
     pub inbound_auth: InboundAuth,
     /// SHA-256 digests of accepted bearer tokens (`inbound_token_sha256`, 64 hex digits each),
@@ -413,9 +313,10 @@ impl Config {
         });
 
         let assume_role = match raw.assume_role {
-            Some(r) => Some(assume_role(r, &region)?),
+            Some(r) => Some(credentials::assume_role(r, &region)?),
             None => None,
         };
+        let credentials = credentials::credentials(raw.credentials, assume_role, &region)?;
 
         let inbound_auth = match raw.inbound_auth.as_deref().unwrap_or("bearer") {
             "bearer" => InboundAuth::Bearer,
@@ -465,7 +366,7 @@ impl Config {
             unsupported_type_ttl_seconds,
             retry_after_seconds,
             version_guard,
-            assume_role,
+            credentials,
             inbound_auth,
             inbound_token_digests,
             upstream_prefix,
@@ -523,7 +424,8 @@ mod tests {
         assert_eq!(c.upstream_prefix, "/datastore/0123456789abcdef/r4");
         assert!(c.unsupported_types.is_empty());
         assert_eq!(c.inbound_auth, InboundAuth::Bearer);
-        assert_eq!(c.assume_role, None);
+        assert_eq!(c.credentials.source, Source::Environment);
+        assert_eq!(c.credentials.assume_role, None);
         // The documented values (README, Settings and Plugin configuration), written out rather
         // than the constants compared with themselves: a default changed without the docs fails.
         assert_eq!(c.max_body_bytes, 8_388_608); // RELAY_MAX_BODY_BYTES, 8 MiB
@@ -552,7 +454,15 @@ mod tests {
         assert_eq!(DEFAULT_VERSION_GUARD_MAX_AGE_SECONDS, 604_800);
         assert_eq!(DEFAULT_VERSION_GUARD_CLOCK_SKEW_SECONDS, 300);
         assert_eq!(DEFAULT_ROLE_DURATION_SECONDS, 3600);
-        assert_eq!(DEFAULT_REFRESH_MARGIN_SECONDS, 900);
+        // Refresh margins derived from the credentials' lifetime: a quarter, 2 to 15 minutes.
+        assert_eq!(
+            crate::credentials::refresh::derived_margin_ms(3_600_000),
+            900_000
+        );
+        assert_eq!(
+            crate::credentials::refresh::derived_margin_ms(900_000),
+            225_000
+        );
         assert_eq!(DEFAULT_FIRST_FETCH_WAIT_MS, 5000);
     }
 
@@ -684,161 +594,6 @@ mod tests {
                 .unwrap_err()
                 .field,
             "version_guard_clock_skew_seconds"
-        );
-    }
-
-    #[test]
-    fn assume_role_defaults_and_checks() {
-        let c = parse(
-            r#"{"region":"eu-west-1","datastore_id":"d","healthlake_host":"h","assume_role":{"role_arn":"arn:aws:iam::123456789012:role/relay"}}"#,
-        )
-        .unwrap();
-        let r = c.assume_role.unwrap();
-        assert_eq!(r.host, "sts.eu-west-1.amazonaws.com");
-        assert_eq!(r.cluster, "sts");
-        assert_eq!(r.duration_seconds, DEFAULT_ROLE_DURATION_SECONDS);
-        assert_eq!(r.refresh_margin_seconds, DEFAULT_REFRESH_MARGIN_SECONDS);
-        assert_eq!(r.session_name, "healthlake-relay");
-        assert_eq!(r.external_id, None);
-        for (role, field) in [
-            (r#"{}"#, "assume_role.role_arn"),
-            (r#"{"role_arn":"relay"}"#, "assume_role.role_arn"),
-            (
-                r#"{"role_arn":"arn:aws:iam::1:role/r","session_name":"a b"}"#,
-                "assume_role.session_name",
-            ),
-            (
-                r#"{"role_arn":"arn:aws:iam::1:role/r","duration_seconds":60}"#,
-                "assume_role.duration_seconds",
-            ),
-            (
-                r#"{"role_arn":"arn:aws:iam::1:role/r","duration_seconds":900,"refresh_margin_seconds":900}"#,
-                "assume_role.refresh_margin_seconds",
-            ),
-            (
-                r#"{"role_arn":"arn:aws:iam::1:role/r","external_id":"a b"}"#,
-                "assume_role.external_id",
-            ),
-            (
-                r#"{"role_arn":"arn:aws:iam::1:role/r","sts_host":"https://x"}"#,
-                "assume_role.sts_host",
-            ),
-            (
-                r#"{"role_arn":"arn:aws:iam::1:role/r","rolearn":"x"}"#,
-                "configuration",
-            ),
-        ] {
-            let json = format!(
-                r#"{{"region":"us-east-1","datastore_id":"d","healthlake_host":"h","assume_role":{role}}}"#
-            );
-            assert_eq!(parse(&json).unwrap_err().field, field, "{role}");
-        }
-    }
-
-    #[test]
-    fn assume_role_values_are_kept_within_sts_limits() {
-        let role = |fields: &str| {
-            with(&format!(
-                r#""assume_role":{{"role_arn":"arn:aws:iam::1:role/r"{fields}}}"#
-            ))
-            .map(|c| c.assume_role.unwrap())
-        };
-        let field = |fields: &str| role(fields).unwrap_err().field;
-        let r = role(
-            r#","session_name":"relay+=,.@_-9","external_id":"ext:id/1+=,.@_-","duration_seconds":43200,"refresh_margin_seconds":120,"first_fetch_wait_ms":60000,"sts_cluster":"my_sts","sts_host":"127.0.0.1:4566""#,
-        )
-        .unwrap();
-        assert_eq!(
-            r,
-            crate::sts::AssumeRole {
-                role_arn: "arn:aws:iam::1:role/r".into(),
-                session_name: "relay+=,.@_-9".into(),
-                external_id: Some("ext:id/1+=,.@_-".into()),
-                duration_seconds: 43_200,
-                cluster: "my_sts".into(),
-                host: "127.0.0.1:4566".into(),
-                refresh_margin_seconds: 120,
-                first_fetch_wait_ms: 60_000,
-            }
-        );
-        // The documented defaults: 3600 s sessions, refreshed from 900 s before expiry, 5 s of
-        // waiting for the first credentials.
-        let d = role("").unwrap();
-        assert_eq!(
-            (
-                d.duration_seconds,
-                d.refresh_margin_seconds,
-                d.first_fetch_wait_ms
-            ),
-            (3600, 900, 5000)
-        );
-        // An empty external id is none at all.
-        assert_eq!(role(r#","external_id":"""#).unwrap().external_id, None);
-        assert_eq!(
-            role(r#","duration_seconds":900,"refresh_margin_seconds":899"#)
-                .unwrap()
-                .refresh_margin_seconds,
-            899
-        );
-        assert_eq!(role(r#","session_name":"ab""#).unwrap().session_name, "ab");
-        let longest_name = "n".repeat(64);
-        assert!(role(&format!(r#","session_name":"{longest_name}""#)).is_ok());
-        for (fields, bad) in [
-            (
-                r#","session_name":"a""#.to_owned(),
-                "assume_role.session_name",
-            ),
-            (
-                format!(r#","session_name":"{longest_name}n""#),
-                "assume_role.session_name",
-            ),
-            (
-                r#","external_id":"a""#.to_owned(),
-                "assume_role.external_id",
-            ),
-            (
-                format!(r#","external_id":"{}""#, "e".repeat(1225)),
-                "assume_role.external_id",
-            ),
-            (
-                r#","duration_seconds":899"#.to_owned(),
-                "assume_role.duration_seconds",
-            ),
-            (
-                r#","duration_seconds":43201"#.to_owned(),
-                "assume_role.duration_seconds",
-            ),
-            (
-                r#","refresh_margin_seconds":119"#.to_owned(),
-                "assume_role.refresh_margin_seconds",
-            ),
-            (
-                r#","first_fetch_wait_ms":60001"#.to_owned(),
-                "assume_role.first_fetch_wait_ms",
-            ),
-            (r#","sts_cluster":"""#.to_owned(), "assume_role.sts_cluster"),
-            (r#","sts_host":"""#.to_owned(), "assume_role.sts_host"),
-            (
-                r#","sts_host":"sts host""#.to_owned(),
-                "assume_role.sts_host",
-            ),
-        ] {
-            assert_eq!(field(&fields), bad, "{fields}");
-        }
-        assert!(role(&format!(r#","external_id":"{}""#, "e".repeat(1224))).is_ok());
-        // Role ARNs: an ARN, and of a role.
-        for arn in [
-            "arn:aws:iam::1:user/r",
-            "iam::1:role/r",
-            "aws:iam::1:role/r",
-        ] {
-            let e = with(&format!(r#""assume_role":{{"role_arn":"{arn}"}}"#)).unwrap_err();
-            assert_eq!(e.field, "assume_role.role_arn", "{arn}");
-        }
-        let gov = with(r#""assume_role":{"role_arn":"arn:aws-us-gov:iam::1:role/r"}"#).unwrap();
-        assert_eq!(
-            gov.assume_role.unwrap().role_arn,
-            "arn:aws-us-gov:iam::1:role/r"
         );
     }
 

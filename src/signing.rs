@@ -157,7 +157,7 @@ pub fn amz_date(time: SystemTime) -> String {
     let secs = time
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let ((year, month, day), (hour, minute, second)) = crate::refresh::civil(secs);
+    let ((year, month, day), (hour, minute, second)) = crate::credentials::refresh::civil(secs);
     format!("{year:04}{month:02}{day:02}T{hour:02}{minute:02}{second:02}Z")
 }
 

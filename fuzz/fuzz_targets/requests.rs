@@ -8,12 +8,13 @@
 
 use healthlake_relay::body_budget::{Body, Budget};
 use healthlake_relay::config::Config;
+use healthlake_relay::credentials::{imds, json_answer, sts_answer};
 use healthlake_relay::host_encoding::{decode_pairs, encode_pairs};
 use healthlake_relay::inbound_auth::{is_loopback_address, Tokens};
 use healthlake_relay::outcome::{classify_body, classify_headers};
 use healthlake_relay::plan::{plan_request, Operation, Plan};
 use healthlake_relay::request_head::{logged_path, removed_before_signing, RequestHead};
-use healthlake_relay::{instant, resource, sts, versions};
+use healthlake_relay::{instant, resource, versions};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 
@@ -93,7 +94,11 @@ fuzz_target!(|data: &[u8]| {
         let _ = classify_headers(op, status, Some(&method_text));
         let _ = classify_body(op, status, Some(&method_text), body, "Patient", "Patient/x");
     }
-    let _ = sts::parse_response(status, body);
+    // Every credentials answer the relay reads, as any bytes a source could send.
+    let _ = sts_answer::parse(status, body);
+    let _ = json_answer::parse(status, body);
+    let _ = imds::read_token(status, body);
+    let _ = imds::read_role(status, body);
     let _ = instant::parse(&text);
     if let Ok(tokens) = Tokens::parse("a-configured-token-0001,another-token-0002") {
         let _ = tokens.check(Some(path));

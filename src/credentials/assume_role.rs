@@ -1,23 +1,18 @@
-//! AWS STS `AssumeRole`: the signed request, and its XML answer.
-//!
-//! The relay signs HealthLake requests with temporary credentials of the customer's IAM role, as
-//! Smile CDR's own HealthLake module does. The call goes to STS through an Envoy cluster; this
-//! module builds it (SigV4, service `sts`, signed with the base credentials, which may be
-//! temporary themselves) and reads the answer (`AssumeRoleResponse` or `ErrorResponse`).
+//! STS `AssumeRole` on top of the base credentials (Smile CDR's `role.arn`): the signed call
+//! (SigV4, service `sts`, signed with the base credentials, which may be temporary themselves).
+//! The answer is read by [`super::sts_answer`].
 
-use crate::credentials::Credentials;
-use crate::instant;
+use super::call::Call;
+use super::Credentials;
 use crate::signing::{sign_request, SigningError, SigningInput};
-use quick_xml::events::Event;
-use quick_xml::Reader;
 use sha2::{Digest, Sha256};
-use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// The SigV4 service name of STS.
 pub const STS_SERVICE: &str = "sts";
 
-const FORM: &str = "application/x-www-form-urlencoded; charset=utf-8";
+/// The content type of an STS call's form body.
+pub const FORM: &str = "application/x-www-form-urlencoded; charset=utf-8";
 
 /// How to assume the role (validated by `config`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,22 +25,10 @@ pub struct AssumeRole {
     pub cluster: String,
     /// The `:authority` of STS, e.g. `sts.us-east-1.amazonaws.com`.
     pub host: String,
-    /// Refresh from this long before expiry.
-    pub refresh_margin_seconds: u64,
-    /// How long a write waits for the first credentials before it is answered 503.
-    pub first_fetch_wait_ms: u64,
-}
-
-/// A signed AssumeRole call, ready for `dispatch_http_call`.
-#[derive(Debug, Clone)]
-pub struct Call {
-    /// Pseudo-headers (`:method`, `:path`, `:authority`) and headers, lowercase.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value (RFC 3986 unreserved kept).
-fn form_encode(out: &mut String, value: &str) {
+pub fn form_encode(out: &mut String, value: &str) {
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(char::from(b));
@@ -55,18 +38,8 @@ fn form_encode(out: &mut String, value: &str) {
     }
 }
 
-/// The form body of the call.
-pub fn form_body(role: &AssumeRole) -> String {
-    let mut params: Vec<(&str, String)> = vec![
-        ("Action", "AssumeRole".to_owned()),
-        ("Version", "2011-06-15".to_owned()),
-        ("RoleArn", role.role_arn.clone()),
-        ("RoleSessionName", role.session_name.clone()),
-        ("DurationSeconds", role.duration_seconds.to_string()),
-    ];
-    if let Some(id) = &role.external_id {
-        params.push(("ExternalId", id.clone()));
-    }
+/// `name=value&...`, each value form-encoded.
+pub fn form(params: &[(&str, &str)]) -> String {
     let mut body = String::with_capacity(256);
     for (i, (name, value)) in params.iter().enumerate() {
         if i > 0 {
@@ -77,6 +50,22 @@ pub fn form_body(role: &AssumeRole) -> String {
         form_encode(&mut body, value);
     }
     body
+}
+
+/// The form body of the call.
+pub fn form_body(role: &AssumeRole) -> String {
+    let duration = role.duration_seconds.to_string();
+    let mut params = vec![
+        ("Action", "AssumeRole"),
+        ("Version", "2011-06-15"),
+        ("RoleArn", role.role_arn.as_str()),
+        ("RoleSessionName", role.session_name.as_str()),
+        ("DurationSeconds", duration.as_str()),
+    ];
+    if let Some(id) = &role.external_id {
+        params.push(("ExternalId", id.as_str()));
+    }
+    form(&params)
 }
 
 /// Builds the signed AssumeRole call.
@@ -99,156 +88,16 @@ pub fn call(
         time: now,
     };
     let signed = sign_request(&input, base)?;
-    let mut headers = vec![
-        (":method".to_owned(), "POST".to_owned()),
-        (":path".to_owned(), "/".to_owned()),
-        (":authority".to_owned(), role.host.clone()),
-        ("content-type".to_owned(), FORM.to_owned()),
-    ];
-    headers.extend(signed);
-    Ok(Call { headers, body })
-}
-
-/// Why STS gave no credentials.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StsError {
-    /// STS's error code (`AccessDenied`, `ExpiredToken`, ...), or a description of what was wrong
-    /// with the answer.
-    pub code: String,
-    pub message: String,
-    pub status: u16,
-}
-
-impl fmt::Display for StsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "STS answered {} {}: {}",
-            self.status, self.code, self.message
-        )
-    }
-}
-
-/// The text of the elements an STS answer carries, by local name.
-#[derive(Default)]
-struct Fields {
-    access_key_id: Option<String>,
-    secret_access_key: Option<String>,
-    session_token: Option<String>,
-    expiration: Option<String>,
-    code: Option<String>,
-    message: Option<String>,
-}
-
-fn entity(name: &str) -> Option<char> {
-    match name {
-        "amp" => Some('&'),
-        "lt" => Some('<'),
-        "gt" => Some('>'),
-        "quot" => Some('"'),
-        "apos" => Some('\''),
-        _ => {
-            let code = name.strip_prefix('#')?;
-            let n = match code.strip_prefix('x') {
-                Some(hex) => u32::from_str_radix(hex, 16).ok()?,
-                None => code.parse().ok()?,
-            };
-            char::from_u32(n)
-        }
-    }
-}
-
-fn read_fields(xml: &str) -> Result<Fields, String> {
-    let mut reader = Reader::from_str(xml);
-    let mut fields = Fields::default();
-    let mut path: Vec<String> = Vec::new();
-    let mut text = String::new();
-    loop {
-        match reader.read_event() {
-            Ok(Event::Start(e)) => {
-                path.push(e.local_name().as_ref().to_owned());
-                text.clear();
-            }
-            Ok(Event::Text(t)) => text.push_str(&t.xml10_content()),
-            Ok(Event::CData(t)) => text.push_str(&t.xml10_content()),
-            Ok(Event::GeneralRef(r)) => match entity(&r.xml10_content()) {
-                Some(c) => text.push(c),
-                None => return Err("an unknown XML entity".to_owned()),
-            },
-            Ok(Event::End(_)) => {
-                let name = path.pop().unwrap_or_default();
-                let parent = path.last().map(String::as_str).unwrap_or("");
-                let value = Some(text.trim().to_owned());
-                match (parent, name.as_str()) {
-                    ("Credentials", "AccessKeyId") => fields.access_key_id = value,
-                    ("Credentials", "SecretAccessKey") => fields.secret_access_key = value,
-                    ("Credentials", "SessionToken") => fields.session_token = value,
-                    ("Credentials", "Expiration") => fields.expiration = value,
-                    ("Error", "Code") => fields.code = value,
-                    ("Error", "Message") => fields.message = value,
-                    _ => {}
-                }
-                text.clear();
-            }
-            Ok(Event::Eof) => return Ok(fields),
-            Ok(_) => {}
-            Err(e) => return Err(format!("the answer is not XML ({e})")),
-        }
-    }
-}
-
-/// Reads STS's answer: the temporary credentials, or why not.
-pub fn parse_response(status: u16, body: &[u8]) -> Result<Credentials, StsError> {
-    let fail = |code: &str, message: String| StsError {
-        code: code.to_owned(),
-        message,
-        status,
-    };
-    let xml = std::str::from_utf8(body)
-        .map_err(|_| fail("InvalidResponse", "the answer is not UTF-8".to_owned()))?;
-    let fields = read_fields(xml).map_err(|m| fail("InvalidResponse", m))?;
-    if !(200..300).contains(&status) || fields.code.is_some() {
-        return Err(fail(
-            fields.code.as_deref().unwrap_or("HttpError"),
-            fields
-                .message
-                .unwrap_or_else(|| "no error message".to_owned()),
-        ));
-    }
-    let missing = |what: &str| fail("InvalidResponse", format!("the answer has no {what}"));
-    let access_key_id = fields
-        .access_key_id
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| missing("AccessKeyId"))?;
-    let secret_access_key = fields
-        .secret_access_key
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| missing("SecretAccessKey"))?;
-    let session_token = fields
-        .session_token
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| missing("SessionToken"))?;
-    let expiration = fields.expiration.ok_or_else(|| missing("Expiration"))?;
-    let expires_at = instant::parse(&expiration)
-        .and_then(|nanos| u64::try_from(nanos / 1_000_000).ok())
-        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-        .ok_or_else(|| {
-            fail(
-                "InvalidResponse",
-                format!("Expiration {expiration:?} is not an ISO-8601 time"),
-            )
-        })?;
-    Ok(Credentials {
-        access_key_id,
-        secret_access_key,
-        session_token: Some(session_token),
-        expires_at: Some(expires_at),
-    })
+    let mut call = Call::new(&role.cluster, "POST", &role.host, "/").header("content-type", FORM);
+    call.headers.extend(signed);
+    call.body = body;
+    Ok(call)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn role() -> AssumeRole {
         AssumeRole {
@@ -258,28 +107,8 @@ mod tests {
             duration_seconds: 3600,
             cluster: "sts".into(),
             host: "sts.us-east-1.amazonaws.com".into(),
-            refresh_margin_seconds: 900,
-            first_fetch_wait_ms: 5000,
         }
     }
-
-    const OK: &str = r#"<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
-  <AssumeRoleResult>
-    <SourceIdentity>x</SourceIdentity>
-    <AssumedRoleUser>
-      <Arn>arn:aws:sts::123456789012:assumed-role/healthlake-relay/relay-host1</Arn>
-      <AssumedRoleId>AROA3XFRBF535PLBIFPI4:relay-host1</AssumedRoleId>
-    </AssumedRoleUser>
-    <Credentials>
-      <SessionToken>IQoJb3JpZ2luX2VjEJr//////////wEaCXVz+Zm9v&amp;bar=</SessionToken>
-      <SecretAccessKey>wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY</SecretAccessKey>
-      <Expiration>2026-11-27T23:00:00Z</Expiration>
-      <AccessKeyId>ASIAIOSFODNN7EXAMPLE</AccessKeyId>
-    </Credentials>
-    <PackedPolicySize>6</PackedPolicySize>
-  </AssumeRoleResult>
-  <ResponseMetadata><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ResponseMetadata>
-</AssumeRoleResponse>"#;
 
     #[test]
     fn form_body_is_encoded() {
@@ -308,12 +137,8 @@ mod tests {
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         )
         .unwrap();
-        let get = |n: &str| {
-            c.headers
-                .iter()
-                .find(|(k, _)| k == n)
-                .map(|(_, v)| v.as_str())
-        };
+        let get = |n: &str| c.get(n);
+        assert_eq!(c.cluster, "sts");
         assert_eq!(get(":method"), Some("POST"));
         assert_eq!(get(":authority"), Some("sts.us-east-1.amazonaws.com"));
         assert_eq!(get("x-amz-security-token"), Some("base-token"));
@@ -327,69 +152,5 @@ mod tests {
             "{auth}"
         );
         assert!(c.body.starts_with(b"Action=AssumeRole&"));
-    }
-
-    #[test]
-    fn parses_credentials_with_entities() {
-        let c = parse_response(200, OK.as_bytes()).unwrap();
-        assert_eq!(c.access_key_id, "ASIAIOSFODNN7EXAMPLE");
-        assert_eq!(
-            c.secret_access_key,
-            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"
-        );
-        assert_eq!(
-            c.session_token.as_deref(),
-            Some("IQoJb3JpZ2luX2VjEJr//////////wEaCXVz+Zm9v&bar=")
-        );
-        let expected = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_820_400);
-        assert_eq!(c.expires_at, Some(expected));
-    }
-
-    #[test]
-    fn parses_error_documents() {
-        let body = r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
-  <Error><Type>Sender</Type><Code>AccessDenied</Code>
-    <Message>User: arn:aws:iam::123456789012:user/relay is not authorized to perform: sts:AssumeRole</Message>
-  </Error><RequestId>abc</RequestId></ErrorResponse>"#;
-        let e = parse_response(403, body.as_bytes()).unwrap_err();
-        assert_eq!(e.code, "AccessDenied");
-        assert!(e.message.contains("not authorized"));
-        assert_eq!(e.status, 403);
-        assert!(e.to_string().contains("403 AccessDenied"));
-    }
-
-    #[test]
-    fn entities_and_character_references_are_decoded() {
-        let body = r#"<ErrorResponse><Error><Code>AccessDenied</Code>
-    <Message>a &lt;b&gt; &quot;c&quot; &apos;d&apos; &amp; &#65;&#x42;</Message></Error></ErrorResponse>"#;
-        let e = parse_response(403, body.as_bytes()).unwrap_err();
-        assert_eq!(e.message, r#"a <b> "c" 'd' & AB"#);
-        let e = parse_response(403, b"<Error><Message>&nope;</Message></Error>").unwrap_err();
-        assert_eq!(e.code, "InvalidResponse");
-    }
-
-    #[test]
-    fn bad_answers_are_errors_not_credentials() {
-        for (status, body) in [
-            (200, ""),
-            (
-                200,
-                "<AssumeRoleResponse><AssumeRoleResult/></AssumeRoleResponse>",
-            ),
-            (200, "not xml <"),
-            (500, "upstream connect error"),
-            (200, &OK.replace("2026-11-27T23:00:00Z", "tomorrow")),
-            (
-                200,
-                &OK.replace("<SessionToken>", "<X>")
-                    .replace("</SessionToken>", "</X>"),
-            ),
-        ] {
-            assert!(
-                parse_response(status, body.as_bytes()).is_err(),
-                "{status} {body}"
-            );
-        }
-        assert_eq!(parse_response(503, b"").unwrap_err().code, "HttpError");
     }
 }

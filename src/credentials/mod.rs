@@ -1,9 +1,35 @@
-//! AWS credentials the relay signs with, and where they come from.
+//! AWS credentials the relay signs with, and where they come from: the AWS SDKs' default chain
+//! (environment keys, web identity, container credentials, EC2 instance metadata), one source
+//! chosen at configuration, optionally with a role assumed on top.
+//!
+//! - one module per source: [`web_identity`], [`container`], [`imds`], [`assume_role`] (the
+//!   environment's keys are read here), each building its calls; [`sts_answer`] and
+//!   [`json_answer`] read the two answer formats;
+//! - [`fetch`]: one fetch, the calls in order; [`refresh`]: when to refresh, shared by all
+//!   workers; [`provider`]: the per-worker provider over a small host interface.
 //!
 //! Credentials are never printed: `Debug` shows the access key id's last four characters only.
 
+pub mod assume_role;
+pub mod call;
+pub mod container;
+pub mod fetch;
+pub mod imds;
+pub mod json_answer;
+pub mod provider;
+pub mod refresh;
+pub mod sts_answer;
+pub mod web_identity;
+
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+/// An ISO-8601 `Expiration` as a time.
+pub fn expiry(text: &str) -> Option<SystemTime> {
+    crate::instant::parse(text)
+        .and_then(|nanos| u64::try_from(nanos / 1_000_000).ok())
+        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+}
 
 /// A set of AWS credentials: long-lived keys, or temporary ones with a session token and expiry.
 #[derive(Clone, PartialEq, Eq)]
@@ -92,7 +118,6 @@ impl fmt::Debug for Credentials {
 mod tests {
     use super::*;
     use std::collections::HashMap;
-    use std::time::Duration;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs

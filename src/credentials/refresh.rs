@@ -4,7 +4,7 @@
 //! Pure decisions over two shared-data records: [`Published`] (the credentials every worker signs
 //! with) and [`RefreshState`] (who is fetching, failures, back-off, a forced refresh).
 
-use crate::credentials::Credentials;
+use super::Credentials;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, SystemTime};
@@ -55,14 +55,14 @@ pub struct RefreshState {
     pub force_generation: Option<u64>,
 }
 
-/// Whether credentials STS just issued can be used at all: they must outlive
-/// [`MIN_REMAINING_MS`]. Credentials already expired (or about to), as a broken STS or a clock far
-/// off could hand out, are a failed fetch, backed off like any other, never published: they would
-/// only be refused at every request and fetched again at once.
+/// Whether credentials a source just handed out can be used at all: they must outlive
+/// [`MIN_REMAINING_MS`]. Credentials already expired (or about to), as a broken source or a clock
+/// far off could hand out, are a failed fetch, backed off like any other, never published: they
+/// would only be refused at every request and fetched again at once.
 pub fn check_issued(expires_at_ms: Option<u64>, now_ms: u64) -> Result<(), String> {
     match expires_at_ms {
         Some(e) if e <= now_ms.saturating_add(MIN_REMAINING_MS) => Err(format!(
-            "STS issued credentials that expire at {} (Unix {}), {} s from now: too soon to use \
+            "handed out credentials that expire at {} (Unix {}), {} s from now: too soon to use \
              (the relay's clock may be wrong)",
             rfc3339(e / 1000),
             e / 1000,
@@ -70,6 +70,17 @@ pub fn check_issued(expires_at_ms: Option<u64>, now_ms: u64) -> Result<(), Strin
         )),
         _ => Ok(()),
     }
+}
+
+/// The least refresh margin, and the most a derived one takes (15 minutes, as botocore).
+pub const MARGIN_MIN_MS: u64 = 120_000;
+pub const MARGIN_MAX_MS: u64 = 900_000;
+
+/// The refresh margin of credentials valid for `lifetime_ms` when none is configured: a quarter
+/// of their lifetime, from 2 to 15 minutes, so that any lifetime a source hands out (STS's
+/// shortest is 15 minutes) is refreshed well before expiry and used for most of its life.
+pub fn derived_margin_ms(lifetime_ms: u64) -> u64 {
+    (lifetime_ms / 4).clamp(MARGIN_MIN_MS, MARGIN_MAX_MS)
 }
 
 /// Unix milliseconds of a time.
@@ -107,6 +118,17 @@ impl Published {
 
     pub fn decode(bytes: &[u8]) -> Option<Published> {
         serde_json::from_slice(bytes).ok()
+    }
+
+    /// The refresh margin of these credentials: the configured one, or one derived from their
+    /// lifetime ([`derived_margin_ms`]).
+    pub fn margin_ms(&self, configured_ms: Option<u64>) -> u64 {
+        configured_ms.unwrap_or_else(|| {
+            derived_margin_ms(
+                self.expires_at_ms
+                    .map_or(u64::MAX, |e| e.saturating_sub(self.issued_at_ms)),
+            )
+        })
     }
 
     /// A spread of the refresh start, the same for every worker (it depends on the credentials),

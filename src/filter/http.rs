@@ -1,11 +1,11 @@
 //! One HTTP request through the relay: plan at the headers, hash the body as it arrives, sign at
 //! its end; then classify HealthLake's answer (see `response.rs`).
 
-use super::credentials::ForSigning;
 use super::host;
 use super::shared::ShardRead;
 use super::Shared;
 use crate::body_budget::{Body, Refused};
+use crate::credentials::provider::ForSigning;
 use crate::host_encoding::HeaderPairs;
 use crate::inbound_auth::is_loopback_address;
 use crate::operation_outcome::{self, Severity, FHIR_JSON};
@@ -71,11 +71,10 @@ pub struct SignJob {
     pub version: Option<(Version, Option<ShardRead>)>,
 }
 
-/// A request held until credentials exist; the root context signs and resumes it, or answers
-/// it 503 once it has waited `first_fetch_wait_ms`.
+/// A request held until credentials exist (in the credentials provider's queue); the root
+/// context signs and resumes it, or answers it 503 once it has waited `first_fetch_wait_ms`.
 pub struct Waiter {
     pub context_id: u32,
-    pub since_ms: u64,
     pub job: SignJob,
 }
 
@@ -216,32 +215,12 @@ pub fn sign_and_rewrite(
 /// The root context's part of waiting: signs and resumes the requests that can now be signed,
 /// and answers 503 those that have waited long enough.
 pub fn resolve_waiters(shared: &Shared) {
-    let Ok(mut list) = shared.waiters.try_borrow_mut() else {
-        return;
-    };
-    if list.is_empty() {
-        return;
-    }
-    let waiting = std::mem::take(&mut *list);
-    drop(list);
     let Some(now) = host::now() else { return };
-    let now_ms = crate::refresh::unix_ms(now);
-    let max_wait = shared
-        .config
-        .assume_role
-        .as_ref()
-        .map_or(0, |r| r.first_fetch_wait_ms);
-    let mut still = Vec::new();
-    for w in waiting {
-        let decision = match shared.credentials.try_borrow() {
-            Ok(c) => c.for_signing(now),
-            Err(_) => ForSigning::Wait,
-        };
-        let timed_out = now_ms.saturating_sub(w.since_ms) >= max_wait;
-        if matches!(decision, ForSigning::Wait) && !timed_out {
-            still.push(w);
-            continue;
-        }
+    let decided = match shared.credentials.try_borrow_mut() {
+        Ok(mut provider) if provider.waiting() > 0 => provider.decided(now),
+        _ => return,
+    };
+    for (w, decision) in decided {
         if !host::set_effective_context(w.context_id) {
             continue; // The request is gone.
         }
@@ -262,9 +241,7 @@ pub fn resolve_waiters(shared: &Shared) {
                 }
             }
             ForSigning::Fail(why) => why,
-            ForSigning::Wait => {
-                format!("none arrived from STS within {max_wait} ms; see the AssumeRole log lines")
-            }
+            ForSigning::Wait => "the credentials are still coming".to_owned(),
         };
         send_answer(
             Some(shared),
@@ -274,9 +251,6 @@ pub fn resolve_waiters(shared: &Shared) {
             &no_credentials_body(&why),
             NO_CREDENTIALS_HEADERS,
         );
-    }
-    if let Ok(mut list) = shared.waiters.try_borrow_mut() {
-        list.extend(still);
     }
 }
 
@@ -478,11 +452,10 @@ impl RelayHttp {
             ForSigning::Wait => {
                 let waiter = Waiter {
                     context_id: self.context_id,
-                    since_ms: crate::refresh::unix_ms(now),
                     job,
                 };
-                match shared.waiters.try_borrow_mut() {
-                    Ok(mut list) => list.push(waiter),
+                match shared.credentials.try_borrow_mut() {
+                    Ok(mut provider) => provider.wait(waiter, now),
                     Err(_) => return self.no_credentials("the credentials are being updated"),
                 }
                 self.phase = Phase::AwaitingCredentials;
@@ -564,7 +537,7 @@ impl RelayHttp {
         let now = host::now();
         let record = match shared.config.version_guard {
             Some(limits) => {
-                let at = now.map_or(0, |t| crate::refresh::unix_ms(t) / 1000);
+                let at = now.map_or(0, |t| crate::credentials::refresh::unix_ms(t) / 1000);
                 match super::shared::version_decision(&target, &parsed.version, at, limits) {
                     (Decision::Stale, _) => return self.answer_stale(&target),
                     (Decision::Forward, read) => Some((parsed.version, Some(read))),
@@ -785,8 +758,9 @@ impl Context for RelayHttp {
     fn on_done(&mut self) -> bool {
         // A request that ends (client gone) while held must not be resumed later.
         if let Some(shared) = &self.shared {
-            if let Ok(mut list) = shared.waiters.try_borrow_mut() {
-                list.retain(|w| w.context_id != self.context_id);
+            if let Ok(mut provider) = shared.credentials.try_borrow_mut() {
+                let id = self.context_id;
+                provider.retain_waiting(|w| w.context_id != id);
             }
             if let Ok(mut resumed) = shared.resumed.try_borrow_mut() {
                 resumed.remove(&self.context_id);

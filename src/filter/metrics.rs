@@ -3,14 +3,19 @@
 //! - `healthlake_relay.type.<Type>.outcome.<outcome>`: per resource type and outcome, defined
 //!   the first time a type meets an outcome (types are checked FHIR R4 names, so the set is
 //!   bounded);
-//! - `healthlake_relay.credentials.refresh_{attempted,succeeded,failed}`: STS AssumeRole calls;
+//! - `healthlake_relay.credentials.refresh_{attempted,succeeded,failed}`: refreshes of the
+//!   credentials (each a fetch from the source, then AssumeRole when a role is assumed on top);
+//! - `healthlake_relay.credentials.source.<source>.refresh_{attempted,succeeded,failed}`: the same
+//!   per source of the fetch (`web-identity`, `container`, `imds`, `assume-role`), defined for the
+//!   configured ones;
 //! - `healthlake_relay.credentials.expiry_seconds` (gauge): until the current ones expire.
 //!
-//! `envoy.yaml`'s `stats_tags` turn the type and outcome into Prometheus labels:
+//! `envoy.yaml`'s `stats_tags` turn the type, outcome and source into Prometheus labels:
 //! `healthlake_relay_outcome{outcome="delivered"}`,
 //! `healthlake_relay_type_outcome{resource_type="Patient",outcome="delivered"}`.
 
 use super::abi::{self, MetricKind};
+use crate::credentials::provider::Event;
 use crate::fhir;
 use crate::outcome::Outcome;
 use std::cell::RefCell;
@@ -20,6 +25,8 @@ const OUTCOMES: usize = Outcome::ALL.len();
 pub struct Metrics {
     outcome: [Option<u32>; OUTCOMES],
     refresh: [Option<u32>; 3],
+    /// Per source: its name and its three counters.
+    by_source: Vec<(&'static str, [Option<u32>; 3])>,
     expiry_seconds: Option<u32>,
     /// Per (type, outcome): `None` not defined yet, `Some(None)` definition failed.
     by_type: RefCell<Vec<Option<Option<u32>>>>,
@@ -30,13 +37,28 @@ fn define(name: &str) -> Option<u32> {
 }
 
 impl Metrics {
-    pub fn define() -> Metrics {
+    /// Defines the stats; `sources` are the credential sources a fetch calls.
+    pub fn define(sources: &[&'static str]) -> Metrics {
         let mut outcome = [None; OUTCOMES];
         for (slot, o) in outcome.iter_mut().zip(Outcome::ALL) {
             *slot = define(&format!("healthlake_relay.outcome.{}", o.stat_name()));
         }
-        let refresh = ["attempted", "succeeded", "failed"]
-            .map(|what| define(&format!("healthlake_relay.credentials.refresh_{what}")));
+        const EVENTS: [&str; 3] = ["attempted", "succeeded", "failed"];
+        let refresh =
+            EVENTS.map(|what| define(&format!("healthlake_relay.credentials.refresh_{what}")));
+        let by_source = sources
+            .iter()
+            .map(|source| {
+                (
+                    *source,
+                    EVENTS.map(|what| {
+                        define(&format!(
+                            "healthlake_relay.credentials.source.{source}.refresh_{what}"
+                        ))
+                    }),
+                )
+            })
+            .collect();
         let expiry_seconds = abi::define_metric(
             MetricKind::Gauge,
             "healthlake_relay.credentials.expiry_seconds",
@@ -45,6 +67,7 @@ impl Metrics {
         Metrics {
             outcome,
             refresh,
+            by_source,
             expiry_seconds,
             by_type: RefCell::new(vec![None; fhir::R4_RESOURCE_TYPES.len() * OUTCOMES]),
         }
@@ -56,16 +79,22 @@ impl Metrics {
         }
     }
 
-    pub fn refresh_attempted(&self) {
-        Self::bump(self.refresh.first());
-    }
-
-    pub fn refresh_succeeded(&self) {
-        Self::bump(self.refresh.get(1));
-    }
-
-    pub fn refresh_failed(&self) {
-        Self::bump(self.refresh.get(2));
+    /// Counts a refresh event, of the whole refresh (`source` `None`) or of one source.
+    pub fn refresh(&self, event: Event, source: Option<&str>) {
+        let counters = match source {
+            None => Some(&self.refresh),
+            Some(name) => self
+                .by_source
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, c)| c),
+        };
+        let index = match event {
+            Event::Attempted => 0,
+            Event::Succeeded => 1,
+            Event::Failed => 2,
+        };
+        Self::bump(counters.and_then(|c| c.get(index)));
     }
 
     /// Seconds until the current temporary credentials expire.

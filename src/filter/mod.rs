@@ -15,11 +15,11 @@ mod shared;
 
 use crate::body_budget::Budget;
 use crate::config::{Config, InboundAuth};
-use crate::credentials::Credentials;
+use crate::credentials::fetch::{Base, Plan, ASSUME_ROLE};
 use crate::inbound_auth::Tokens;
-use credentials::{CredentialCache, Source};
+use credentials::{CredentialProvider, WasmHost};
 use host::log_error;
-use http::{Forwarded, Waiter};
+use http::Forwarded;
 use metrics::Metrics;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
@@ -47,10 +47,9 @@ pub(crate) enum Inbound {
 pub(crate) struct Shared {
     pub config: Config,
     pub inbound: Inbound,
-    pub credentials: RefCell<CredentialCache>,
+    /// The credentials provider, which also holds the writes waiting for the first credentials.
+    pub credentials: RefCell<CredentialProvider>,
     pub metrics: Metrics,
-    /// Requests held until credentials exist (assume_role, before the first fetch).
-    pub waiters: RefCell<Vec<Waiter>>,
     /// Requests the root context signed and resumed, by context id, for their response side.
     pub resumed: RefCell<HashMap<u32, Box<Forwarded>>>,
     /// The derived SigV4 key, reused for a day per credentials.
@@ -76,7 +75,9 @@ impl Context for RelayRoot {
             return;
         };
         let handled = match shared.credentials.try_borrow_mut() {
-            Ok(mut cache) => cache.on_response(token_id, body_size, &shared.metrics),
+            Ok(mut provider) => {
+                credentials::on_response(&mut provider, &shared.metrics, token_id, body_size)
+            }
             Err(_) => false,
         };
         if handled {
@@ -132,67 +133,39 @@ impl RootContext for RelayRoot {
                 Inbound::Open
             }
         };
-        let env = Credentials::from_env(|name| std::env::var(name).ok());
-        let source =
-            match (&config.assume_role, env) {
-                (Some(role), base) => {
-                    match &base {
-                        Ok(b) => log::info!(
-                            "healthlake-relay: forwarding to {} data store {} in {}, signing with \
-                         temporary credentials of {} (session {}), assumed with access key …{}",
-                            config.healthlake_host,
-                            config.datastore_id,
-                            config.region,
-                            role.role_arn,
-                            role.session_name,
-                            b.key_hint()
-                        ),
-                        Err(e) => log::warn!(
-                        "healthlake-relay: {e}: AssumeRole needs base credentials; every write \
-                         will be answered 503 no-credentials and nothing forwarded"
-                    ),
-                    }
-                    Source::Role {
-                        base,
-                        role: role.clone(),
-                    }
-                }
-                (None, env) => {
-                    match &env {
-                        Ok(c) => {
-                            log::info!(
-                        "healthlake-relay: forwarding to {} data store {} in {}, signing with \
-                         access key …{}{}",
-                        config.healthlake_host,
-                        config.datastore_id,
-                        config.region,
-                        c.key_hint(),
-                        if c.session_token.is_some() { " (temporary)" } else { "" },
-                    )
-                        }
-                        Err(e) => log::warn!(
-                            "healthlake-relay: {e}; every write will be answered 503 \
-                         no-credentials and nothing forwarded"
-                        ),
-                    }
-                    Source::Environment(env.map(Rc::new))
-                }
-            };
-        let uses_role = matches!(source, Source::Role { .. });
+        let plan = match Plan::from_config(&config.credentials, &config.region, |name| {
+            std::env::var(name).ok()
+        }) {
+            Ok(plan) => plan,
+            Err(e) => {
+                log_error(&format!("healthlake-relay: refusing to start: {e}"));
+                return false;
+            }
+        };
+        announce(&config, &plan);
+        let mut sources = vec![plan.base.name()];
+        if plan.role.is_some() {
+            sources.push(ASSUME_ROLE);
+        }
+        let fetches = plan.fetches();
+        let provider = CredentialProvider::new(
+            plan,
+            config.credentials.refresh_margin_seconds,
+            config.credentials.first_fetch_wait_ms,
+        );
         let body_budget =
             Budget::new(usize::try_from(config.body_budget_bytes).unwrap_or(usize::MAX));
         let shared = Rc::new(Shared {
             config,
             inbound,
-            credentials: RefCell::new(CredentialCache::new(source)),
-            metrics: Metrics::define(),
-            waiters: RefCell::new(Vec::new()),
+            credentials: RefCell::new(provider),
+            metrics: Metrics::define(&sources),
             resumed: RefCell::new(HashMap::new()),
             signing_keys: RefCell::new(crate::signing::KeyCache::default()),
             body_budget,
         });
         self.shared = Some(Rc::clone(&shared));
-        if uses_role {
+        if fetches {
             // The first fetch happens at the first tick, not here: Envoy configures a root
             // context it then discards, which would cancel the call while it holds the lock.
             if let Err(s) = abi::set_tick_period(TICK) {
@@ -209,8 +182,10 @@ impl RootContext for RelayRoot {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        if let Ok(mut cache) = shared.credentials.try_borrow_mut() {
-            cache.tick(&shared.config.region, &shared.metrics);
+        if let Ok(mut provider) = shared.credentials.try_borrow_mut() {
+            provider.tick(&WasmHost {
+                metrics: &shared.metrics,
+            });
         }
         http::resolve_waiters(&shared);
     }
@@ -225,4 +200,52 @@ impl RootContext for RelayRoot {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+}
+
+/// The start-up line: where writes go, and what signs them (never a secret).
+fn announce(config: &Config, plan: &Plan) {
+    let signer = match (&plan.base, &plan.role) {
+        (Base::Environment(Err(e)), _) => {
+            log::warn!(
+                "healthlake-relay: {e}; every write will be answered 503 no-credentials and \
+                 nothing forwarded"
+            );
+            return;
+        }
+        (Base::Environment(Ok(c)), None) => format!(
+            "access key …{}{} from the environment",
+            c.key_hint(),
+            if c.session_token.is_some() {
+                " (temporary)"
+            } else {
+                ""
+            }
+        ),
+        (Base::Environment(Ok(c)), Some(role)) => format!(
+            "temporary credentials of {} (session {}), assumed with access key …{} from the \
+             environment",
+            role.role_arn,
+            role.session_name,
+            c.key_hint()
+        ),
+        (_, Some(role)) => format!(
+            "temporary credentials of {} (session {}), assumed with credentials from {}",
+            role.role_arn,
+            role.session_name,
+            plan.base.name()
+        ),
+        (Base::WebIdentity(w), None) => format!(
+            "temporary credentials of {} from web identity (session {})",
+            w.role_arn, w.session_name
+        ),
+        (base, None) => format!("temporary credentials from {}", base.name()),
+    };
+    log::info!(
+        "healthlake-relay: forwarding to {} data store {} in {}, signing with {signer} \
+         (credentials source: {})",
+        config.healthlake_host,
+        config.datastore_id,
+        config.region,
+        plan.label()
+    );
 }

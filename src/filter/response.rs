@@ -234,8 +234,13 @@ impl RelayHttp {
                     .is_some_and(|c| c.starts_with("ExpiredToken"))
                 {
                     if let Some(shared) = &self.shared {
-                        if let Ok(mut cache) = shared.credentials.try_borrow_mut() {
-                            cache.force_refresh(forwarded.generation);
+                        if let Ok(mut provider) = shared.credentials.try_borrow_mut() {
+                            provider.force_refresh(
+                                &super::credentials::WasmHost {
+                                    metrics: &shared.metrics,
+                                },
+                                forwarded.generation,
+                            );
                         }
                     }
                 }
