@@ -121,11 +121,13 @@ def start_relay(workdir: Path, emulator: relayctl.Emulator, iam: relayctl.IamSet
     """Renders envoy.yaml for the emulator and STS (ports 0) as the tests do, and starts Envoy."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and not k.startswith("RELAY_")}
     env.update(AWS_ACCESS_KEY_ID=iam.access_key_id, AWS_SECRET_ACCESS_KEY=iam.secret_access_key,
-               RELAY_INBOUND_TOKENS=token)
+               RELAY_INBOUND_TOKENS=token, AWS_EC2_METADATA_DISABLED="true")
     settings = relayctl.Settings.from_env({
         "AWS_ENDPOINT_URL_HEALTHLAKE": emulator.url,
         "RELAY_PORT": "0",
         "RELAY_ADMIN_PORT": "0",
+        "AWS_ACCESS_KEY_ID": iam.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": iam.secret_access_key,
         "AWS_ROLE_ARN": iam.role_arn,
         "AWS_ENDPOINT_URL_STS": emulator.sts_url,
         "AWS_ROLE_DURATION_SECONDS": "900",

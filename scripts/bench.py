@@ -195,6 +195,7 @@ def envoy_environment() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["AWS_ACCESS_KEY_ID"] = relayctl.DEMO_ACCESS_KEY_ID
     env["AWS_SECRET_ACCESS_KEY"] = relayctl.DEMO_SECRET_ACCESS_KEY
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
     return env
 
 
@@ -203,6 +204,8 @@ def settings_for(upstream_url: str, wasm: Path) -> relayctl.Settings:
     return relayctl.Settings.from_env({
         "AWS_ENDPOINT_URL_HEALTHLAKE": upstream_url, "RELAY_PORT": "0", "RELAY_ADMIN_PORT": "0",
         "RELAY_WASM": str(wasm),
+        "AWS_ACCESS_KEY_ID": relayctl.DEMO_ACCESS_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": relayctl.DEMO_SECRET_ACCESS_KEY,
     })
 
 

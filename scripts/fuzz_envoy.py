@@ -1002,6 +1002,8 @@ def start_relay(workdir: Path, emulator: relayctl.Emulator, concurrency: int) ->
         "RELAY_ADMIN_PORT": "0",
         "RELAY_INBOUND_TOKENS": TOKEN,
         "RELAY_WASM": os.environ.get("RELAY_WASM", ""),
+        "AWS_ACCESS_KEY_ID": relayctl.DEMO_ACCESS_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": relayctl.DEMO_SECRET_ACCESS_KEY,
     })
     assert settings.inbound_auth == "bearer"
     env = child_env(AWS_ACCESS_KEY_ID=relayctl.DEMO_ACCESS_KEY_ID,

@@ -78,6 +78,162 @@ def is_loopback(host: str) -> bool:
     except ValueError:
         return False
 
+# The credential sources, in the AWS SDKs' default-chain order.
+CREDENTIAL_SOURCES = ("environment", "web-identity", "container", "imds")
+# Plain http is accepted for container credentials only on these hosts (and loopback), as the SDKs
+# do: the ECS agent, the EKS Pod Identity agent (IPv4 and IPv6).
+CONTAINER_AGENT_HOSTS = ("169.254.170.2", "169.254.170.23", "fd00:ec2::23")
+ECS_CREDENTIALS_HOST = "169.254.170.2"
+IMDS_HOSTS = ("169.254.169.254", "fd00:ec2::254")
+DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
+
+
+def check_role_arn(arn: str, name: str) -> None:
+    """As the plugin checks it (src/config/credentials.rs, check_role_arn)."""
+    if not re.fullmatch(r"arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]+", arn):
+        raise SettingsError(f"{name} must be an IAM role ARN such as arn:aws:iam::123456789012:role/name, got {arn!r}")
+
+
+def readable_file(path: str, name: str) -> str:
+    """An absolute path to a file that can be read now and is not empty (its content is never kept)."""
+    p = Path(path)
+    if not p.is_absolute():
+        raise SettingsError(f"{name} must be an absolute path, got {path!r}")
+    try:
+        with open(p, "rb") as f:
+            if not f.read(1):
+                raise SettingsError(f"{name} is empty: {path}")
+    except OSError as e:
+        raise SettingsError(f"{name} cannot be read: {path}: {e.strerror}") from None
+    return str(p)
+
+
+@dataclass
+class Credentials:
+    """Where the base credentials come from: the AWS SDKs' default chain (environment keys, web
+    identity, container credentials, EC2 instance metadata), the first whose variables are set,
+    or the one RELAY_CREDENTIALS_SOURCE names. Holds no secret: token files are named, never read."""
+
+    source: str
+    # Why this source: the variables it was chosen by (printed by make run).
+    reason: str
+    web_identity_token_file: str = ""
+    web_identity_role_arn: str = ""
+    # Container credentials: the endpoint URL, and where its Authorization comes from.
+    container_url: str = ""
+    container_token_file: str = ""
+    container_token_in_env: bool = False
+    imds_endpoint: str = ""
+
+    @staticmethod
+    def from_env(env: Mapping[str, str]) -> "Credentials":
+        def get(name: str) -> str:
+            return env.get(name, "").strip()
+
+        pinned = get("RELAY_CREDENTIALS_SOURCE").lower() or "auto"
+        if pinned not in ("auto", *CREDENTIAL_SOURCES):
+            raise SettingsError(
+                f"RELAY_CREDENTIALS_SOURCE must be auto, {', '.join(CREDENTIAL_SOURCES)}, got {pinned!r}")
+        key, secret = get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")
+        if bool(key) != bool(secret):
+            missing = "AWS_SECRET_ACCESS_KEY" if key else "AWS_ACCESS_KEY_ID"
+            raise SettingsError(f"{missing} is not set, but {'AWS_ACCESS_KEY_ID' if key else 'AWS_SECRET_ACCESS_KEY'} is: set both, or neither")
+        relative, full = get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"), get("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        imds_disabled = get("AWS_EC2_METADATA_DISABLED").lower() == "true"
+        present = {
+            "environment": bool(key),
+            "web-identity": bool(get("AWS_WEB_IDENTITY_TOKEN_FILE")),
+            "container": bool(relative or full),
+            "imds": not imds_disabled,
+        }
+        needs = {
+            "environment": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            "web-identity": "AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN",
+            "container": "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "imds": "AWS_EC2_METADATA_DISABLED unset or false",
+        }
+        if pinned == "auto":
+            source = next((s for s in CREDENTIAL_SOURCES if present[s]), None)
+            if source is None:
+                raise SettingsError(
+                    "no AWS credentials source: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (local use "
+                    "only), AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN (EKS IRSA), "
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI or _RELATIVE_URI (EKS Pod Identity, ECS), or "
+                    "unset AWS_EC2_METADATA_DISABLED (EC2 instance metadata)")
+            reason = {
+                "environment": "AWS_ACCESS_KEY_ID is set",
+                "web-identity": "AWS_WEB_IDENTITY_TOKEN_FILE is set",
+                "container": f"AWS_CONTAINER_CREDENTIALS_{'FULL' if full else 'RELATIVE'}_URI is set",
+                "imds": "no other source's variables are set",
+            }[source]
+        else:
+            source = pinned
+            if not present[source]:
+                raise SettingsError(
+                    f"RELAY_CREDENTIALS_SOURCE={source} needs {needs[source]}"
+                    + (" (AWS_EC2_METADATA_DISABLED is true)" if source == "imds" else ""))
+            reason = "RELAY_CREDENTIALS_SOURCE"
+        out = Credentials(source=source, reason=reason)
+        if source == "web-identity":
+            out.web_identity_token_file = readable_file(get("AWS_WEB_IDENTITY_TOKEN_FILE"), "AWS_WEB_IDENTITY_TOKEN_FILE")
+            out.web_identity_role_arn = get("AWS_ROLE_ARN")
+            if not out.web_identity_role_arn:
+                raise SettingsError("AWS_WEB_IDENTITY_TOKEN_FILE is set, but AWS_ROLE_ARN (the role to assume "
+                                    "with the web identity token) is not")
+            check_role_arn(out.web_identity_role_arn, "AWS_ROLE_ARN")
+        elif source == "container":
+            out.container_url = container_url(relative, full)
+            token_file = get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+            if token_file:
+                out.container_token_file = readable_file(token_file, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+            else:
+                out.container_token_in_env = bool(get("AWS_CONTAINER_AUTHORIZATION_TOKEN"))
+                if out.container_token_in_env and not all(32 <= ord(c) <= 126 for c in get("AWS_CONTAINER_AUTHORIZATION_TOKEN")):
+                    raise SettingsError("AWS_CONTAINER_AUTHORIZATION_TOKEN has characters a header value cannot carry")
+        elif source == "imds":
+            out.imds_endpoint = imds_endpoint(get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or DEFAULT_IMDS_ENDPOINT)
+        return out
+
+    @property
+    def container(self) -> tuple[str, str, int, str]:
+        """(scheme, host, port, path and query) of the container credentials endpoint."""
+        parts = urlsplit(self.container_url)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        return parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80), path
+
+    @property
+    def imds(self) -> tuple[str, int]:
+        parts = urlsplit(self.imds_endpoint)
+        return parts.hostname or "", parts.port or 80
+
+
+def container_url(relative: str, full: str) -> str:
+    """The container credentials URL, checked as the SDKs check it: RELATIVE_URI is on the ECS
+    agent; a FULL_URI over plain http must be on loopback or an agent's link-local address."""
+    if relative:
+        if not relative.startswith("/") or not all(33 <= ord(c) <= 126 for c in relative):
+            raise SettingsError(f"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI must be a path such as /v2/credentials/ID, got {relative!r}")
+        return f"http://{ECS_CREDENTIALS_HOST}{relative}"
+    parts = urlsplit(full)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.fragment:
+        raise SettingsError(f"AWS_CONTAINER_CREDENTIALS_FULL_URI must be a URL such as http://169.254.170.23/v1/credentials, got {full!r}")
+    if parts.scheme == "http" and not (is_loopback(parts.hostname) or parts.hostname in CONTAINER_AGENT_HOSTS):
+        raise SettingsError(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI may use plain http:// only on loopback or the ECS and EKS Pod "
+            f"Identity agents' addresses ({', '.join(CONTAINER_AGENT_HOSTS)}), got {full!r}")
+    return full
+
+
+def imds_endpoint(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        raise SettingsError(f"AWS_EC2_METADATA_SERVICE_ENDPOINT must be a URL such as http://169.254.169.254, got {url!r}")
+    if not (is_loopback(parts.hostname) or parts.hostname in IMDS_HOSTS):
+        raise SettingsError(
+            f"AWS_EC2_METADATA_SERVICE_ENDPOINT must be the instance metadata service ({', '.join(IMDS_HOSTS)}) "
+            f"or a loopback stand-in, got {url!r}")
+    return url.rstrip("/")
+
 
 @dataclass
 class Settings:
@@ -97,11 +253,14 @@ class Settings:
     version_guard_max_entries: int = 100_000
     version_guard_max_age_seconds: int = 7 * 24 * 3600
     version_guard_clock_skew_seconds: int = 300
+    # Where the credentials come from (see Credentials below), and a role assumed on top.
+    credentials: "Credentials" = None  # type: ignore[assignment]
     role_arn: str = ""
     role_session_name: str = ""
     role_external_id: str = ""
     role_duration_seconds: int = 3600
-    refresh_margin_seconds: int = 900
+    # None: derived by the relay from each set's lifetime.
+    refresh_margin_seconds: int | None = None
     credentials_wait_ms: int = 5000
     sts_endpoint: str = ""
     inbound_auth: str = "none"
@@ -187,31 +346,50 @@ class Settings:
         if not is_decimal(guard_skew) or int(guard_skew) > 86400:
             raise SettingsError(
                 f"RELAY_VERSION_GUARD_CLOCK_SKEW_SECONDS must be 0 to 86400 seconds, got {guard_skew!r}")
-        role_arn = get("AWS_ROLE_ARN")
-        if role_arn and not re.fullmatch(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+", role_arn):
-            raise SettingsError(f"AWS_ROLE_ARN must be an IAM role ARN, got {role_arn!r}")
-        # The plugin's own default, so that a rendered configuration and one's own agree.
-        session = get("AWS_ROLE_SESSION_NAME", DEFAULT_ROLE_SESSION_NAME)
-        if not re.fullmatch(r"[\w+=,.@-]{2,64}", session):
-            raise SettingsError(f"AWS_ROLE_SESSION_NAME must be 2-64 of letters, digits and +=,.@_-, got {session!r}")
-        external_id = get("AWS_ROLE_EXTERNAL_ID")
-        duration = get("AWS_ROLE_DURATION_SECONDS", "3600")
-        if not is_decimal(duration) or not 900 <= int(duration) <= 43200:
-            raise SettingsError(f"AWS_ROLE_DURATION_SECONDS must be 900 to 43200, got {duration!r}")
-        margin = get("RELAY_CREDENTIALS_REFRESH_MARGIN_SECONDS", "900")
-        if not is_decimal(margin) or not 120 <= int(margin) < int(duration):
-            raise SettingsError(
-                "RELAY_CREDENTIALS_REFRESH_MARGIN_SECONDS must be at least 120 and less than "
-                f"AWS_ROLE_DURATION_SECONDS, got {margin!r}")
-        wait = get("RELAY_CREDENTIALS_WAIT_MS", "5000")
-        if not is_decimal(wait) or int(wait) > 60000:
-            raise SettingsError(f"RELAY_CREDENTIALS_WAIT_MS must be 0 to 60000, got {wait!r}")
         sts_endpoint = get("AWS_ENDPOINT_URL_STS", f"https://sts.{region}.amazonaws.com")
         sts_parts = urlsplit(sts_endpoint)
         if sts_parts.scheme not in ("https", "http") or not sts_parts.hostname or sts_parts.path not in ("", "/"):
             raise SettingsError(f"AWS_ENDPOINT_URL_STS must be a URL such as https://sts.us-east-1.amazonaws.com, got {sts_endpoint!r}")
         if sts_parts.scheme == "http" and not is_loopback(sts_parts.hostname):
             raise SettingsError(f"AWS_ENDPOINT_URL_STS may use plain http:// only on loopback, got {sts_endpoint!r}")
+        credentials = Credentials.from_env(env)
+        # The role assumed on top of the base credentials: RELAY_ASSUME_ROLE_ARN, or AWS_ROLE_ARN
+        # when it is not the web identity's role (its meaning before web identity existed).
+        role_arn = get("RELAY_ASSUME_ROLE_ARN")
+        legacy_role = get("AWS_ROLE_ARN") if credentials.source != "web-identity" else ""
+        if role_arn and legacy_role and role_arn != legacy_role:
+            raise SettingsError(
+                "AWS_ROLE_ARN and RELAY_ASSUME_ROLE_ARN name different roles; without a web identity "
+                "token file both mean the role assumed on top of the base credentials: set one")
+        role_arn = role_arn or legacy_role
+        if role_arn:
+            check_role_arn(role_arn, "RELAY_ASSUME_ROLE_ARN" if get("RELAY_ASSUME_ROLE_ARN") else "AWS_ROLE_ARN")
+        # The plugin's own default, so that a rendered configuration and one's own agree.
+        session = get("AWS_ROLE_SESSION_NAME", DEFAULT_ROLE_SESSION_NAME)
+        if not re.fullmatch(r"[\w+=,.@-]{2,64}", session, re.ASCII):
+            raise SettingsError(f"AWS_ROLE_SESSION_NAME must be 2-64 of letters, digits and +=,.@_-, got {session!r}")
+        external_id = get("AWS_ROLE_EXTERNAL_ID")
+        duration = get("AWS_ROLE_DURATION_SECONDS", "3600")
+        if not is_decimal(duration) or not 900 <= int(duration) <= 43200:
+            raise SettingsError(f"AWS_ROLE_DURATION_SECONDS must be 900 to 43200, got {duration!r}")
+        if role_arn and credentials.source != "environment" and int(duration) > 3600:
+            raise SettingsError(
+                f"AWS_ROLE_DURATION_SECONDS must be at most 3600 with a role assumed on top of "
+                f"{credentials.source} credentials: STS limits such chained role sessions to one hour, "
+                f"got {duration!r}")
+        margin = get("RELAY_CREDENTIALS_REFRESH_MARGIN_SECONDS")
+        if margin and (not is_decimal(margin) or not 120 <= int(margin) <= 43200):
+            raise SettingsError(
+                "RELAY_CREDENTIALS_REFRESH_MARGIN_SECONDS must be 120 to 43200 seconds (unset: a quarter "
+                f"of each credential set's lifetime, 2 to 15 minutes), got {margin!r}")
+        assumed = bool(role_arn) or credentials.source == "web-identity"
+        if margin and assumed and int(margin) >= int(duration):
+            raise SettingsError(
+                "RELAY_CREDENTIALS_REFRESH_MARGIN_SECONDS must be less than AWS_ROLE_DURATION_SECONDS "
+                f"({duration}), got {margin!r} (or leave it unset: it is then derived from the lifetime)")
+        wait = get("RELAY_CREDENTIALS_WAIT_MS", "5000")
+        if not is_decimal(wait) or int(wait) > 60000:
+            raise SettingsError(f"RELAY_CREDENTIALS_WAIT_MS must be 0 to 60000, got {wait!r}")
         tokens = get("RELAY_INBOUND_TOKENS")
         tokens_file = get("RELAY_INBOUND_TOKENS_FILE")
         token_digests: tuple[str, ...] = ()
@@ -277,11 +455,12 @@ class Settings:
             version_guard_max_entries=int(guard_entries),
             version_guard_max_age_seconds=int(guard_age),
             version_guard_clock_skew_seconds=int(guard_skew),
+            credentials=credentials,
             role_arn=role_arn,
             role_session_name=session,
             role_external_id=external_id,
             role_duration_seconds=int(duration),
-            refresh_margin_seconds=int(margin),
+            refresh_margin_seconds=int(margin) if margin else None,
             credentials_wait_ms=int(wait),
             sts_endpoint=sts_endpoint,
             inbound_auth=inbound_auth,
@@ -309,6 +488,9 @@ class Settings:
         parts = urlsplit(self.endpoint)
         return parts.netloc
 
+    def credentials_config(self) -> dict:
+        return credentials_plugin_config(self)
+
     def plugin_config(self) -> dict:
         config = {
             "inbound_auth": self.inbound_auth,
@@ -324,13 +506,12 @@ class Settings:
         }
         if self.unsupported_types:
             config["unsupported_types"] = list(self.unsupported_types)
+        config["credentials"] = self.credentials_config()
         if self.role_arn:
             role = {
                 "role_arn": self.role_arn,
                 "session_name": self.role_session_name,
                 "duration_seconds": self.role_duration_seconds,
-                "refresh_margin_seconds": self.refresh_margin_seconds,
-                "first_fetch_wait_ms": self.credentials_wait_ms,
                 "sts_cluster": "sts",
                 "sts_host": urlsplit(self.sts_endpoint).netloc,
             }
@@ -342,6 +523,40 @@ class Settings:
         if self.inbound_token_sha256:
             config["inbound_token_sha256"] = list(self.inbound_token_sha256)
         return config
+
+
+def credentials_plugin_config(settings: "Settings") -> dict:
+    c = settings.credentials
+    out: dict = {"source": c.source, "first_fetch_wait_ms": settings.credentials_wait_ms}
+    if settings.refresh_margin_seconds is not None:
+        out["refresh_margin_seconds"] = settings.refresh_margin_seconds
+    if c.source == "web-identity":
+        out["web_identity"] = {
+            "role_arn": c.web_identity_role_arn,
+            "session_name": settings.role_session_name,
+            "duration_seconds": settings.role_duration_seconds,
+            "sts_cluster": "sts_web_identity",
+            "sts_host": urlsplit(settings.sts_endpoint).netloc,
+        }
+    elif c.source == "container":
+        scheme, host, port, path = c.container
+        default = 443 if scheme == "https" else 80
+        out["container"] = {
+            "cluster": "container_credentials",
+            "host": authority(host, port, default),
+            "path": path,
+            "authorization": "envoy" if c.container_token_file else "environment" if c.container_token_in_env else "none",
+        }
+    elif c.source == "imds":
+        host, port = c.imds
+        out["imds"] = {"cluster": "imds", "host": authority(host, port, 80)}
+    return out
+
+
+def authority(host: str, port: int, default: int) -> str:
+    """host[:port] as an :authority (IPv6 in brackets)."""
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port == default else f"{shown}:{port}"
 
 
 def is_decimal(text: str) -> bool:
@@ -378,10 +593,35 @@ def endpoint_parts(url: str) -> tuple[str, str, int]:
     return parts.scheme, parts.hostname or "", parts.port or default_port
 
 
-def render(settings: Settings, plugin_config: dict | None = None) -> str:
-    """envoy.yaml with the settings filled in, as YAML text."""
+def sds_file(secret_name: str, filename: str) -> str:
+    """A file-based SDS resource: a generic secret read from `filename` (a token file), re-read by
+    Envoy when the file is replaced (a kubelet rotation, an atomic rename)."""
+    return yaml.safe_dump({"resources": [{
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": secret_name,
+        "generic_secret": {"secret": {"filename": filename}},
+    }]}, sort_keys=False)
+
+
+# The SDS files a rendered configuration refers to, written beside it (they name token files,
+# never hold a token).
+WEB_IDENTITY_SDS = "sds-web-identity-token.yaml"
+CONTAINER_SDS = "sds-container-token.yaml"
+
+
+def render_files(settings: Settings, config_dir: Path, plugin_config: dict | None = None) -> dict[str, str]:
+    """envoy.yaml with the settings filled in, and the SDS files it refers to, by file name (all to
+    be written to `config_dir`)."""
     scheme, host, port = settings.upstream
     sts_scheme, sts_host, sts_port = settings.sts
+    creds = settings.credentials
+    files: dict[str, str] = {}
+    if creds.web_identity_token_file:
+        files[WEB_IDENTITY_SDS] = sds_file("web_identity_token", creds.web_identity_token_file)
+    if creds.container_token_file:
+        files[CONTAINER_SDS] = sds_file("container_authorization_token", creds.container_token_file)
+    container_scheme, container_host, container_port, _ = creds.container if creds.container_url else ("http", "", 80, "")
+    imds_host, imds_port = creds.imds if creds.imds_endpoint else ("", 80)
     values = {
         "RELAY_ADMIN_PORT": str(settings.admin_port),
         "RELAY_LISTEN_ADDRESS": settings.listen_address,
@@ -395,6 +635,14 @@ def render(settings: Settings, plugin_config: dict | None = None) -> str:
         "RELAY_MAX_CONNECTIONS": str(settings.max_connections),
         "STS_ADDRESS": sts_host,
         "STS_PORT": str(sts_port),
+        "CREDENTIALS_SOURCE": creds.source + ("+assume-role" if settings.role_arn else ""),
+        # Clusters of other sources are dropped below; their placeholders still need a value.
+        "WEB_IDENTITY_TOKEN_SDS": str(config_dir / WEB_IDENTITY_SDS),
+        "CONTAINER_TOKEN_SDS": str(config_dir / CONTAINER_SDS),
+        "CONTAINER_ADDRESS": container_host or "unused",
+        "CONTAINER_PORT": str(container_port),
+        "IMDS_ADDRESS": imds_host or "unused",
+        "IMDS_PORT": str(imds_port),
     }
     text = TEMPLATE.read_text()
 
@@ -407,8 +655,25 @@ def render(settings: Settings, plugin_config: dict | None = None) -> str:
     text = re.sub(r"\$\{([A-Z0-9_]+)\}", fill, text)
     config = yaml.safe_load(text)
     clusters = config["static_resources"]["clusters"]
-    if not settings.role_arn:
-        clusters[:] = [c for c in clusters if c["name"] != "sts"]
+    used = {
+        "healthlake": True,
+        "sts": bool(settings.role_arn),
+        "sts_web_identity": creds.source == "web-identity",
+        "container_credentials": creds.source == "container",
+        "imds": creds.source == "imds",
+    }
+    clusters[:] = [c for c in clusters if used.get(c["name"], True)]
+    for cluster in clusters:
+        if cluster["name"] == "container_credentials" and not creds.container_token_file:
+            del cluster["typed_extension_protocol_options"]
+    wasm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
+    env_keys = wasm["typed_config"]["config"]["vm_config"]["environment_variables"]["host_env_keys"]
+    if creds.source != "environment":
+        # The relay does not read them: they stay out of the Wasm VM.
+        env_keys[:] = [k for k in env_keys
+                       if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
+    if creds.container_token_in_env:
+        env_keys.append("AWS_CONTAINER_AUTHORIZATION_TOKEN")
     if settings.tls_cert_file:
         chain = config["static_resources"]["listeners"][0]["filter_chains"][0]
         chain["transport_socket"] = {
@@ -426,12 +691,33 @@ def render(settings: Settings, plugin_config: dict | None = None) -> str:
             },
         }
     add_unanswered_log(config)
-    plain = {"healthlake": scheme == "http", "sts": sts_scheme == "http"}
+    plain = {
+        "healthlake": scheme == "http",
+        "sts": sts_scheme == "http",
+        "sts_web_identity": sts_scheme == "http",
+        "container_credentials": container_scheme == "http",
+    }
     for cluster in clusters:
-        if plain.get(cluster["name"]):
+        if plain.get(cluster["name"]) and "transport_socket" in cluster:
             del cluster["transport_socket"]
     header = "# Rendered from envoy.yaml by scripts/relayctl.py; edit the template, not this file.\n"
-    return header + yaml.safe_dump(config, sort_keys=False)
+    files["envoy.yaml"] = header + yaml.safe_dump(config, sort_keys=False)
+    return files
+
+
+def render(settings: Settings, plugin_config: dict | None = None, config_dir: Path | None = None) -> str:
+    """The rendered envoy.yaml alone (its SDS files, if any, are expected in `config_dir`)."""
+    return render_files(settings, config_dir or BUILD, plugin_config)["envoy.yaml"]
+
+
+def write_rendered(settings: Settings, config_dir: Path, plugin_config: dict | None = None,
+                   name: str = "envoy.yaml") -> Path:
+    """Renders into `config_dir`: the configuration (as `name`) and its SDS files."""
+    files = render_files(settings, config_dir.resolve(), plugin_config)
+    text = files.pop("envoy.yaml")
+    for file_name, content in files.items():
+        write_config(content, config_dir, file_name)
+    return write_config(text, config_dir, name)
 
 
 def add_unanswered_log(config: dict) -> None:
@@ -551,6 +837,27 @@ class Emulator(Service):
         )
         with urllib.request.urlopen(req, timeout=5) as r:
             return json.loads(r.read())
+
+    def put_json(self, path: str, value: dict) -> dict:
+        req = urllib.request.Request(
+            self.url + path, method="PUT", data=json.dumps(value).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read())
+
+    def credentials(self) -> dict:
+        """What its instance metadata and container credentials endpoints did (no secrets)."""
+        return self.get_json("/_emulator/credentials")
+
+    def set_credentials(self, lifetime_seconds: int = 21600, down: bool = False) -> dict:
+        """The lifetime of the sets those endpoints hand out, and whether they answer 503."""
+        return self.put_json("/_emulator/credentials/settings",
+                             {"lifetime_seconds": lifetime_seconds, "down": down})
+
+    def set_credentials_faults(self, next: list[str]) -> dict:
+        """Queues answers of those endpoints, one per credential-issuing request."""
+        return self.put_json("/_emulator/credentials/faults", {"next": next})
 
     def set_sts_faults(self, next: list[str]) -> dict:
         """Queues answers of the STS proxy, one per AssumeRole call (see emulator/README.md)."""
@@ -818,6 +1125,22 @@ def start_envoy(
 # make run
 
 
+def describe_credentials(settings: Settings) -> str:
+    """The credentials source as make run prints it: which, from where, and why (no secret)."""
+    c = settings.credentials
+    where = {
+        "environment": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+        "web-identity": f"STS AssumeRoleWithWebIdentity for {c.web_identity_role_arn}, token file {c.web_identity_token_file}",
+        "container": f"{c.container_url}" + (f", token file {c.container_token_file}" if c.container_token_file
+                                            else ", token from AWS_CONTAINER_AUTHORIZATION_TOKEN" if c.container_token_in_env else ""),
+        "imds": f"EC2 instance metadata (IMDSv2) at {c.imds_endpoint}",
+    }[c.source]
+    text = f"{c.source} ({where}; {c.reason})"
+    if settings.role_arn:
+        text += f", then AssumeRole {settings.role_arn}"
+    return text
+
+
 def shown(path: Path) -> Path:
     """A path as the user would type it: relative to the current directory when under it."""
     return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
@@ -857,13 +1180,22 @@ def run() -> int:
             emu = start_emulator(workdir, [f"{DEMO_ACCESS_KEY_ID}:{DEMO_SECRET_ACCESS_KEY}"])
             services.append(emu)
             env["AWS_ENDPOINT_URL_HEALTHLAKE"] = emu.url
-            env["AWS_ACCESS_KEY_ID"] = DEMO_ACCESS_KEY_ID
-            env["AWS_SECRET_ACCESS_KEY"] = DEMO_SECRET_ACCESS_KEY
-            env.pop("AWS_SESSION_TOKEN", None)
+            # The emulator also plays EC2 instance metadata and the container credentials
+            # endpoint: a source pinned to one of them gets the emulator's, unless set.
+            pinned = env.get("RELAY_CREDENTIALS_SOURCE", "").strip().lower()
+            if pinned == "imds":
+                env.setdefault("AWS_EC2_METADATA_SERVICE_ENDPOINT", emu.url)
+            elif pinned == "container" and not (env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+                                                or env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")):
+                env["AWS_CONTAINER_CREDENTIALS_FULL_URI"] = f"{emu.url}/v1/credentials"
+            elif pinned in ("", "auto", "environment"):
+                env["AWS_ACCESS_KEY_ID"] = DEMO_ACCESS_KEY_ID
+                env["AWS_SECRET_ACCESS_KEY"] = DEMO_SECRET_ACCESS_KEY
+                env.pop("AWS_SESSION_TOKEN", None)
         # RELAY_INBOUND_TOKENS reaches the Wasm VM through Envoy's environment (never the file);
         # the tokens of RELAY_INBOUND_TOKENS_FILE as digests in the plugin configuration.
         settings = Settings.from_env(env)
-        config_path = write_config(render(settings), workdir)
+        config_path = write_rendered(settings, workdir)
         envoy = start_envoy(config_path, workdir, env, concurrency=settings.concurrency,
                             admin_port=settings.admin_port)
         services.append(envoy)
@@ -873,6 +1205,7 @@ def run() -> int:
               f"{envoy_workers(envoy)} workers)")
         if demo:
             print(f"Demo mode: HealthLake played by the local emulator at {env['AWS_ENDPOINT_URL_HEALTHLAKE']}")
+        print(f"Credentials: {describe_credentials(settings)}")
         if settings.inbound_auth == "none":
             print("Inbound authentication is off (local demo): anyone who reaches the listener can write.")
         else:
@@ -918,14 +1251,18 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.command == "render":
         try:
-            text = render(Settings.from_env(os.environ))
+            settings = Settings.from_env(os.environ)
+            if args.out:
+                write_rendered(settings, args.out.parent, name=args.out.name)
+                return 0
+            files = render_files(settings, BUILD)
+            if len(files) > 1:
+                raise SettingsError("this configuration needs SDS files beside it (token files): "
+                                    "render it with --out FILE")
+            sys.stdout.write(files["envoy.yaml"])
         except SettingsError as e:
             print(f"relay: {e}", file=sys.stderr)
             return 2
-        if args.out:
-            write_config(text, args.out.parent, args.out.name)
-        else:
-            sys.stdout.write(text)
         return 0
     return run()
 

@@ -127,6 +127,9 @@ def relay_env(**overrides: str | None) -> dict[str, str]:
     shell settings must not change what a test runs), plus the overrides. The secrets among the
     overrides are registered for the session's search of every output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RELAY_"))}
+    # No test reaches the EC2 instance metadata service (169.254.169.254); a test of that source
+    # passes "false" and a loopback AWS_EC2_METADATA_SERVICE_ENDPOINT.
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
     for k, v in overrides.items():
         if v is not None:
             env[k] = v
@@ -146,15 +149,20 @@ def start_relay(workdir: Path, emulator: relayctl.Emulator | None, env: dict[str
                 edit: Callable[[dict], None] | None = None,
                 plugin_config: dict | None = None,
                 concurrency: int = 2) -> relayctl.Envoy:
-    """Renders envoy.yaml for the emulator (ports 0), optionally edits it, validates it, starts Envoy."""
+    """Renders envoy.yaml for the emulator (ports 0), optionally edits it, validates it, starts Envoy.
+    The settings see Envoy's AWS_ variables (its credentials' source), then `settings_env`."""
     register_secrets_of(settings_env or {})
     settings = relayctl.Settings.from_env({
+        **{k: v for k, v in env.items() if k.startswith("AWS_")},
         "AWS_ENDPOINT_URL_HEALTHLAKE": emulator.url if emulator else "",
         "RELAY_PORT": "0",
         "RELAY_ADMIN_PORT": "0",
         **(settings_env or {}),
     })
-    text = relayctl.render(settings, plugin_config)
+    files = relayctl.render_files(settings, workdir.resolve(), plugin_config)
+    text = files.pop("envoy.yaml")
+    for name, content in files.items():
+        relayctl.write_config(content, workdir, name)
     if edit:
         config = yaml.safe_load(text)
         edit(config)

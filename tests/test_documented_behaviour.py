@@ -159,8 +159,12 @@ def test_tokens_file_works_in_a_rendered_configuration_without_the_tokens_in_it(
     tokens_file.write_text(f"{old}\n{new}\n")
     register_secret_file(tokens_file)
     rendered = tmp_path / "envoy.yaml"
+    # Rendered where Envoy will run: its credentials' source is read there (the keys themselves
+    # never go into the file).
     render_env = relay_env(AWS_ENDPOINT_URL_HEALTHLAKE=emulator.url, RELAY_PORT="0", RELAY_ADMIN_PORT="0",
-                           RELAY_INBOUND_TOKENS_FILE=str(tokens_file))
+                           RELAY_INBOUND_TOKENS_FILE=str(tokens_file),
+                           AWS_ACCESS_KEY_ID=relayctl.DEMO_ACCESS_KEY_ID,
+                           AWS_SECRET_ACCESS_KEY=relayctl.DEMO_SECRET_ACCESS_KEY)
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "relayctl.py"), "render", "--out", str(rendered)],
                           env=render_env, capture_output=True, text=True, timeout=60)
     (tmp_path / "render.stderr").write_text(done.stderr)

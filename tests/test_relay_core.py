@@ -60,6 +60,7 @@ def test_rendered_configurations_validate(tmp_path):
                 "RELAY_INBOUND_TOKENS": "a-token-for-smile-cdr-0001"},
         "loopback": {"AWS_ENDPOINT_URL_HEALTHLAKE": "http://127.0.0.1:8080", "RELAY_INBOUND_BASE_PATH": "/fhir"},
     }.items():
+        env = dict(env, AWS_ACCESS_KEY_ID=relayctl.DEMO_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY=relayctl.DEMO_SECRET_ACCESS_KEY)
         settings = relayctl.Settings.from_env(env)
         text = relayctl.render(settings)
         path = relayctl.write_config(text, tmp_path, f"{name}.yaml")
@@ -217,8 +218,12 @@ def test_stats_count_outcomes(relay):
 
 
 def test_no_credentials_gets_503_and_nothing_is_forwarded(emulator, tmp_path):
+    """Rendered for the environment's keys (make run refuses to start without any source), but
+    Envoy started without them: the plugin names the missing variable and forwards nothing."""
     emulator.reset()
-    envoy = start_relay(tmp_path, emulator, relay_env())
+    envoy = start_relay(tmp_path, emulator, relay_env(), settings_env={
+        "RELAY_CREDENTIALS_SOURCE": "environment",
+        "AWS_ACCESS_KEY_ID": relayctl.DEMO_ACCESS_KEY_ID, "AWS_SECRET_ACCESS_KEY": relayctl.DEMO_SECRET_ACCESS_KEY})
     try:
         r = send(envoy.url, "PUT", "/Patient/x", b'{"resourceType":"Patient","id":"x"}', SMILE_HEADERS)
         assert r.status == 503
@@ -308,7 +313,9 @@ def test_changes_after_signing_are_rejected_by_the_verifier(emulator, tmp_path):
 
 def test_bad_plugin_configuration_stops_envoy_with_a_clear_line(emulator, tmp_path):
     settings = relayctl.Settings.from_env({"AWS_ENDPOINT_URL_HEALTHLAKE": emulator.url,
-                                           "RELAY_PORT": "0", "RELAY_ADMIN_PORT": "0"})
+                                           "RELAY_PORT": "0", "RELAY_ADMIN_PORT": "0",
+                                           "AWS_ACCESS_KEY_ID": relayctl.DEMO_ACCESS_KEY_ID,
+                                           "AWS_SECRET_ACCESS_KEY": relayctl.DEMO_SECRET_ACCESS_KEY})
     bad = dict(settings.plugin_config(), region="Not A Region")
     path = relayctl.write_config(relayctl.render(settings, bad), tmp_path)
     envoy = relayctl.start_envoy(path, tmp_path, relay_env(), wait=False)

@@ -106,7 +106,8 @@ def test_without_tokens_a_relay_for_a_real_healthlake_refuses_to_start(tmp_path,
         relayctl.Settings.from_env({"HEALTHLAKE_DATASTORE_ID": "abc"})
     # A hand-written configuration asking for bearer tokens without any: the plugin refuses.
     settings = relayctl.Settings.from_env({"AWS_ENDPOINT_URL_HEALTHLAKE": emulator.url,
-                                           "RELAY_PORT": "0", "RELAY_ADMIN_PORT": "0"})
+                                           "RELAY_PORT": "0", "RELAY_ADMIN_PORT": "0",
+                                           "AWS_ACCESS_KEY_ID": AKID, "AWS_SECRET_ACCESS_KEY": SECRET})
     config = dict(settings.plugin_config(), inbound_auth="bearer")
     path = relayctl.write_config(relayctl.render(settings, config), tmp_path)
     result = relayctl.validate_config(path, relay_env(AWS_ACCESS_KEY_ID=AKID, AWS_SECRET_ACCESS_KEY=SECRET))
@@ -209,7 +210,8 @@ def test_mutual_tls_listener_requires_a_client_certificate(emulator, tmp_path):
 def test_mtls_mode_without_a_tls_listener_fails_closed(emulator, tmp_path):
     """A plugin told that mutual TLS protects it, on a listener without TLS, lets nobody in."""
     emulator.reset()
-    settings = relayctl.Settings.from_env({"AWS_ENDPOINT_URL_HEALTHLAKE": emulator.url})
+    settings = relayctl.Settings.from_env({"AWS_ENDPOINT_URL_HEALTHLAKE": emulator.url,
+                                           "AWS_ACCESS_KEY_ID": AKID, "AWS_SECRET_ACCESS_KEY": SECRET})
     env = relay_env(AWS_ACCESS_KEY_ID=AKID, AWS_SECRET_ACCESS_KEY=SECRET, AWS_SESSION_TOKEN=SESSION)
     envoy = start_relay(tmp_path, emulator, env, plugin_config=dict(settings.plugin_config(), inbound_auth="mtls"))
     try:

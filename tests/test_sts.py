@@ -111,7 +111,7 @@ def test_first_fetch_then_refreshes_once_per_envoy_not_per_worker(moto, emulator
         assert len({q["access_key_id"] for q in reached}) >= 2
 
         log = (tmp_path / "envoy.log").read_text()
-        assert log.count("assumed the role") == len(calls)
+        assert log.count("credentials from environment+assume-role: …") == len(calls)
         for secret in (iam.secret_access_key,):
             assert secret not in log
     finally:
@@ -157,7 +157,7 @@ def test_access_denied_by_sts_fails_closed(moto, emulator, tmp_path):
         assert (r.status, r.header("x-healthlake-outcome")) == (503, "no-credentials")
         assert not [q for q in emulator.requests() if q["path"].startswith("/datastore/")]
         log = (tmp_path / "envoy.log").read_text()
-        assert "AssumeRole failed" in log and "AccessDenied" in log
+        assert "no credentials from environment+assume-role (attempt 1): assume-role: STS answered 403 AccessDenied" in log
         assert stat(envoy, "refresh_failed") >= 1
         entry = envoy.wait_for_log(lambda e: e["resource_id"] == "denied")
         assert entry["outcome"] == "no-credentials"
@@ -202,7 +202,7 @@ BROKEN_STS_ANSWERS = [
     ("no-credentials", "the answer has no AccessKeyId"),
     ("bad-expiration", 'Expiration "not-a-date" is not an ISO-8601 time'),
     ("expired", "too soon to use"),
-    ("huge", "the answer has no AccessKeyId"),
+    ("huge", "answered 200 with more than 65536 bytes: not credentials"),
     ("503", "ServiceUnavailable"),
 ]
 
@@ -234,7 +234,7 @@ def test_a_broken_sts_answer_is_a_failed_fetch_never_a_signature(moto, emulator,
         assert [c["fault"] for c in calls] == [fault, None], calls
         assert stat(envoy, "refresh_failed") == 1 and stat(envoy, "refresh_succeeded") == 1
         log = (tmp_path / "envoy.log").read_text()
-        assert "AssumeRole failed (attempt 1)" in log and reason in log, log[-3000:]
+        assert "no credentials from environment+assume-role (attempt 1): assume-role:" in log and reason in log, log[-3000:]
         reached = [q for q in emulator.requests() if q["path"].startswith("/datastore/")]
         assert reached and all(q["verified"] and q["credential_valid"] for q in reached), reached
         # Every request was signed with the set issued by the good call.
