@@ -365,6 +365,27 @@ pub(super) fn credentials(
             ));
         }
     }
+    // A margin as long as the session would have every set due for a refresh as it arrives.
+    let shortest_session = [
+        role.as_ref().map(|r| r.duration_seconds),
+        match &source {
+            Source::WebIdentity(w) => Some(w.duration_seconds),
+            _ => None,
+        },
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    if let (Some(m), Some(d)) = (refresh_margin_seconds, shortest_session) {
+        if m >= u64::from(d) {
+            return Err(err(
+                "credentials.refresh_margin_seconds",
+                format!(
+                    "expected less than the duration_seconds of the roles assumed ({d}), got {m}"
+                ),
+            ));
+        }
+    }
     let first_fetch_wait_ms = raw
         .first_fetch_wait_ms
         .unwrap_or(DEFAULT_FIRST_FETCH_WAIT_MS);
@@ -566,6 +587,45 @@ mod tests {
             r#""assume_role":{{"role_arn":"{ROLE}","duration_seconds":43200}}"#
         ))
         .is_ok());
+        // The margin must be shorter than the sessions the relay asks for.
+        for (json, ok) in [
+            (
+                format!(
+                    r#""credentials":{{"refresh_margin_seconds":900}},"assume_role":{{"role_arn":"{ROLE}","duration_seconds":900}}"#
+                ),
+                false,
+            ),
+            (
+                format!(
+                    r#""credentials":{{"refresh_margin_seconds":899}},"assume_role":{{"role_arn":"{ROLE}","duration_seconds":900}}"#
+                ),
+                true,
+            ),
+            (
+                format!(
+                    r#""credentials":{{"source":"web-identity","refresh_margin_seconds":1000,"web_identity":{{"role_arn":"{ROLE}","duration_seconds":1000}}}}"#
+                ),
+                false,
+            ),
+            (
+                format!(
+                    r#""credentials":{{"source":"web-identity","refresh_margin_seconds":999,"web_identity":{{"role_arn":"{ROLE}","duration_seconds":1000}}}}"#
+                ),
+                true,
+            ),
+            (
+                r#""credentials":{"source":"imds","refresh_margin_seconds":43200}"#.to_owned(),
+                true,
+            ),
+        ] {
+            match with(&json) {
+                Ok(_) => assert!(ok, "{json}"),
+                Err(e) => {
+                    assert!(!ok, "{json}");
+                    assert_eq!(e.field, "credentials.refresh_margin_seconds");
+                }
+            }
+        }
     }
 
     #[test]

@@ -16,6 +16,10 @@
 use super::call::{Call, FetchError};
 use super::fetch::{Base, Fetch, Next, Plan};
 pub use super::json_answer::MAX_ANSWER_BYTES;
+
+/// A call whose answer has not come back after this long is given up (Envoy times it out after
+/// [`refresh::CALL_TIMEOUT_MS`] and answers; this is for an answer lost on the way).
+pub const ABANDON_CALL_MS: u64 = refresh::CALL_TIMEOUT_MS + 5_000;
 use super::refresh::{self, unix_ms, Published, RefreshState, CREDENTIALS_KEY, STATE_KEY};
 use super::Credentials;
 use std::rc::Rc;
@@ -67,8 +71,8 @@ pub struct Provider<W> {
     fixed: Option<Result<Rc<Credentials>, String>>,
     current: Option<(Published, Rc<Credentials>)>,
     state: RefreshState,
-    /// The call this worker has in flight, and its fetch.
-    fetch: Option<(u32, Fetch)>,
+    /// The call this worker has in flight, its fetch, and when it was sent (Unix ms).
+    fetch: Option<(u32, Fetch, u64)>,
     waiting: Vec<(W, u64)>,
 }
 
@@ -178,7 +182,8 @@ impl<W> Provider<W> {
         let (value, _) = host.shared_data(CREDENTIALS_KEY);
         let published = value.as_deref().and_then(Published::decode);
         match (&published, &self.current) {
-            (Some(p), Some((c, _))) if p.generation == c.generation => {}
+            (Some(p), Some((c, _)))
+                if p.generation == c.generation && p.access_key_id == c.access_key_id => {}
             (Some(p), _) => {
                 let creds = Rc::new(p.credentials());
                 self.current = Some((p.clone(), creds));
@@ -212,7 +217,15 @@ impl<W> Provider<W> {
                 .map_or(0, |e| e.saturating_sub(now_ms) / 1000);
             host.expiry_seconds(left);
         }
-        if self.fetch.is_some() {
+        if let Some((_, fetch, sent_ms)) = &self.fetch {
+            // Envoy answers every call, at the latest when it times out; an answer that never
+            // came back (lost on the way to this worker) must not stop its refreshes for good.
+            if now_ms.saturating_sub(*sent_ms) < ABANDON_CALL_MS {
+                return;
+            }
+            let e = FetchError::new(fetch.source(), "no answer came back: the call is abandoned");
+            self.fetch = None;
+            self.failed(host, now_ms, &e);
             return;
         }
         let published = self.current.as_ref().map(|(p, _)| p);
@@ -238,7 +251,7 @@ impl<W> Provider<W> {
             host.count(Event::Attempted, Some(source));
         }
         match host.dispatch(call, Duration::from_millis(refresh::CALL_TIMEOUT_MS)) {
-            Ok(token) => self.fetch = Some((token, fetch)),
+            Ok(token) => self.fetch = Some((token, fetch, now_ms)),
             Err(status) => self.failed(
                 host,
                 now_ms,
@@ -256,17 +269,17 @@ impl<W> Provider<W> {
 
     /// Whether `token` is the call this worker awaits.
     pub fn awaits(&self, token: u32) -> bool {
-        self.fetch.as_ref().is_some_and(|(t, _)| *t == token)
+        self.fetch.as_ref().is_some_and(|(t, _, _)| *t == token)
     }
 
     /// An answer came back (status 0 when the call failed: Envoy could not reach the cluster, or
     /// the call timed out). Returns false when `token` is not this worker's call.
     pub fn on_answer(&mut self, host: &impl Host, token: u32, status: u16, body: &[u8]) -> bool {
-        let Some((mine, mut fetch)) = self.fetch.take() else {
+        let Some((mine, mut fetch, sent_ms)) = self.fetch.take() else {
             return false;
         };
         if mine != token {
-            self.fetch = Some((mine, fetch));
+            self.fetch = Some((mine, fetch, sent_ms));
             return false;
         }
         let now = host.now().unwrap_or(SystemTime::UNIX_EPOCH);
@@ -773,6 +786,29 @@ mod tests {
         w.on_answer(&h, token, 200, &json_creds("ASIAOK", T0 + HOUR));
         let state = RefreshState::decode(h.shared_data(STATE_KEY).0.as_deref());
         assert_eq!(state, RefreshState::default());
+    }
+
+    #[test]
+    fn a_call_whose_answer_never_comes_back_is_abandoned() {
+        let process = Process::default();
+        at(&process, T0);
+        let h = FakeHost::new(&process);
+        let mut w = provider(container_plan(None));
+        w.tick(&h);
+        let (token, _) = h.last_call();
+        at(&process, T0 + ABANDON_CALL_MS - 1);
+        w.tick(&h);
+        assert!(w.awaits(token), "still waiting within the timeout");
+        at(&process, T0 + ABANDON_CALL_MS);
+        w.tick(&h);
+        assert!(!w.awaits(token));
+        assert_eq!(h.count_of(Event::Failed, Some(CONTAINER)), 1);
+        // The late answer is not taken; the next attempt, after the back-off, is a new call.
+        assert!(!w.on_answer(&h, token, 200, &json_creds("ASIALATE", T0 + HOUR)));
+        let state = RefreshState::decode(h.shared_data(STATE_KEY).0.as_deref());
+        at(&process, state.next_attempt_ms);
+        w.tick(&h);
+        assert_eq!(h.calls.borrow().len(), 2);
     }
 
     #[test]

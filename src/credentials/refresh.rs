@@ -25,6 +25,9 @@ pub const MIN_REMAINING_MS: u64 = 90_000;
 /// How long after publishing credentials that are already due for a refresh the next one starts.
 pub const EARLY_REFRESH_RETRY_MS: u64 = 30_000;
 
+/// The shortest time between two fetches that succeeded.
+pub const MIN_REFRESH_INTERVAL_MS: u64 = 10_000;
+
 const BACKOFF_BASE_MS: u64 = 1_000;
 const BACKOFF_CAP_MS: u64 = 60_000;
 
@@ -213,17 +216,19 @@ impl RefreshState {
     /// The state after publishing `published`. Credentials already inside the refresh margin (a
     /// lifetime shorter than the margin, or the relay's clock far ahead of STS's) would make the
     /// next refresh due at once, on every tick: it waits [`EARLY_REFRESH_RETRY_MS`] instead, while
-    /// they are used.
+    /// they are used. A refresh due sooner than [`MIN_REFRESH_INTERVAL_MS`] (a margin just short
+    /// of the lifetime) waits that long: never more than one fetch per interval.
     pub fn after_publishing(published: &Published, now_ms: u64, margin_ms: u64) -> RefreshState {
-        let due_now = published
-            .refresh_at_ms(margin_ms)
-            .is_some_and(|at| at <= now_ms);
+        let at = published.refresh_at_ms(margin_ms);
+        let next_attempt_ms = match at {
+            Some(at) if at <= now_ms => now_ms.saturating_add(EARLY_REFRESH_RETRY_MS),
+            Some(at) if at < now_ms.saturating_add(MIN_REFRESH_INTERVAL_MS) => {
+                now_ms.saturating_add(MIN_REFRESH_INTERVAL_MS)
+            }
+            _ => 0,
+        };
         RefreshState {
-            next_attempt_ms: if due_now {
-                now_ms.saturating_add(EARLY_REFRESH_RETRY_MS)
-            } else {
-                0
-            },
+            next_attempt_ms,
             ..RefreshState::succeeded()
         }
     }
@@ -631,5 +636,14 @@ mod issued_credentials {
             RefreshState::after_publishing(&hour, now, margin),
             RefreshState::succeeded()
         );
+        // 900 s credentials with an 899 s margin: due 1 s on, but not before 10 s.
+        let quarter = published(900_000);
+        let state = RefreshState::after_publishing(&quarter, now, 899_000);
+        assert_eq!(state.next_attempt_ms, now + MIN_REFRESH_INTERVAL_MS);
+        assert!(!state.due(Some(&quarter), now + MIN_REFRESH_INTERVAL_MS - 1, 899_000));
+        assert!(state.due(Some(&quarter), now + MIN_REFRESH_INTERVAL_MS, 899_000));
+        // With an 890 s margin the refresh is 10 s on (and a little more): unchanged.
+        let state = RefreshState::after_publishing(&quarter, now, 890_000);
+        assert_eq!(state.next_attempt_ms, 0);
     }
 }
