@@ -73,9 +73,12 @@ pub fn read_role(status: u16, body: &[u8]) -> Result<String, String> {
     if valid {
         Ok(role)
     } else {
+        // Not quoted: a 200 from a wrong endpoint could be credentials.
         Err(format!(
-            "the instance role: {:?} is not an IAM role name (is an instance profile attached?)",
-            excerpt(listed.as_bytes())
+            "the instance role: answered 200 with {} bytes in {} lines that are not an IAM role \
+             name (is an instance profile attached, and is this the instance metadata service?)",
+            body.len(),
+            listed.lines().count()
         ))
     }
 }
@@ -133,7 +136,14 @@ mod tests {
         assert!(e.contains("answered 401"), "{e}");
         for bad in [&b"../etc"[..], b"a b", &[b'r'; 65]] {
             let e = read_role(200, bad).unwrap_err();
-            assert!(e.contains("is not an IAM role name"), "{e}");
+            assert!(e.contains("not an IAM role name"), "{e}");
         }
+        // Credentials answered on the listing's path are never quoted.
+        let creds = br#"{"AccessKeyId":"ASIAX","SecretAccessKey":"s3cr3t","Token":"t0k3n"}"#;
+        let e = read_role(200, creds).unwrap_err();
+        assert!(
+            !e.contains("s3cr3t") && !e.contains("t0k3n") && !e.contains("ASIAX"),
+            "{e}"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The XML answer of STS (`AssumeRole`, `AssumeRoleWithWebIdentity`): the temporary credentials
 //! of `{Action}Response/{Action}Result/Credentials`, or the `ErrorResponse`'s code and message.
 
+use super::call::excerpt;
 use super::Credentials;
 use quick_xml::events::Event;
 use quick_xml::Reader;
@@ -101,16 +102,46 @@ pub fn parse(status: u16, body: &[u8]) -> Result<Credentials, StsError> {
         message,
         status,
     };
-    let xml = std::str::from_utf8(body)
-        .map_err(|_| fail("InvalidResponse", "the answer is not UTF-8".to_owned()))?;
-    let fields = read_fields(xml).map_err(|m| fail("InvalidResponse", m))?;
-    if !(200..300).contains(&status) || fields.code.is_some() {
-        return Err(fail(
-            fields.code.as_deref().unwrap_or("HttpError"),
-            fields
-                .message
-                .unwrap_or_else(|| "no error message".to_owned()),
-        ));
+    let success = (200..300).contains(&status);
+    // An error that is not STS's XML (a proxy's page, or Envoy's own filters in front of STS,
+    // e.g. no web identity token to add) is quoted, shortly: it holds no credentials.
+    let not_sts = || {
+        fail(
+            "HttpError",
+            if body.is_empty() {
+                "no error message".to_owned()
+            } else {
+                format!(
+                    "not an STS error document (from a proxy, or Envoy's filters in front of \
+                     STS): {}",
+                    excerpt(body)
+                )
+            },
+        )
+    };
+    let xml = match std::str::from_utf8(body) {
+        Ok(xml) => xml,
+        Err(_) if !success => return Err(not_sts()),
+        Err(_) => {
+            return Err(fail(
+                "InvalidResponse",
+                "the answer is not UTF-8".to_owned(),
+            ))
+        }
+    };
+    let fields = match read_fields(xml) {
+        Ok(fields) => fields,
+        Err(_) if !success => return Err(not_sts()),
+        Err(m) => return Err(fail("InvalidResponse", m)),
+    };
+    if !success || fields.code.is_some() {
+        return match (fields.code, fields.message) {
+            (None, None) if !success => Err(not_sts()),
+            (code, message) => Err(fail(
+                code.as_deref().unwrap_or("HttpError"),
+                message.unwrap_or_else(|| "no error message".to_owned()),
+            )),
+        };
     }
     let missing = |what: &str| fail("InvalidResponse", format!("the answer has no {what}"));
     let access_key_id = fields
@@ -198,7 +229,11 @@ mod tests {
     <Message>a &lt;b&gt; &quot;c&quot; &apos;d&apos; &amp; &#65;&#x42;</Message></Error></ErrorResponse>"#;
         let e = parse(403, body.as_bytes()).unwrap_err();
         assert_eq!(e.message, r#"a <b> "c" 'd' & AB"#);
+        // An unknown entity: not an STS document; an error answer is quoted as it came.
         let e = parse(403, b"<Error><Message>&nope;</Message></Error>").unwrap_err();
+        assert_eq!(e.code, "HttpError");
+        assert!(e.message.ends_with("&nope;</Message></Error>"), "{e}");
+        let e = parse(200, b"<Error><Message>&nope;</Message></Error>").unwrap_err();
         assert_eq!(e.code, "InvalidResponse");
     }
 
@@ -222,5 +257,21 @@ mod tests {
             assert!(parse(status, body.as_bytes()).is_err(), "{status} {body}");
         }
         assert_eq!(parse(503, b"").unwrap_err().code, "HttpError");
+        // Not STS's XML: quoted, shortly, as what it is.
+        let e = parse(401, b"Envoy has no web identity token").unwrap_err();
+        assert_eq!((e.code.as_str(), e.status), ("HttpError", 401));
+        assert!(
+            e.message
+                .ends_with("(from a proxy, or Envoy's filters in front of STS): Envoy has no web identity token"),
+            "{e}"
+        );
+        let e = parse(502, b"<html><body>bad gateway</body>").unwrap_err();
+        assert!(e.message.contains("bad gateway"), "{e}");
+        let e = parse(500, &[0xff, 0xfe]).unwrap_err();
+        assert_eq!(e.code, "HttpError");
+        assert_eq!(
+            parse(200, &[0xff]).unwrap_err().message,
+            "the answer is not UTF-8"
+        );
     }
 }
