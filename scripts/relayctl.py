@@ -90,7 +90,7 @@ DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
 
 def check_role_arn(arn: str, name: str) -> None:
     """As the plugin checks it (src/config/credentials.rs, check_role_arn)."""
-    if not re.fullmatch(r"arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]+", arn):
+    if not re.fullmatch(r"arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]+", arn):
         raise SettingsError(f"{name} must be an IAM role ARN such as arn:aws:iam::123456789012:role/name, got {arn!r}")
 
 
@@ -163,7 +163,8 @@ class Credentials:
             reason = {
                 "environment": "AWS_ACCESS_KEY_ID is set",
                 "web-identity": "AWS_WEB_IDENTITY_TOKEN_FILE is set",
-                "container": f"AWS_CONTAINER_CREDENTIALS_{'FULL' if full else 'RELATIVE'}_URI is set",
+                # The relative URI wins when both are set, as in the SDKs.
+                "container": f"AWS_CONTAINER_CREDENTIALS_{'RELATIVE' if relative else 'FULL'}_URI is set",
                 "imds": "no other source's variables are set",
             }[source]
         else:
@@ -198,7 +199,7 @@ class Credentials:
     def container(self) -> tuple[str, str, int, str]:
         """(scheme, host, port, path and query) of the container credentials endpoint."""
         parts = urlsplit(self.container_url)
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         return parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80), path
 
     @property
@@ -215,7 +216,8 @@ def container_url(relative: str, full: str) -> str:
             raise SettingsError(f"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI must be a path such as /v2/credentials/ID, got {relative!r}")
         return f"http://{ECS_CREDENTIALS_HOST}{relative}"
     parts = urlsplit(full)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.fragment:
+    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.fragment
+            or not url_port_ok(parts) or not all(33 <= ord(c) <= 126 for c in full)):
         raise SettingsError(f"AWS_CONTAINER_CREDENTIALS_FULL_URI must be a URL such as http://169.254.170.23/v1/credentials, got {full!r}")
     if parts.scheme == "http" and not (is_loopback(parts.hostname) or parts.hostname in CONTAINER_AGENT_HOSTS):
         raise SettingsError(
@@ -224,9 +226,19 @@ def container_url(relative: str, full: str) -> str:
     return full
 
 
+def url_port_ok(parts) -> bool:
+    """Whether a URL's port, if any, is a port number (urlsplit raises on reading a bad one)."""
+    try:
+        parts.port
+    except ValueError:
+        return False
+    return True
+
+
 def imds_endpoint(url: str) -> str:
     parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+    if (parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") or parts.query
+            or not url_port_ok(parts)):
         raise SettingsError(f"AWS_EC2_METADATA_SERVICE_ENDPOINT must be a URL such as http://169.254.169.254, got {url!r}")
     if not (is_loopback(parts.hostname) or parts.hostname in IMDS_HOSTS):
         raise SettingsError(
@@ -299,7 +311,8 @@ class Settings:
             raise SettingsError(f"HEALTHLAKE_DATASTORE_ID is not a data store id: {datastore_id!r}")
         endpoint = get("AWS_ENDPOINT_URL_HEALTHLAKE", f"https://healthlake.{region}.amazonaws.com")
         parts = urlsplit(endpoint)
-        if parts.scheme not in ("https", "http") or not parts.hostname or parts.path not in ("", "/"):
+        if (parts.scheme not in ("https", "http") or not parts.hostname or parts.path not in ("", "/")
+                or not url_port_ok(parts)):
             raise SettingsError(
                 "AWS_ENDPOINT_URL_HEALTHLAKE must be a URL such as https://healthlake.us-east-1.amazonaws.com"
                 f" or http://127.0.0.1:8080 (no path), got {endpoint!r}"
@@ -348,15 +361,18 @@ class Settings:
                 f"RELAY_VERSION_GUARD_CLOCK_SKEW_SECONDS must be 0 to 86400 seconds, got {guard_skew!r}")
         sts_endpoint = get("AWS_ENDPOINT_URL_STS", f"https://sts.{region}.amazonaws.com")
         sts_parts = urlsplit(sts_endpoint)
-        if sts_parts.scheme not in ("https", "http") or not sts_parts.hostname or sts_parts.path not in ("", "/"):
+        if (sts_parts.scheme not in ("https", "http") or not sts_parts.hostname
+                or sts_parts.path not in ("", "/") or not url_port_ok(sts_parts)):
             raise SettingsError(f"AWS_ENDPOINT_URL_STS must be a URL such as https://sts.us-east-1.amazonaws.com, got {sts_endpoint!r}")
         if sts_parts.scheme == "http" and not is_loopback(sts_parts.hostname):
             raise SettingsError(f"AWS_ENDPOINT_URL_STS may use plain http:// only on loopback, got {sts_endpoint!r}")
         credentials = Credentials.from_env(env)
         # The role assumed on top of the base credentials: RELAY_ASSUME_ROLE_ARN, or AWS_ROLE_ARN
-        # when it is not the web identity's role (its meaning before web identity existed).
+        # when there is no web identity token file (its meaning before web identity existed).
+        # With a token file AWS_ROLE_ARN is the web identity's role, as in the SDKs, even when
+        # another source is chosen (the EKS webhook injects both: it never becomes a role on top).
         role_arn = get("RELAY_ASSUME_ROLE_ARN")
-        legacy_role = get("AWS_ROLE_ARN") if credentials.source != "web-identity" else ""
+        legacy_role = get("AWS_ROLE_ARN") if not get("AWS_WEB_IDENTITY_TOKEN_FILE") else ""
         if role_arn and legacy_role and role_arn != legacy_role:
             raise SettingsError(
                 "AWS_ROLE_ARN and RELAY_ASSUME_ROLE_ARN name different roles; without a web identity "
@@ -369,6 +385,8 @@ class Settings:
         if not re.fullmatch(r"[\w+=,.@-]{2,64}", session, re.ASCII):
             raise SettingsError(f"AWS_ROLE_SESSION_NAME must be 2-64 of letters, digits and +=,.@_-, got {session!r}")
         external_id = get("AWS_ROLE_EXTERNAL_ID")
+        if external_id and not re.fullmatch(r"[A-Za-z0-9+=,.@:/_-]{2,1224}", external_id):
+            raise SettingsError("AWS_ROLE_EXTERNAL_ID must be 2 to 1224 of letters, digits and +=,.@:/_-")
         duration = get("AWS_ROLE_DURATION_SECONDS", "3600")
         if not is_decimal(duration) or not 900 <= int(duration) <= 43200:
             raise SettingsError(f"AWS_ROLE_DURATION_SECONDS must be 900 to 43200, got {duration!r}")

@@ -42,10 +42,13 @@ class TokenFile:
         self.rotate()
         (root / "token").symlink_to("..data/token")
 
-    def rotate(self) -> str:
+    def rotate(self, content: str | None = None) -> str:
+        """Writes a new token (by default a JWT-shaped one with characters a form must encode,
+        `+/=`, and a trailing new line, which the relay's side must not send)."""
         self.n += 1
-        content = f"eyJhbGciOiJSUzI1NiJ9.{secrets.token_urlsafe(24)}.{secrets.token_urlsafe(32)}"
-        register_secret(content)
+        if content is None:
+            content = f"eyJhbGciOiJSUzI1NiJ9.{secrets.token_urlsafe(24)}.{secrets.token_urlsafe(32)}+/==\n"
+        register_secret(content.strip())
         version = self.root / f"..2026_11_30_{self.n:04d}"
         version.mkdir()
         (version / "token").write_text(content)
@@ -53,7 +56,7 @@ class TokenFile:
         tmp = self.root / "..data_tmp"
         tmp.symlink_to(version.name)
         tmp.rename(self.root / "..data")
-        self.content = content
+        self.content = content.strip()
         return content
 
 
@@ -252,6 +255,31 @@ def test_irsa_web_identity_signs_and_a_rotated_token_is_used_at_the_next_refresh
         envoy.stop()
 
 
+def test_a_web_identity_token_emptied_while_running_is_never_sent_and_a_new_one_is(fresh, tokens, tmp_path):
+    """The token file rotated to an empty file: Envoy refuses the STS call itself (the relay logs
+    it, naming web-identity, and keeps signing with the current set), STS sees no call without a
+    token; the next rotation to a real token brings credentials again, without a restart."""
+    envoy = source_relay(tmp_path, fresh, **irsa_variables(fresh, tokens), AWS_ROLE_DURATION_SECONDS="900",
+                         RELAY_CREDENTIALS_REFRESH_MARGIN_SECONDS="890")
+    try:
+        assert write(envoy, "before-empty").status == 201
+        before = len(fresh.get_json("/_emulator/sts")["calls"])
+        tokens["irsa"].rotate("")
+        log = tmp_path / "envoy.log"
+        relayctl.wait_until(lambda: "no credentials from web-identity (attempt 1)" in log.read_text(), 25,
+                            "the refresh with an empty token file to fail", interval=0.5)
+        # Envoy 1.40 takes the empty secret and then refuses calls to the cluster (the Lua
+        # filter's own refusal of an empty token is a second line of defence).
+        assert 'web-identity: cannot call cluster "sts_web_identity"' in log.read_text(), log.read_text()[-2000:]
+        assert fresh.get_json("/_emulator/sts")["calls"][before:] == [], "STS got a call without a token"
+        tokens["irsa"].rotate()
+        relayctl.wait_until(lambda: any(c["status"] == 200 for c in fresh.get_json("/_emulator/sts")["calls"][before:]),
+                            70, "credentials with the new token", interval=0.5)
+        assert write(envoy, "after-new-token").status == 201
+    finally:
+        envoy.stop()
+
+
 def test_an_unusable_web_identity_token_is_a_failed_fetch_never_an_unsigned_call(fresh, tokens, tmp_path):
     """The token file is empty when Envoy starts (make run refuses that; a hand-run Envoy may not):
     Envoy cannot add the token, the relay answers 503 naming web-identity and the cluster, and STS
@@ -425,10 +453,23 @@ def test_the_sdk_order_and_the_ecs_relative_uri(tmp_path):
     token.write_text("x")
     everything = {"AWS_ACCESS_KEY_ID": "AKIDX", "AWS_SECRET_ACCESS_KEY": "s", "AWS_WEB_IDENTITY_TOKEN_FILE": str(token),
                   "AWS_ROLE_ARN": ROLE, "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/abc"}
-    assert settings(**everything).credentials.source == "environment"
+    s = settings(**everything)
+    # Keys first; AWS_ROLE_ARN stays the web identity's role (the EKS webhook injects it), never a
+    # role assumed on top of the keys.
+    assert (s.credentials.source, s.role_arn) == ("environment", "")
+    s = settings(**dict(everything, RELAY_CREDENTIALS_SOURCE="container"))
+    assert (s.credentials.source, s.role_arn, s.credentials.reason) == ("container", "", "RELAY_CREDENTIALS_SOURCE")
     del everything["AWS_ACCESS_KEY_ID"], everything["AWS_SECRET_ACCESS_KEY"]
     s = settings(**everything)
     assert s.credentials.source == "web-identity" and s.role_arn == ""  # AWS_ROLE_ARN is the web identity's
+    # Both container URIs: the relative one (ECS) wins, as in the SDKs, and the reason says so.
+    both = settings(AWS_CONTAINER_CREDENTIALS_RELATIVE_URI="/v2/credentials/abc",
+                    AWS_CONTAINER_CREDENTIALS_FULL_URI="http://127.0.0.1:9/v1/credentials")
+    assert both.credentials.container_url == "http://169.254.170.2/v2/credentials/abc"
+    assert both.credentials.reason == "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI is set"
+    # A full URI without a path asks for "/" (the plugin refuses an empty path).
+    bare = settings(AWS_CONTAINER_CREDENTIALS_FULL_URI="http://127.0.0.1:9")
+    assert bare.plugin_config()["credentials"]["container"]["path"] == "/"
     del everything["AWS_WEB_IDENTITY_TOKEN_FILE"]
     s = settings(**everything)
     # Without web identity, AWS_ROLE_ARN keeps its meaning: a role assumed on top (of the ECS role).
@@ -461,6 +502,13 @@ def test_the_sdk_order_and_the_ecs_relative_uri(tmp_path):
     ({"RELAY_ASSUME_ROLE_ARN": ROLE, "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/other"}, "name different roles"),
     ({"RELAY_ASSUME_ROLE_ARN": ROLE, "AWS_ROLE_DURATION_SECONDS": "7200"}, "at most 3600 with a role assumed on top"),
     ({"AWS_ROLE_ARN": "arn:aws:iam::1:role/r", "AWS_ACCESS_KEY_ID": "A", "AWS_SECRET_ACCESS_KEY": "s"}, "IAM role ARN"),
+    ({"RELAY_ASSUME_ROLE_ARN": "arn:aws:iam::\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669\u0660\u0661\u0662:role/r"},
+     "IAM role ARN"),
+    ({"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:99999/v1"}, "must be a URL"),
+    ({"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:9/v1 credentials"}, "must be a URL"),
+    ({"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:99999"}, "AWS_EC2_METADATA_SERVICE_ENDPOINT must be"),
+    ({"AWS_ENDPOINT_URL_STS": "http://127.0.0.1:99999"}, "AWS_ENDPOINT_URL_STS must be"),
+    ({"RELAY_ASSUME_ROLE_ARN": ROLE, "AWS_ROLE_EXTERNAL_ID": "a b"}, "AWS_ROLE_EXTERNAL_ID must be"),
 ])
 def test_bad_platform_variables_are_named(variables, message):
     with pytest.raises(relayctl.SettingsError, match=message):
