@@ -140,6 +140,10 @@ mod tests {
         assert_eq!(e, "Expiration \"soon\" is not an ISO-8601 time");
         let e = parse(200, &vec![b' '; MAX_ANSWER_BYTES + 1]).unwrap_err();
         assert!(e.contains("more than credentials take"), "{e}");
+        // Exactly the limit is still read.
+        let mut padded = POD_IDENTITY.as_bytes().to_vec();
+        padded.resize(MAX_ANSWER_BYTES, b' ');
+        assert!(parse(200, &padded).is_ok());
         for blank in ["AccessKeyId", "SecretAccessKey", "Token", "Expiration"] {
             let v: serde_json::Value = serde_json::from_str(POD_IDENTITY).unwrap();
             let mut v = v.as_object().unwrap().clone();

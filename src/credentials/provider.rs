@@ -447,6 +447,55 @@ mod tests {
 
     const T0: u64 = 1_796_000_000_000;
 
+    /// The log lines of the current test thread (the `log` facade has one logger per process;
+    /// each test reads only its own thread's lines).
+    mod captured {
+        use std::cell::RefCell;
+
+        thread_local! {
+            static LINES: RefCell<Vec<(log::Level, String)>> = const { RefCell::new(Vec::new()) };
+        }
+
+        struct Capture;
+
+        impl log::Log for Capture {
+            fn enabled(&self, _: &log::Metadata) -> bool {
+                true
+            }
+            fn log(&self, record: &log::Record) {
+                LINES.with(|l| {
+                    l.borrow_mut()
+                        .push((record.level(), record.args().to_string()))
+                });
+            }
+            fn flush(&self) {}
+        }
+
+        static CAPTURE: Capture = Capture;
+
+        /// Starts capturing (once per process) and forgets this thread's earlier lines.
+        pub fn start() {
+            if log::set_logger(&CAPTURE).is_ok() {
+                log::set_max_level(log::LevelFilter::Info);
+            }
+            LINES.with(|l| l.borrow_mut().clear());
+        }
+
+        pub fn lines() -> Vec<(log::Level, String)> {
+            LINES.with(|l| l.borrow().clone())
+        }
+    }
+
+    /// The secrets every answer in these tests carries: never in a log line.
+    const SECRET: &str = "wJalrXUtnFEMIsecretKEY";
+    const TOKEN: &str = "IQoJb3JpZ2luSESSIONtoken";
+
+    fn assert_no_secret_logged() {
+        for (_, line) in captured::lines() {
+            assert!(!line.contains(SECRET) && !line.contains(TOKEN), "{line}");
+        }
+    }
+
     /// Shared data and a clock common to several workers, as one Envoy process has.
     #[derive(Default)]
     struct Process {
@@ -544,7 +593,7 @@ mod tests {
 
     fn json_creds(key: &str, expires_ms: u64) -> Vec<u8> {
         format!(
-            r#"{{"AccessKeyId":"{key}","SecretAccessKey":"s","Token":"t","Expiration":"{}"}}"#,
+            r#"{{"AccessKeyId":"{key}","SecretAccessKey":"{SECRET}","Token":"{TOKEN}","Expiration":"{}"}}"#,
             refresh::rfc3339(expires_ms / 1000)
         )
         .into_bytes()
@@ -786,6 +835,108 @@ mod tests {
         w.on_answer(&h, token, 200, &json_creds("ASIAOK", T0 + HOUR));
         let state = RefreshState::decode(h.shared_data(STATE_KEY).0.as_deref());
         assert_eq!(state, RefreshState::default());
+    }
+
+    #[test]
+    fn every_fetch_says_what_it_got_and_never_the_secret() {
+        captured::start();
+        let process = Process::default();
+        at(&process, T0);
+        let h = FakeHost::new(&process);
+        // A configured margin of 15 minutes (with the derived one, a set fetched again is
+        // refreshed at a quarter of what is left: see the next test).
+        let mut w: Provider<&'static str> = Provider::new(container_plan(None), Some(900), 5_000);
+        w.tick(&h);
+        let (token, _) = h.last_call();
+        w.on_answer(&h, token, 200, &json_creds("ASIAFIRST0001", T0 + HOUR));
+        let lines = captured::lines();
+        assert!(
+            lines.iter().any(|(level, l)| *level == log::Level::Info
+                && l.contains("credentials from container: …0001 (generation 1)")
+                && l.contains("refreshed from 900 s before")),
+            "{lines:?}"
+        );
+        // The agent hands out the same set again inside the margin: expected, an info line.
+        let due = T0 + HOUR - 900_000 + 400_000;
+        at(&process, due);
+        w.tick(&h);
+        let (token, _) = h.last_call();
+        w.on_answer(&h, token, 200, &json_creds("ASIAFIRST0001", T0 + HOUR));
+        let same = |lines: &[(log::Level, String)]| {
+            lines
+                .iter()
+                .filter(|(level, l)| {
+                    *level == log::Level::Info
+                        && l.contains("handed out the same credentials again")
+                })
+                .count()
+        };
+        assert_eq!(same(&captured::lines()), 1, "{:?}", captured::lines());
+        // A new set that is already inside the margin: a warning, and the next attempt waits.
+        let later = due + refresh::EARLY_REFRESH_RETRY_MS;
+        at(&process, later);
+        w.tick(&h);
+        let (token, _) = h.last_call();
+        w.on_answer(
+            &h,
+            token,
+            200,
+            &json_creds("ASIASHORT0002", later + 300_000),
+        );
+        let lines = captured::lines();
+        assert_eq!(same(&lines), 1);
+        assert!(
+            lines.iter().any(|(level, l)| *level == log::Level::Warn
+                && l.contains(
+                    "container handed out credentials that are already within the refresh margin"
+                )),
+            "{lines:?}"
+        );
+        // A failure names the source and what was wrong.
+        at(&process, later + refresh::EARLY_REFRESH_RETRY_MS);
+        w.tick(&h);
+        let (token, _) = h.last_call();
+        w.on_answer(
+            &h,
+            token,
+            401,
+            br#"{"code":"AccessDenied","message":"bad token"}"#,
+        );
+        let lines = captured::lines();
+        assert!(
+            lines.iter().any(|(level, l)| *level == log::Level::Warn
+                && l.contains("no credentials from container (attempt 1): container: answered 401: AccessDenied bad token")
+                && l.contains("still signing with the current credentials")),
+            "{lines:?}"
+        );
+        assert_no_secret_logged();
+    }
+
+    #[test]
+    fn a_set_handed_out_again_is_refreshed_at_a_quarter_of_what_is_left() {
+        let process = Process::default();
+        at(&process, T0);
+        let h = FakeHost::new(&process);
+        let mut w = provider(container_plan(None));
+        w.tick(&h);
+        let (token, _) = h.last_call();
+        let expiry = T0 + 6 * HOUR;
+        w.on_answer(&h, token, 200, &json_creds("ASIASIXHOURS", expiry));
+        // Refreshed 15 minutes (and a spread) before expiry; the agent gives the same set again.
+        at(&process, expiry - 800_000);
+        w.tick(&h);
+        assert_eq!(h.calls.borrow().len(), 2);
+        let (token, _) = h.last_call();
+        w.on_answer(&h, token, 200, &json_creds("ASIASIXHOURS", expiry));
+        // 800 s left: asked again from 200 s before expiry, not every 30 s meanwhile.
+        at(&process, expiry - 200_000 - 1);
+        w.tick(&h);
+        assert_eq!(h.calls.borrow().len(), 2);
+        at(&process, expiry - 200_000 + 60_000);
+        w.tick(&h);
+        assert_eq!(h.calls.borrow().len(), 3);
+        // Still usable until 90 s before expiry.
+        assert!(ready_key(&w, at(&process, expiry - 90_001)).is_some());
     }
 
     #[test]
