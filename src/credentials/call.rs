@@ -119,6 +119,8 @@ mod tests {
         assert!(e.ends_with("… (1000 bytes)"), "{e}");
         assert_eq!(e.chars().filter(|c| *c == 'a').count(), SHOWN_BYTES);
         assert_eq!(excerpt(&[0xff, b'x']), "\u{fffd}x");
+        // Exactly the limit is shown whole.
+        assert_eq!(excerpt(&[b'b'; SHOWN_BYTES]), "b".repeat(SHOWN_BYTES));
     }
 
     #[test]

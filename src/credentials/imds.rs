@@ -128,6 +128,8 @@ mod tests {
         assert!(read_token(200, b"").is_err());
         assert!(read_token(200, b"two words").is_err());
         assert!(read_token(200, &[0xff]).is_err());
+        assert_eq!(read_token(200, &[b't'; 1024]).unwrap().len(), 1024);
+        assert!(read_token(200, &[b't'; 1025]).is_err());
         assert_eq!(
             read_role(200, b"relay-role\nother\n").unwrap(),
             "relay-role"

@@ -760,6 +760,7 @@ mod tests {
         assert_eq!(w.waiting(), 1);
         let decided = w.decided(at(&process, T0 + 5_000));
         assert_eq!(decided.len(), 1);
+        assert_eq!(w.waiting(), 0);
         let ForSigning::Fail(why) = &decided[0].1 else {
             panic!()
         };
@@ -811,6 +812,40 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_larger_than_credentials_is_refused_whatever_its_format() {
+        // A valid STS answer, padded past the limit: refused before it is read.
+        let xml = format!(
+            "<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials>\
+             <AccessKeyId>ASIAPAD</AccessKeyId><SecretAccessKey>s</SecretAccessKey>\
+             <SessionToken>t</SessionToken><Expiration>{}</Expiration></Credentials>\
+             </AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>",
+            refresh::rfc3339((T0 + HOUR) / 1000)
+        );
+        for (extra, accepted) in [(0, true), (1, false)] {
+            let mut body = xml.clone().into_bytes();
+            body.resize(MAX_ANSWER_BYTES + extra, b' ');
+            let process = Process::default();
+            let now = at(&process, T0);
+            let h = FakeHost::new(&process);
+            let mut w = provider(Plan {
+                base: Base::WebIdentity(crate::credentials::web_identity::WebIdentity {
+                    role_arn: "arn:aws:iam::123456789012:role/irsa".into(),
+                    session_name: "s".into(),
+                    duration_seconds: 3600,
+                    cluster: "sts_web_identity".into(),
+                    host: "sts.us-east-1.amazonaws.com".into(),
+                }),
+                role: None,
+                region: "us-east-1".into(),
+            });
+            w.tick(&h);
+            let (token, _) = h.last_call();
+            w.on_answer(&h, token, 200, &body);
+            assert_eq!(ready_key(&w, now).is_some(), accepted, "{extra}");
+        }
+    }
+
+    #[test]
     fn a_refused_dispatch_and_cas_conflicts_are_survived() {
         let process = Process::default();
         at(&process, T0);
@@ -855,6 +890,11 @@ mod tests {
                 && l.contains("credentials from container: …0001 (generation 1)")
                 && l.contains("refreshed from 900 s before")),
             "{lines:?}"
+        );
+        assert_eq!(
+            lines.len(),
+            1,
+            "a normal first set says nothing else: {lines:?}"
         );
         // The agent hands out the same set again inside the margin: expected, an info line.
         let due = T0 + HOUR - 900_000 + 400_000;
@@ -996,13 +1036,19 @@ mod tests {
         assert!(matches!(w.for_signing(now), ForSigning::Wait));
         w.tick(&h);
         assert_eq!(h.calls.borrow().len(), 3);
-        // Forcing again, or an older generation, changes nothing.
+        // The source hands out the same set again: published as generation 2, and used.
+        let (token, _) = h.last_call();
+        w.on_answer(&h, token, 200, &json_creds("ASIABASE", T0 + HOUR));
+        let (token, _) = h.last_call();
+        w.on_answer(&h, token, 200, xml.as_bytes());
+        assert!(
+            matches!(w.for_signing(now), ForSigning::Ready(c, 2) if c.access_key_id == "ASIAROLE")
+        );
+        // Forcing an older generation changes nothing.
+        let before = h.shared_data(STATE_KEY).0;
         w.force_refresh(&h, 1);
         w.force_refresh(&h, 0);
-        assert_eq!(
-            RefreshState::decode(h.shared_data(STATE_KEY).0.as_deref()).force_generation,
-            Some(1)
-        );
+        assert_eq!(h.shared_data(STATE_KEY).0, before);
     }
 
     #[test]
@@ -1037,6 +1083,33 @@ mod tests {
         );
         let why = missing.hopeless().unwrap();
         assert!(why.contains("AWS_ACCESS_KEY_ID"), "{why}");
+        assert!(!why.contains("AssumeRole"), "{why}");
         assert!(matches!(missing.for_signing(now), ForSigning::Fail(_)));
+        // Missing base keys for a role: said so, and no fetch is attempted.
+        let mut no_base: Provider<()> = Provider::new(
+            Plan {
+                role: Some(AssumeRole {
+                    role_arn: "arn:aws:iam::123456789012:role/r".into(),
+                    session_name: "healthlake-relay".into(),
+                    external_id: None,
+                    duration_seconds: 3600,
+                    cluster: "sts".into(),
+                    host: "sts.us-east-1.amazonaws.com".into(),
+                }),
+                ..plan(Base::Environment(Err(Unavailable::Missing(
+                    "AWS_ACCESS_KEY_ID",
+                ))))
+            },
+            None,
+            5_000,
+        );
+        let why = no_base.hopeless().unwrap();
+        assert!(
+            why.ends_with("(the base credentials for AssumeRole)"),
+            "{why}"
+        );
+        assert!(matches!(no_base.for_signing(now), ForSigning::Fail(w) if w == why));
+        no_base.tick(&h);
+        assert!(h.calls.borrow().is_empty());
     }
 }
