@@ -118,6 +118,18 @@ mod tests {
             parse(503, b"credentials endpoint down\n").unwrap_err(),
             "answered 503: credentials endpoint down"
         );
+        // Only a message, only a code, or JSON without either.
+        assert_eq!(
+            parse(403, br#"{"Message":"not allowed"}"#).unwrap_err(),
+            "answered 403: not allowed"
+        );
+        assert_eq!(
+            parse(403, br#"{"Code":"Denied"}"#).unwrap_err(),
+            "answered 403: Denied"
+        );
+        assert_eq!(parse(500, b"{}").unwrap_err(), "answered 500: {}");
+        // The documented limit: 64 KiB.
+        assert_eq!(MAX_ANSWER_BYTES, 65_536);
         let e = parse(200, IMDS.replace("Success", "Failure").as_bytes()).unwrap_err();
         assert!(e.starts_with("answered Code \"Failure\""), "{e}");
         let e = parse(200, b"<html>hello</html>").unwrap_err();

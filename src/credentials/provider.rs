@@ -586,6 +586,15 @@ mod tests {
         }
     }
 
+    /// A tick that makes this worker's next call, and that call's answer.
+    fn tick_and_answer<W>(w: &mut Provider<W>, h: &FakeHost, status: u16, body: &[u8]) {
+        let calls = h.calls.borrow().len();
+        w.tick(h);
+        assert_eq!(h.calls.borrow().len(), calls + 1, "the tick made no call");
+        let (token, _) = h.last_call();
+        assert!(w.on_answer(h, token, status, body));
+    }
+
     fn at(process: &Process, ms: u64) -> SystemTime {
         process.now_ms.set(ms);
         SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
@@ -745,9 +754,7 @@ mod tests {
         let h = FakeHost::new(&process);
         let mut w = provider(container_plan(None));
         w.wait("write-1", now);
-        w.tick(&h);
-        let (token, _) = h.last_call();
-        assert!(w.on_answer(&h, token, 503, b"credentials endpoint down"));
+        tick_and_answer(&mut w, &h, 503, b"credentials endpoint down");
         assert_eq!(h.count_of(Event::Failed, Some(CONTAINER)), 1);
         assert_eq!(h.count_of(Event::Failed, None), 1);
         let state = RefreshState::decode(h.shared_data(STATE_KEY).0.as_deref());
@@ -772,9 +779,7 @@ mod tests {
         // waits now is signed.
         at(&process, state.next_attempt_ms);
         w.wait("write-2", at(&process, state.next_attempt_ms));
-        w.tick(&h);
-        let (token, _) = h.last_call();
-        w.on_answer(&h, token, 200, &json_creds("ASIABACK", T0 + HOUR));
+        tick_and_answer(&mut w, &h, 200, &json_creds("ASIABACK", T0 + HOUR));
         let decided = w.decided(at(&process, state.next_attempt_ms + 1));
         assert!(
             matches!(decided.as_slice(), [("write-2", ForSigning::Ready(c, 1))] if c.access_key_id == "ASIABACK")
@@ -783,6 +788,46 @@ mod tests {
             RefreshState::decode(h.shared_data(STATE_KEY).0.as_deref()).failures,
             0
         );
+    }
+
+    #[test]
+    fn a_set_published_twice_under_one_generation_is_read_again() {
+        // Two workers that both fetched (a lock that expired mid-fetch) publish generation 1
+        // twice: a worker that synced the first reads the second too.
+        let process = Process::default();
+        let now = at(&process, T0);
+        let h = FakeHost::new(&process);
+        let mut w = provider(container_plan(None));
+        let publish = |key: &str| {
+            let c =
+                crate::credentials::json_answer::parse(200, &json_creds(key, T0 + HOUR)).unwrap();
+            h.overwrite_shared_data(CREDENTIALS_KEY, &Published::new(&c, 1, T0).encode());
+        };
+        publish("ASIAFIRST");
+        w.tick(&h);
+        assert_eq!(ready_key(&w, now).as_deref(), Some("ASIAFIRST"));
+        publish("ASIASECOND");
+        w.tick(&h);
+        assert_eq!(ready_key(&w, now).as_deref(), Some("ASIASECOND"));
+    }
+
+    #[test]
+    fn a_write_that_ended_while_waiting_is_forgotten() {
+        let process = Process::default();
+        let now = at(&process, T0);
+        let h = FakeHost::new(&process);
+        let mut w = provider(container_plan(None));
+        for write in ["gone", "kept"] {
+            w.wait(write, now);
+        }
+        w.retain_waiting(|write| *write != "gone");
+        assert_eq!(w.waiting(), 1);
+        tick_and_answer(&mut w, &h, 200, &json_creds("ASIAOK", T0 + HOUR));
+        let decided = w.decided(now);
+        assert!(matches!(
+            decided.as_slice(),
+            [("kept", ForSigning::Ready(..))]
+        ));
     }
 
     #[test]
@@ -802,9 +847,7 @@ mod tests {
             let now = at(&process, T0);
             let h = FakeHost::new(&process);
             let mut w = provider(container_plan(None));
-            w.tick(&h);
-            let (token, _) = h.last_call();
-            assert!(w.on_answer(&h, token, status, &body));
+            tick_and_answer(&mut w, &h, status, &body);
             assert!(matches!(w.for_signing(now), ForSigning::Wait), "{expect}");
             assert!(h.shared_data(CREDENTIALS_KEY).0.is_none(), "{expect}");
             assert_eq!(h.count_of(Event::Failed, Some(CONTAINER)), 1, "{expect}");
@@ -838,9 +881,7 @@ mod tests {
                 role: None,
                 region: "us-east-1".into(),
             });
-            w.tick(&h);
-            let (token, _) = h.last_call();
-            w.on_answer(&h, token, 200, &body);
+            tick_and_answer(&mut w, &h, 200, &body);
             assert_eq!(ready_key(&w, now).is_some(), accepted, "{extra}");
         }
     }
@@ -881,9 +922,7 @@ mod tests {
         // A configured margin of 15 minutes (with the derived one, a set fetched again is
         // refreshed at a quarter of what is left: see the next test).
         let mut w: Provider<&'static str> = Provider::new(container_plan(None), Some(900), 5_000);
-        w.tick(&h);
-        let (token, _) = h.last_call();
-        w.on_answer(&h, token, 200, &json_creds("ASIAFIRST0001", T0 + HOUR));
+        tick_and_answer(&mut w, &h, 200, &json_creds("ASIAFIRST0001", T0 + HOUR));
         let lines = captured::lines();
         assert!(
             lines.iter().any(|(level, l)| *level == log::Level::Info
@@ -899,9 +938,7 @@ mod tests {
         // The agent hands out the same set again inside the margin: expected, an info line.
         let due = T0 + HOUR - 900_000 + 400_000;
         at(&process, due);
-        w.tick(&h);
-        let (token, _) = h.last_call();
-        w.on_answer(&h, token, 200, &json_creds("ASIAFIRST0001", T0 + HOUR));
+        tick_and_answer(&mut w, &h, 200, &json_creds("ASIAFIRST0001", T0 + HOUR));
         let same = |lines: &[(log::Level, String)]| {
             lines
                 .iter()
@@ -912,6 +949,13 @@ mod tests {
                 .count()
         };
         assert_eq!(same(&captured::lines()), 1, "{:?}", captured::lines());
+        assert!(
+            captured::lines()
+                .iter()
+                .any(|(_, l)| l.contains("again, 500 s before they expire; asking again in 30 s")),
+            "{:?}",
+            captured::lines()
+        );
         // A new set that is already inside the margin: a warning, and the next attempt waits.
         let later = due + refresh::EARLY_REFRESH_RETRY_MS;
         at(&process, later);
@@ -1016,9 +1060,7 @@ mod tests {
         let now = at(&process, T0);
         let h = FakeHost::new(&process);
         let mut w = provider(container_plan(Some(role)));
-        w.tick(&h);
-        let (token, _) = h.last_call();
-        w.on_answer(&h, token, 200, &json_creds("ASIABASE", T0 + HOUR));
+        tick_and_answer(&mut w, &h, 200, &json_creds("ASIABASE", T0 + HOUR));
         let (token, call) = h.last_call();
         assert_eq!(call.cluster, "sts");
         let xml = format!(
