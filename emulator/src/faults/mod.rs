@@ -3,12 +3,15 @@
 //! - [`kind`]: the faults, their names and what each answers.
 //! - [`settings`]: the settings tests send (`PUT /_emulator/faults`) and their validation.
 //! - [`rng`], [`bucket`]: the seeded generator behind the rates and the rate limiter.
+//! - [`queue`]: the plain `next` queue of the STS proxy's and the credential endpoints' faults,
+//!   generic over their fault kinds.
 //!
 //! [`FaultInjector`] holds the settings and the running state (the `next` queue, the generator,
 //! the token bucket, the counters) and decides, per verified data-plane request, what to inject.
 
 pub mod bucket;
 pub mod kind;
+pub mod queue;
 pub mod rng;
 pub mod settings;
 

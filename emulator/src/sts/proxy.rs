@@ -364,6 +364,19 @@ pub async fn forward(
     };
     let request_id = made_up_request_id();
     let canned = fault.and_then(|f| f.canned_answer(&request_id));
+    // Answers with a made-up answer instead of the upstream, recording it.
+    let answer_instead = |answer: CannedAnswer| {
+        let call = app.record_sts_call_noted(
+            action.as_deref(),
+            UpstreamOutcome::Answered {
+                status: answer.status.as_u16(),
+                body: &answer.body,
+            },
+            SystemTime::now(),
+            notes,
+        );
+        (canned_response(answer, &request_id), call)
+    };
 
     let (resp, call) = match (token_check, canned) {
         (web_identity::Check::Unreadable(error), _) => {
@@ -379,35 +392,12 @@ pub async fn forward(
             );
             (failure(status, &error), call)
         }
-        (web_identity::Check::Refused(message), _) => {
-            let answer = CannedAnswer {
-                status: StatusCode::BAD_REQUEST,
-                content_type: "text/xml",
-                body: web_identity::invalid_identity_token_xml(message, &request_id).into_bytes(),
-            };
-            let call = app.record_sts_call_noted(
-                action.as_deref(),
-                UpstreamOutcome::Answered {
-                    status: answer.status.as_u16(),
-                    body: &answer.body,
-                },
-                SystemTime::now(),
-                notes,
-            );
-            (canned_response(answer, &request_id), call)
-        }
-        (web_identity::Check::Accepted, Some(answer)) => {
-            let call = app.record_sts_call_noted(
-                action.as_deref(),
-                UpstreamOutcome::Answered {
-                    status: answer.status.as_u16(),
-                    body: &answer.body,
-                },
-                SystemTime::now(),
-                notes,
-            );
-            (canned_response(answer, &request_id), call)
-        }
+        (web_identity::Check::Refused(message), _) => answer_instead(CannedAnswer {
+            status: StatusCode::BAD_REQUEST,
+            content_type: "text/xml",
+            body: web_identity::invalid_identity_token_xml(message, &request_id).into_bytes(),
+        }),
+        (web_identity::Check::Accepted, Some(answer)) => answer_instead(answer),
         (web_identity::Check::Accepted, None) => {
             let mut relayed = relay(upstream, parts, body).await;
             let now = SystemTime::now();
