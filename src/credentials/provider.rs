@@ -927,7 +927,7 @@ mod tests {
         assert!(
             lines.iter().any(|(level, l)| *level == log::Level::Info
                 && l.contains("credentials from container: …0001 (generation 1)")
-                && l.contains("refreshed from 900 s before")),
+                && l.contains("(Unix 1796003600), in 3600 s; refreshed from 900 s before")),
             "{lines:?}"
         );
         assert_eq!(
@@ -1031,6 +1031,8 @@ mod tests {
         let mut w = provider(container_plan(None));
         w.tick(&h);
         let (token, _) = h.last_call();
+        // Given up 5 s after Envoy's own timeout of the call would have answered it.
+        assert_eq!(ABANDON_CALL_MS, 15_000);
         at(&process, T0 + ABANDON_CALL_MS - 1);
         w.tick(&h);
         assert!(w.awaits(token), "still waiting within the timeout");

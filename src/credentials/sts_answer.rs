@@ -136,7 +136,8 @@ pub fn parse(status: u16, body: &[u8]) -> Result<Credentials, StsError> {
     };
     if !success || fields.code.is_some() {
         return match (fields.code, fields.message) {
-            (None, None) if !success => Err(not_sts()),
+            // (No code means the status was not a success.)
+            (None, None) => Err(not_sts()),
             (code, message) => Err(fail(
                 code.as_deref().unwrap_or("HttpError"),
                 message.unwrap_or_else(|| "no error message".to_owned()),
