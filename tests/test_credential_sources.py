@@ -255,6 +255,28 @@ def test_irsa_web_identity_signs_and_a_rotated_token_is_used_at_the_next_refresh
         envoy.stop()
 
 
+def test_a_role_assumed_on_top_of_web_identity(fresh, tokens, tmp_path):
+    """RELAY_ASSUME_ROLE_ARN beside IRSA's variables: the web identity's credentials assume the
+    second role (role chaining, one hour at most), and HealthLake gets writes signed with that
+    role's credentials. (This moto checks no signature: the HealthLake emulator checks the last.)"""
+    top = "arn:aws:iam::123456789012:role/healthlake-writer"
+    before = len(fresh.get_json("/_emulator/sts")["calls"])
+    envoy = source_relay(tmp_path, fresh, **irsa_variables(fresh, tokens), RELAY_ASSUME_ROLE_ARN=top)
+    try:
+        r = write(envoy, "chained")
+        assert (r.status, r.header("x-healthlake-outcome")) == (201, "delivered"), r.body
+        calls = fresh.get_json("/_emulator/sts")["calls"][before:]
+        assert [(c["action"], c["status"]) for c in calls] == [
+            ("AssumeRoleWithWebIdentity", 200), ("AssumeRole", 200)], calls
+        assert [q["access_key_id"] for q in data_plane(fresh)] == [calls[1]["issued_access_key_id"]]
+        assert all(q["verified"] and q["credential_valid"] for q in data_plane(fresh))
+        assert {e["credentials_source"] for e in envoy.access_log()} == {"web-identity+assume-role"}
+        assert source_stat(envoy, "web-identity", "succeeded") == 1
+        assert source_stat(envoy, "assume-role", "succeeded") == 1
+    finally:
+        envoy.stop()
+
+
 def test_a_web_identity_token_emptied_while_running_is_never_sent_and_a_new_one_is(fresh, tokens, tmp_path):
     """The token file rotated to an empty file: Envoy refuses the STS call itself (the relay logs
     it, naming web-identity, and keeps signing with the current set), STS sees no call without a
