@@ -94,10 +94,6 @@ impl<W> Provider<W> {
         }
     }
 
-    pub fn plan(&self) -> &Plan {
-        &self.plan
-    }
-
     /// Whether credentials are fetched (and a timer must drive [`Provider::tick`]).
     pub fn fetches(&self) -> bool {
         self.plan.fetches()
