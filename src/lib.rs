@@ -20,6 +20,7 @@ pub mod instant;
 pub mod operation_outcome;
 pub mod outcome;
 pub mod plan;
+pub mod readiness;
 pub mod request_head;
 pub mod resource;
 pub mod signing;

@@ -173,6 +173,17 @@ impl<W> Provider<W> {
         out
     }
 
+    /// The source as logs name it, e.g. `container` or `web identity + assume-role`.
+    pub fn label(&self) -> String {
+        self.plan.label()
+    }
+
+    /// Reads the credentials the workers published, and never fetches: for a context that only
+    /// reports on them (the readiness probe, `crate::readiness`).
+    pub fn observe(&mut self, host: &impl Host) {
+        self.sync(host);
+    }
+
     /// Reads what shared data holds now.
     fn sync(&mut self, host: &impl Host) {
         let (value, _) = host.shared_data(CREDENTIALS_KEY);
