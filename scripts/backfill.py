@@ -125,7 +125,7 @@ def start_relay(workdir: Path, emulator: relayctl.Emulator, iam: relayctl.IamSet
     settings = relayctl.Settings.from_env({
         "AWS_ENDPOINT_URL_HEALTHLAKE": emulator.url,
         "RELAY_PORT": "0",
-        "RELAY_ADMIN_PORT": "0",
+        "RELAY_ADMIN_PORT": "0", "RELAY_HEALTH_PORT": "0",
         "AWS_ACCESS_KEY_ID": iam.access_key_id,
         "AWS_SECRET_ACCESS_KEY": iam.secret_access_key,
         "AWS_ROLE_ARN": iam.role_arn,

@@ -202,7 +202,7 @@ def envoy_environment() -> dict[str, str]:
 def settings_for(upstream_url: str, wasm: Path) -> relayctl.Settings:
     """The relay's settings for HealthLake played by `upstream_url`, on free ports."""
     return relayctl.Settings.from_env({
-        "AWS_ENDPOINT_URL_HEALTHLAKE": upstream_url, "RELAY_PORT": "0", "RELAY_ADMIN_PORT": "0",
+        "AWS_ENDPOINT_URL_HEALTHLAKE": upstream_url, "RELAY_PORT": "0", "RELAY_ADMIN_PORT": "0", "RELAY_HEALTH_PORT": "0",
         "RELAY_WASM": str(wasm),
         "AWS_ACCESS_KEY_ID": relayctl.DEMO_ACCESS_KEY_ID,
         "AWS_SECRET_ACCESS_KEY": relayctl.DEMO_SECRET_ACCESS_KEY,

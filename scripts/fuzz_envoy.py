@@ -999,7 +999,7 @@ def start_relay(workdir: Path, emulator: relayctl.Emulator, concurrency: int) ->
     settings, tokens = relayctl.Settings.with_tokens({
         "AWS_ENDPOINT_URL_HEALTHLAKE": emulator.url,
         "RELAY_PORT": "0",
-        "RELAY_ADMIN_PORT": "0",
+        "RELAY_ADMIN_PORT": "0", "RELAY_HEALTH_PORT": "0",
         "RELAY_INBOUND_TOKENS": TOKEN,
         "RELAY_WASM": os.environ.get("RELAY_WASM", ""),
         "AWS_ACCESS_KEY_ID": relayctl.DEMO_ACCESS_KEY_ID,

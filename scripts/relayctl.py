@@ -254,6 +254,7 @@ class Settings:
     endpoint: str = ""
     relay_port: int = 10000
     admin_port: int = 9901
+    health_port: int = 9902
     listen_address: str = "127.0.0.1"
     base_path: str = ""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -303,6 +304,7 @@ class Settings:
             return int(raw)
 
         relay_port, admin_port = port("RELAY_PORT", 10000), port("RELAY_ADMIN_PORT", 9901)
+        health_port = port("RELAY_HEALTH_PORT", 9902)
         region = get("AWS_REGION", get("AWS_DEFAULT_REGION", DEFAULT_REGION))
         if not re.fullmatch(r"[a-z0-9-]+", region):
             raise SettingsError(f"AWS_REGION must be an AWS region such as us-east-1, got {region!r}")
@@ -462,6 +464,7 @@ class Settings:
             endpoint=endpoint,
             relay_port=relay_port,
             admin_port=admin_port,
+            health_port=health_port,
             listen_address=listen,
             base_path=base_path,
             max_body_bytes=int(max_body),
@@ -644,6 +647,7 @@ def render_files(settings: Settings, config_dir: Path, plugin_config: dict | Non
         "RELAY_ADMIN_PORT": str(settings.admin_port),
         "RELAY_LISTEN_ADDRESS": settings.listen_address,
         "RELAY_PORT": str(settings.relay_port),
+        "RELAY_HEALTH_PORT": str(settings.health_port),
         "RELAY_BUFFER_LIMIT_BYTES": str(settings.max_body_bytes + BUFFER_HEADROOM_BYTES),
         "RELAY_PLUGIN_CONFIG": json.dumps(plugin_config or settings.plugin_config(), sort_keys=True),
         "RELAY_WASM": str(settings.wasm),
@@ -709,6 +713,7 @@ def render_files(settings: Settings, config_dir: Path, plugin_config: dict | Non
             },
         }
     add_unanswered_log(config)
+    add_readiness_probe(config, settings.admin_port)
     plain = {
         "healthlake": scheme == "http",
         "sts": sts_scheme == "http",
@@ -736,6 +741,32 @@ def write_rendered(settings: Settings, config_dir: Path, plugin_config: dict | N
     for file_name, content in files.items():
         write_config(content, config_dir, file_name)
     return write_config(text, config_dir, name)
+
+
+READINESS_ROOT_ID = "healthlake_relay_readiness"  # src/readiness.rs ROOT_ID
+
+
+def listener(config: dict, name: str) -> dict:
+    return next(item for item in config["static_resources"]["listeners"] if item["name"] == name)
+
+
+def add_readiness_probe(config: dict, admin_port: int) -> None:
+    """The health listener's /ready: the relay's own filter, copied from the writes' listener (the
+    same configuration, so that the probe judges the credentials the writes use), under the root
+    id whose instance answers the probe and never fetches. Without a fixed admin port (0: chosen
+    by Envoy at start) there is no address for /stats/prometheus to reach: that route and its
+    cluster go."""
+    hcm = listener(config, "smile_cdr")["filter_chains"][0]["filters"][0]["typed_config"]
+    relay = copy.deepcopy(next(f for f in hcm["http_filters"] if f["name"] == "healthlake_relay"))
+    relay["typed_config"]["config"]["root_id"] = READINESS_ROOT_ID
+    relay["typed_config"]["config"]["name"] = READINESS_ROOT_ID
+    health = listener(config, "health")["filter_chains"][0]["filters"][0]["typed_config"]
+    health["http_filters"].insert(0, relay)
+    if admin_port == 0:
+        routes = health["route_config"]["virtual_hosts"][0]["routes"]
+        routes[:] = [r for r in routes if r.get("route", {}).get("cluster") != "envoy_admin"]
+        clusters = config["static_resources"]["clusters"]
+        clusters[:] = [c for c in clusters if c["name"] != "envoy_admin"]
 
 
 def add_unanswered_log(config: dict) -> None:
@@ -1021,6 +1052,7 @@ def setup_iam(moto: Moto, region: str = DEFAULT_REGION) -> IamSetup:
 class Envoy(Service):
     admin_port: int = 0
     port: int = 0
+    health_port: int = 0
 
     @property
     def url(self) -> str:
@@ -1029,6 +1061,10 @@ class Envoy(Service):
     @property
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.health_port}"
 
     @property
     def access_log_path(self) -> Path:
@@ -1130,9 +1166,12 @@ def start_envoy(
 
         wait_until(live, 60, "envoy to be ready")
         status, body = http_get(envoy.admin_url + "/listeners?format=json")
-        for listener in json.loads(body).get("listener_statuses", []):
-            if listener.get("name") == "smile_cdr":
-                envoy.port = listener["local_address"]["socket_address"]["port_value"]
+        for status_entry in json.loads(body).get("listener_statuses", []):
+            port = status_entry.get("local_address", {}).get("socket_address", {}).get("port_value", 0)
+            if status_entry.get("name") == "smile_cdr":
+                envoy.port = port
+            elif status_entry.get("name") == "health":
+                envoy.health_port = port
     except BaseException:
         envoy.stop()
         raise
@@ -1220,7 +1259,7 @@ def run() -> int:
         relay = f"http://127.0.0.1:{settings.relay_port}{settings.base_path}"
         example = ROOT / "examples" / "Patient-relay-demo.json"
         print(f"\nHealthLake relay listening on {relay}  (Envoy admin: http://127.0.0.1:{settings.admin_port}, "
-              f"{envoy_workers(envoy)} workers)")
+              f"{envoy_workers(envoy)} workers; readiness: http://127.0.0.1:{envoy.health_port}/ready)")
         if demo:
             print(f"Demo mode: HealthLake played by the local emulator at {env['AWS_ENDPOINT_URL_HEALTHLAKE']}")
         print(f"Credentials: {describe_credentials(settings)}")

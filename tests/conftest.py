@@ -156,7 +156,7 @@ def start_relay(workdir: Path, emulator: relayctl.Emulator | None, env: dict[str
         **{k: v for k, v in env.items() if k.startswith("AWS_")},
         "AWS_ENDPOINT_URL_HEALTHLAKE": emulator.url if emulator else "",
         "RELAY_PORT": "0",
-        "RELAY_ADMIN_PORT": "0",
+        "RELAY_ADMIN_PORT": "0", "RELAY_HEALTH_PORT": "0",
         **(settings_env or {}),
     })
     files = relayctl.render_files(settings, workdir.resolve(), plugin_config)

@@ -412,6 +412,7 @@ def run_relay(tmp_path: Path, **variables: str) -> tuple[subprocess.Popen, dict[
     """`relayctl.py run` (what `make run` starts) as a user on the platform would: the data store
     and endpoint given, only the source's own variables, no AWS keys."""
     env = relay_env(RELAY_PORT=str(relayctl.free_port()), RELAY_ADMIN_PORT=str(relayctl.free_port()),
+                    RELAY_HEALTH_PORT=str(relayctl.free_port()),
                     RELAY_RUN_DIR=str(tmp_path / "run"), RELAY_CONCURRENCY="1", **variables)
     return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "relayctl.py"), "run"], cwd=ROOT, env=env,
                             stdout=open(tmp_path / "run.stdout", "wb"), stderr=subprocess.STDOUT), env

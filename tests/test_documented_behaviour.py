@@ -161,7 +161,7 @@ def test_tokens_file_works_in_a_rendered_configuration_without_the_tokens_in_it(
     rendered = tmp_path / "envoy.yaml"
     # Rendered where Envoy will run: its credentials' source is read there (the keys themselves
     # never go into the file).
-    render_env = relay_env(AWS_ENDPOINT_URL_HEALTHLAKE=emulator.url, RELAY_PORT="0", RELAY_ADMIN_PORT="0",
+    render_env = relay_env(AWS_ENDPOINT_URL_HEALTHLAKE=emulator.url, RELAY_PORT="0", RELAY_ADMIN_PORT="0", RELAY_HEALTH_PORT="0",
                            RELAY_INBOUND_TOKENS_FILE=str(tokens_file),
                            AWS_ACCESS_KEY_ID=relayctl.DEMO_ACCESS_KEY_ID,
                            AWS_SECRET_ACCESS_KEY=relayctl.DEMO_SECRET_ACCESS_KEY)
@@ -215,7 +215,8 @@ def start_make_run(tmp_path, **settings: str) -> tuple[subprocess.Popen, int, in
     """`relayctl.py run` (what `make run` starts once built) in demo mode on free ports; returns
     the process and its listener and admin ports once it printed that it listens."""
     port, admin = relayctl.free_port(), relayctl.free_port()
-    env = relay_env(RELAY_PORT=str(port), RELAY_ADMIN_PORT=str(admin), RELAY_RUN_DIR=str(tmp_path / "run"),
+    env = relay_env(RELAY_PORT=str(port), RELAY_ADMIN_PORT=str(admin), RELAY_HEALTH_PORT=str(relayctl.free_port()),
+                    RELAY_RUN_DIR=str(tmp_path / "run"),
                     **settings)
     proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "relayctl.py"), "run"], cwd=ROOT, env=env,
                             stdout=open(tmp_path / "run.stdout", "wb"), stderr=subprocess.STDOUT)

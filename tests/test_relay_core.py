@@ -313,7 +313,7 @@ def test_changes_after_signing_are_rejected_by_the_verifier(emulator, tmp_path):
 
 def test_bad_plugin_configuration_stops_envoy_with_a_clear_line(emulator, tmp_path):
     settings = relayctl.Settings.from_env({"AWS_ENDPOINT_URL_HEALTHLAKE": emulator.url,
-                                           "RELAY_PORT": "0", "RELAY_ADMIN_PORT": "0",
+                                           "RELAY_PORT": "0", "RELAY_ADMIN_PORT": "0", "RELAY_HEALTH_PORT": "0",
                                            "AWS_ACCESS_KEY_ID": relayctl.DEMO_ACCESS_KEY_ID,
                                            "AWS_SECRET_ACCESS_KEY": relayctl.DEMO_SECRET_ACCESS_KEY})
     bad = dict(settings.plugin_config(), region="Not A Region")

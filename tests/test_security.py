@@ -106,7 +106,7 @@ def test_without_tokens_a_relay_for_a_real_healthlake_refuses_to_start(tmp_path,
         relayctl.Settings.from_env({"HEALTHLAKE_DATASTORE_ID": "abc"})
     # A hand-written configuration asking for bearer tokens without any: the plugin refuses.
     settings = relayctl.Settings.from_env({"AWS_ENDPOINT_URL_HEALTHLAKE": emulator.url,
-                                           "RELAY_PORT": "0", "RELAY_ADMIN_PORT": "0",
+                                           "RELAY_PORT": "0", "RELAY_ADMIN_PORT": "0", "RELAY_HEALTH_PORT": "0",
                                            "AWS_ACCESS_KEY_ID": AKID, "AWS_SECRET_ACCESS_KEY": SECRET})
     config = dict(settings.plugin_config(), inbound_auth="bearer")
     path = relayctl.write_config(relayctl.render(settings, config), tmp_path)

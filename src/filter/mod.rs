@@ -10,6 +10,7 @@ mod host;
 mod http;
 mod logger;
 mod metrics;
+mod readiness;
 mod response;
 mod shared;
 
@@ -61,6 +62,9 @@ pub(crate) struct Shared {
 #[derive(Default)]
 struct RelayRoot {
     shared: Option<Rc<Shared>>,
+    /// The instance that answers the health listener's readiness probe (root id
+    /// `healthlake_relay_readiness`): same configuration, no fetching, no writes.
+    readiness: bool,
 }
 
 impl Context for RelayRoot {
@@ -100,6 +104,8 @@ impl RootContext for RelayRoot {
         ) else {
             return false;
         };
+        self.readiness = host::property(&["plugin_root_id"]).as_deref()
+            == Some(crate::readiness::ROOT_ID.as_bytes());
         let config = match Config::from_json(&bytes) {
             Ok(c) => c,
             Err(e) => {
@@ -125,6 +131,7 @@ impl RootContext for RelayRoot {
                 }
             }
             InboundAuth::MutualTls => Inbound::MutualTls,
+            InboundAuth::None if self.readiness => Inbound::Open,
             InboundAuth::None => {
                 log::warn!(
                     "healthlake-relay: inbound_auth is \"none\": anyone who reaches the listener can \
@@ -142,7 +149,9 @@ impl RootContext for RelayRoot {
                 return false;
             }
         };
-        announce(&config, &plan);
+        if !self.readiness {
+            announce(&config, &plan);
+        }
         let mut sources = vec![plan.base.name()];
         if plan.role.is_some() {
             sources.push(ASSUME_ROLE);
@@ -165,7 +174,8 @@ impl RootContext for RelayRoot {
             body_budget,
         });
         self.shared = Some(Rc::clone(&shared));
-        if fetches {
+        // The probe only reads what the writes' instance publishes.
+        if fetches && !self.readiness {
             // The first fetch happens at the first tick, not here: Envoy configures a root
             // context it then discards, which would cancel the call while it holds the lock.
             if let Err(s) = abi::set_tick_period(TICK) {
@@ -191,6 +201,11 @@ impl RootContext for RelayRoot {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        if self.readiness {
+            return Some(Box::new(readiness::ReadinessHttp {
+                shared: self.shared.clone(),
+            }));
+        }
         Some(Box::new(http::RelayHttp::new(
             self.shared.clone(),
             context_id,

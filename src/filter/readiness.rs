@@ -1,0 +1,52 @@
+//! The health listener's `GET /ready` (`crate::readiness`), answered by the plugin instance with
+//! root id `healthlake_relay_readiness`: a `503` with the reason while the relay cannot sign;
+//! otherwise the request goes on to Envoy's health-check filter, which answers it.
+
+use super::abi::{self, Map};
+use super::credentials::WasmHost;
+use super::{host, Shared};
+use crate::operation_outcome::FHIR_JSON;
+use crate::readiness::{self, Readiness};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use std::rc::Rc;
+
+pub struct ReadinessHttp {
+    pub shared: Option<Rc<Shared>>,
+}
+
+impl Context for ReadinessHttp {}
+
+impl HttpContext for ReadinessHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let path = abi::header(Map::Request, b":path")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if !readiness::is_probe(&path) {
+            return Action::Continue;
+        }
+        let verdict = match &self.shared {
+            None => Readiness::NotReady("the relay has no configuration".into()),
+            Some(shared) => match shared.credentials.try_borrow_mut() {
+                Ok(mut provider) => readiness::check(
+                    &mut provider,
+                    &WasmHost {
+                        metrics: &shared.metrics,
+                    },
+                ),
+                Err(_) => Readiness::NotReady("the credentials are being updated".into()),
+            },
+        };
+        match verdict {
+            Readiness::Ready => Action::Continue,
+            Readiness::NotReady(why) => {
+                let headers = [("content-type", FHIR_JSON), ("cache-control", "no-store")];
+                if !host::send_local_response(503, &headers, &readiness::not_ready_body(&why)) {
+                    host::reset_request();
+                }
+                Action::Pause
+            }
+        }
+    }
+}
