@@ -14,11 +14,12 @@ FHIR_VER    := 4.0.1
 FHIR_DIR    := build/fhir
 FHIR_READY  := $(FHIR_DIR)/package/.complete
 
-.PHONY: help run test deps build test-wasm lint unit integration fixtures clean bench bench-soak bench-instructions bench-deps fuzz fuzz-envoy mutants
+.PHONY: help run test deps build test-wasm lint unit integration fixtures clean bench bench-soak bench-instructions bench-deps fuzz fuzz-envoy mutants image oci-deps
 
 help:
 	@echo "make run          start the relay (Envoy + filter) on the local HealthLake emulator"
 	@echo "make test         lint, unit tests, and integration tests through the real Envoy"
+	@echo "make image        the filter as a Wasm OCI image (compat variant, for Istio, Envoy Gateway) in build/oci"
 	@echo "make bench        plain forwarding vs Envoy's native SigV4 filter vs the relay (vs a minimal Wasm signer)"
 	@echo "make bench-soak   the relay's memory after 100,000 and 1,000,000 requests"
 	@echo "make bench-instructions  instructions per 2 KB PUT under callgrind: plain, native, relay builds, floor"
@@ -75,7 +76,7 @@ lint: deps
 unit: fixtures
 	cargo test --locked --workspace
 
-integration: build test-wasm fixtures bench-deps
+integration: build test-wasm fixtures bench-deps oci-deps
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
 test: lint unit integration
@@ -86,6 +87,18 @@ run: build
 # wrk, the load generator of the benchmark (and of its smoke test in tests/), from Debian.
 bench-deps:
 	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+
+# The filter as a Wasm OCI image ("compat" variant: one tar+gzip layer holding plugin.wasm), written
+# reproducibly as an OCI image layout in build/oci, tagged with the version in Cargo.toml, without
+# Docker (scripts/oci_image.py --help). It prints the manifest digest and the skopeo command to push it.
+image: build
+	$(PY) scripts/oci_image.py
+
+# skopeo, umoci and a registry (Debian's docker-registry, binary /usr/bin/docker-registry) for the
+# image's tests (tests/test_oci_image.py), from Debian.
+oci-deps:
+	@command -v skopeo >/dev/null && command -v umoci >/dev/null && command -v docker-registry >/dev/null || \
+		(apt-get update && apt-get install -y --no-install-recommends skopeo umoci docker-registry)
 
 # Plain forwarding, Envoy's native SigV4 filter, the relay and the floor of a Wasm signer
 # (bench/floor), side by side (scripts/bench.py --help).
