@@ -14,11 +14,12 @@ FHIR_VER    := 4.0.1
 FHIR_DIR    := build/fhir
 FHIR_READY  := $(FHIR_DIR)/package/.complete
 
-.PHONY: help run test deps build test-wasm lint unit integration fixtures clean bench bench-soak bench-instructions bench-deps fuzz fuzz-envoy mutants image oci-deps
+.PHONY: help run test deps build test-wasm lint unit integration fixtures clean bench bench-soak bench-instructions bench-deps fuzz fuzz-envoy mutants image oci-deps deploy
 
 help:
 	@echo "make run          start the relay (Envoy + filter) on the local HealthLake emulator"
 	@echo "make test         lint, unit tests, and integration tests through the real Envoy"
+	@echo "make deploy       render deploy/ (Kubernetes, Istio, Envoy Gateway) from envoy.yaml; DEPLOY_OUT=DIR for your settings"
 	@echo "make image        the filter as a Wasm OCI image (compat variant, for Istio, Envoy Gateway) in build/oci"
 	@echo "make bench        plain forwarding vs Envoy's native SigV4 filter vs the relay (vs a minimal Wasm signer)"
 	@echo "make bench-soak   the relay's memory after 100,000 and 1,000,000 requests"
@@ -93,6 +94,14 @@ bench-deps:
 # Docker (scripts/oci_image.py --help). It prints the manifest digest and the skopeo command to push it.
 image: build
 	$(PY) scripts/oci_image.py
+
+# The fleet deployment's generated files (deploy/: the Envoy configurations in the Kubernetes base's
+# ConfigMap, the Istio and Envoy Gateway recipes), rendered from envoy.yaml by scripts/deploy.py.
+# Without DEPLOY_OUT: the shipped example in deploy/, from the fleet's defaults. With it (a new
+# directory): a complete copy of deploy/ for your settings, the variables of make run
+# (e.g. make deploy DEPLOY_OUT=../my-relay AWS_REGION=eu-west-1 HEALTHLAKE_DATASTORE_ID=...).
+deploy: deps
+	$(PY) scripts/deploy.py $(if $(DEPLOY_OUT),--out $(DEPLOY_OUT))
 
 # skopeo, umoci and a registry (Debian's docker-registry, binary /usr/bin/docker-registry) for the
 # image's tests (tests/test_oci_image.py), from Debian.

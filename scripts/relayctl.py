@@ -94,11 +94,15 @@ def check_role_arn(arn: str, name: str) -> None:
         raise SettingsError(f"{name} must be an IAM role ARN such as arn:aws:iam::123456789012:role/name, got {arn!r}")
 
 
-def readable_file(path: str, name: str) -> str:
-    """An absolute path to a file that can be read now and is not empty (its content is never kept)."""
+def readable_file(path: str, name: str, exists: bool = True) -> str:
+    """An absolute path to a file that can be read now and is not empty (its content is never kept);
+    with `exists` False only the path is checked (a configuration rendered for another machine,
+    such as a Kubernetes pod, whose token file is mounted there)."""
     p = Path(path)
     if not p.is_absolute():
         raise SettingsError(f"{name} must be an absolute path, got {path!r}")
+    if not exists:
+        return str(p)
     try:
         with open(p, "rb") as f:
             if not f.read(1):
@@ -126,7 +130,9 @@ class Credentials:
     imds_endpoint: str = ""
 
     @staticmethod
-    def from_env(env: Mapping[str, str]) -> "Credentials":
+    def from_env(env: Mapping[str, str], files_here: bool = True) -> "Credentials":
+        """`files_here` False: the token files are on the machine the configuration is rendered
+        for, not this one (their paths are still checked)."""
         def get(name: str) -> str:
             return env.get(name, "").strip()
 
@@ -176,7 +182,8 @@ class Credentials:
             reason = "RELAY_CREDENTIALS_SOURCE"
         out = Credentials(source=source, reason=reason)
         if source == "web-identity":
-            out.web_identity_token_file = readable_file(get("AWS_WEB_IDENTITY_TOKEN_FILE"), "AWS_WEB_IDENTITY_TOKEN_FILE")
+            out.web_identity_token_file = readable_file(get("AWS_WEB_IDENTITY_TOKEN_FILE"), "AWS_WEB_IDENTITY_TOKEN_FILE",
+                                                       files_here)
             out.web_identity_role_arn = get("AWS_ROLE_ARN")
             if not out.web_identity_role_arn:
                 raise SettingsError("AWS_WEB_IDENTITY_TOKEN_FILE is set, but AWS_ROLE_ARN (the role to assume "
@@ -186,7 +193,7 @@ class Credentials:
             out.container_url = container_url(relative, full)
             token_file = get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
             if token_file:
-                out.container_token_file = readable_file(token_file, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+                out.container_token_file = readable_file(token_file, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", files_here)
             else:
                 out.container_token_in_env = bool(get("AWS_CONTAINER_AUTHORIZATION_TOKEN"))
                 if out.container_token_in_env and not all(32 <= ord(c) <= 126 for c in get("AWS_CONTAINER_AUTHORIZATION_TOKEN")):
@@ -287,11 +294,12 @@ class Settings:
     inbound_token_sha256: tuple[str, ...] = ()
 
     @staticmethod
-    def from_env(env: Mapping[str, str]) -> "Settings":
-        return Settings.with_tokens(env)[0]
+    def from_env(env: Mapping[str, str], files_here: bool = True) -> "Settings":
+        """`files_here` False: rendering for another machine, whose token files are not here."""
+        return Settings.with_tokens(env, files_here)[0]
 
     @staticmethod
-    def with_tokens(env: Mapping[str, str]) -> tuple["Settings", str]:
+    def with_tokens(env: Mapping[str, str], files_here: bool = True) -> tuple["Settings", str]:
         """The settings, and the tokens of RELAY_INBOUND_TOKENS (for Envoy's environment, never the
         file; those of RELAY_INBOUND_TOKENS_FILE go into the plugin configuration as digests)."""
         def get(name: str, default: str = "") -> str:
@@ -368,7 +376,7 @@ class Settings:
             raise SettingsError(f"AWS_ENDPOINT_URL_STS must be a URL such as https://sts.us-east-1.amazonaws.com, got {sts_endpoint!r}")
         if sts_parts.scheme == "http" and not is_loopback(sts_parts.hostname):
             raise SettingsError(f"AWS_ENDPOINT_URL_STS may use plain http:// only on loopback, got {sts_endpoint!r}")
-        credentials = Credentials.from_env(env)
+        credentials = Credentials.from_env(env, files_here)
         # The role assumed on top of the base credentials: RELAY_ASSUME_ROLE_ARN, or AWS_ROLE_ARN
         # when there is no web identity token file (its meaning before web identity existed).
         # With a token file AWS_ROLE_ARN is the web identity's role, as in the SDKs, even when
