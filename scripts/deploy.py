@@ -24,7 +24,6 @@ import tomllib
 from pathlib import Path
 from typing import Mapping
 
-
 import relayctl
 from relayctl import ROOT, SettingsError
 
