@@ -24,6 +24,9 @@ import tomllib
 from pathlib import Path
 from typing import Mapping
 
+import yaml
+
+import mesh_recipes
 import relayctl
 from relayctl import ROOT, SettingsError
 
@@ -62,6 +65,10 @@ IRSA = {
     "AWS_ROLE_ARN": EXAMPLE_ROLE_ARN,
 }
 
+# The Wasm OCI image (make image) that Istio's agent and Envoy Gateway pull: RELAY_IMAGE, and its
+# manifest digest RELAY_IMAGE_DIGEST (sha256:..., printed by make image) to pin it.
+EXAMPLE_IMAGE = "registry.example.com/healthlake-relay"
+
 # The inbound tokens come from a Kubernetes Secret at run time (RELAY_INBOUND_TOKENS in the pod's
 # environment, read by the plugin); this stand-in only makes the renderer choose bearer
 # authentication. It is never written anywhere.
@@ -93,13 +100,35 @@ def envoy_files(s: relayctl.Settings) -> dict[str, str]:
     return files
 
 
+def image(env: Mapping[str, str]) -> tuple[str, str | None]:
+    """The image reference and its manifest digest (hex), if given."""
+    reference = env.get("RELAY_IMAGE", "").strip() or f"{EXAMPLE_IMAGE}:{version()}"
+    pinned = env.get("RELAY_IMAGE_DIGEST", "").strip().removeprefix("sha256:")
+    if pinned and not (len(pinned) == 64 and all(c in "0123456789abcdef" for c in pinned)):
+        raise SettingsError(f"RELAY_IMAGE_DIGEST must be sha256: and 64 hex digits, got {pinned!r}")
+    return reference, pinned or None
+
+
 def generated(env: Mapping[str, str]) -> dict[str, str]:
     """Every generated file of deploy/, by its path under deploy/."""
     out: dict[str, str] = {}
-    for name, text in envoy_files(settings(env, POD_IDENTITY)).items():
+    pod_identity = envoy_files(settings(env, POD_IDENTITY))
+    for name, text in pod_identity.items():
         out[f"kubernetes/{name}"] = text
     for name, text in envoy_files(settings(env, IRSA)).items():
         out[f"kubernetes/components/irsa/{name}"] = text
+    # The mesh recipes carry the same rendering (EKS Pod Identity) into the gateways' xDS.
+    config = yaml.safe_load(pod_identity["envoy.yaml"])
+    sds = {k: v for k, v in pod_identity.items() if k != "envoy.yaml"}
+    reference, sha256 = image(env)
+    try:
+        istio = mesh_recipes.istio(config, reference, sds_files=sds, sha256=sha256)
+        gateway = mesh_recipes.envoy_gateway(config, reference, sds_files=sds, sha256=sha256)
+    except mesh_recipes.RecipeError as e:
+        raise SettingsError(str(e)) from None
+    out["istio/healthlake-relay.yaml"] = HEADER + mesh_recipes.to_yaml(istio, mesh_recipes.ISTIO_NOTES)
+    out["envoy-gateway/healthlake-relay.yaml"] = HEADER + mesh_recipes.to_yaml(
+        gateway, mesh_recipes.ENVOY_GATEWAY_NOTES)
     return out
 
 

@@ -99,3 +99,24 @@ def test_a_deployment_for_your_values_is_written_elsewhere_complete(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "deploy.py"), "--out", str(tmp_path / "bad")],
                          capture_output=True, text=True, env=relay_env(AWS_REGION="eu west"))
     assert bad.returncode == 2 and "AWS_REGION" in bad.stderr
+
+
+@pytest.mark.parametrize("recipe", ["istio/healthlake-relay.yaml", "envoy-gateway/healthlake-relay.yaml"])
+def test_the_shipped_mesh_recipes_carry_envoy_configurations_envoy_accepts(recipe, tmp_path):
+    import mesh_recipes
+
+    docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / recipe).read_text()) if d]
+    # The SDS files the recipe mounts (a ConfigMap), where the rendered configuration expects them.
+    for doc in docs:
+        if doc["kind"] == "ConfigMap":
+            for name, text in doc["data"].items():
+                (tmp_path / name).write_text(pod_paths_here(text, tmp_path))
+    bootstraps = mesh_recipes.embedded_bootstraps(docs)
+    assert len(bootstraps) == 1
+    for name, bootstrap in bootstraps:
+        path = tmp_path / "bootstrap.yaml"
+        path.write_text(pod_paths_here(yaml.safe_dump(bootstrap, sort_keys=False), tmp_path))
+        text = path.read_text()
+        assert "allow_on_headers_stop_iteration: true" in text, name
+        checked = relayctl.validate_config(path, relay_env(RELAY_INBOUND_TOKENS="a-token-from-the-kubernetes-secret"))
+        assert checked.returncode == 0, (name, checked.stdout + checked.stderr)
