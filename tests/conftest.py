@@ -148,7 +148,7 @@ def start_relay(workdir: Path, emulator: relayctl.Emulator | None, env: dict[str
                 settings_env: dict[str, str] | None = None,
                 edit: Callable[[dict], None] | None = None,
                 plugin_config: dict | None = None,
-                concurrency: int = 2) -> relayctl.Envoy:
+                concurrency: int = 2, extra_args: tuple[str, ...] = ()) -> relayctl.Envoy:
     """Renders envoy.yaml for the emulator (ports 0), optionally edits it, validates it, starts Envoy.
     The settings see Envoy's AWS_ variables (its credentials' source), then `settings_env`."""
     register_secrets_of(settings_env or {})
@@ -171,7 +171,7 @@ def start_relay(workdir: Path, emulator: relayctl.Emulator | None, env: dict[str
     checked = relayctl.validate_config(path, env)
     (workdir / "validate.log").write_text(checked.stdout + checked.stderr)  # searched for secrets too
     assert checked.returncode == 0, checked.stderr
-    return relayctl.start_envoy(path, workdir, env, concurrency=concurrency)
+    return relayctl.start_envoy(path, workdir, env, concurrency=concurrency, extra_args=extra_args)
 
 
 @pytest.fixture(scope="module")
