@@ -473,9 +473,11 @@ def eg_vm_id(namespace: str, policy: str, index: int = 0) -> str:
     return f"envoyextensionpolicy/{namespace}/{policy}/wasm/{index}"
 
 
-def by_name(items: str, name: str) -> str:
-    """A JSONPath selecting the elements of list `items`, anywhere, whose name is `name`."""
-    return f"$..{items}[?(@.name=='{name}')]"
+def by_name(items: str, name: str, only_if_true: str = "") -> str:
+    """A JSONPath selecting the elements of list `items`, anywhere, whose name is `name` (and, with
+    `only_if_true`, a dotted path, whose field there is already true)."""
+    condition = f" && @.{only_if_true}==true" if only_if_true else ""
+    return f"$..{items}[?(@.name=='{name}'{condition})]"
 
 
 def envoy_gateway(config: Mapping, image: str, *, sds_files: Mapping[str, str] | None = None,
@@ -514,9 +516,11 @@ def envoy_gateway(config: Mapping, image: str, *, sds_files: Mapping[str, str] |
     if relay.host_env_keys:
         wasm_spec["env"] = {"hostKeys": relay.host_env_keys}
 
-    def on_filter(op: str, path: str, value) -> dict:
+    def on_filter(op: str, path: str, value, only_with_the_field: bool = False) -> dict:
+        selected = by_name("http_filters", filter_name,
+                           "typed_config.config.allow_on_headers_stop_iteration" if only_with_the_field else "")
         return {"type": LISTENER_TYPE, "name": listener_name, "operation": {
-            "op": op, "jsonPath": by_name("http_filters", filter_name), "path": path, "value": value}}
+            "op": op, "jsonPath": selected, "path": path, "value": value}}
 
     patches = [
         on_filter("add", "/typed_config/config/allow_on_headers_stop_iteration", True),
@@ -524,15 +528,20 @@ def envoy_gateway(config: Mapping, image: str, *, sds_files: Mapping[str, str] |
     ]
     if "reload_config" in plugin:
         patches.append(on_filter("add", "/typed_config/config/reload_config", copy.deepcopy(plugin["reload_config"])))
+    # EG applies each patch on its own and goes on past one that fails (an EG whose Envoy API
+    # lacks allow_on_headers_stop_iteration refuses only that one): the two patches that make the
+    # filter work (the relay's configuration instead of the sentinel, and enabled) select the filter
+    # only once the field is there, so that without it the sentinel stays and the relay refuses to
+    # start, instead of every write hanging.
     patches += [
-        on_filter("replace", "/typed_config/config/configuration", copy.deepcopy(plugin["configuration"])),
+        on_filter("replace", "/typed_config/config/configuration", copy.deepcopy(plugin["configuration"]), True),
         on_filter("replace", "/typed_config/config/vm_config/vm_id", plugin["vm_config"]["vm_id"]),
     ]
     if "environment_variables" in plugin["vm_config"]:
         patches.append(on_filter("add", "/typed_config/config/vm_config/environment_variables",
                                  copy.deepcopy(plugin["vm_config"]["environment_variables"])))
     # Enabled for every request on this listener, as in envoy.yaml (EG enables it per route).
-    patches.append(on_filter("replace", "/disabled", False))
+    patches.append(on_filter("replace", "/disabled", False, True))
     for key, value in relay.carried_hcm().items():
         if key == "access_log":
             for item in value:
@@ -569,6 +578,9 @@ def envoy_gateway(config: Mapping, image: str, *, sds_files: Mapping[str, str] |
             "provider": {"type": "Kubernetes", "kubernetes": {
                 # A fixed name, for the EKS Pod Identity association (or the IRSA annotation).
                 "envoyServiceAccount": {"name": name},
+                # Inside the cluster only (EG's default is a LoadBalancer, which on EKS can be an
+                # internet-facing one): Smile CDR reaches it by its ClusterIP Service.
+                "envoyService": {"type": "ClusterIP"},
                 "envoyDeployment": deployment}}}},
     ]
     if config_map:
@@ -605,11 +617,22 @@ def pointer_parts(pointer: str) -> list[str]:
 
 def json_path_pointers(document, json_path: str) -> list[str]:
     """The pointers EG's jsonPath selects, for the one form the recipes use:
-    `$..<list>[?(@.name=='<name>')]` (every element named so of every list so called)."""
-    m = re.fullmatch(r"\$\.\.([A-Za-z_][A-Za-z0-9_]*)\[\?\(@\.name\s*==\s*'([^']*)'\)\]", json_path)
+    `$..<list>[?(@.name=='<name>')]` (every element named so of every list so called), optionally
+    with `&& @.<dotted path>==true` (only those whose field there is true)."""
+    m = re.fullmatch(r"\$\.\.([A-Za-z_][A-Za-z0-9_]*)\[\?\(@\.name\s*==\s*'([^']*)'"
+                     r"(?:\s*&&\s*@\.([A-Za-z0-9_.]+)\s*==\s*true)?\)\]", json_path)
     if not m:
         raise RecipeError(f"unsupported jsonPath {json_path!r}")
-    key, wanted = m.groups()
+    key, wanted, required = m.groups()
+
+    def selected(item) -> bool:
+        if not isinstance(item, dict) or item.get("name") != wanted:
+            return False
+        value = item
+        for part in (required.split(".") if required else []):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value is True if required else True
+
     out: list[str] = []
 
     def walk(node, at: str) -> None:
@@ -617,8 +640,7 @@ def json_path_pointers(document, json_path: str) -> list[str]:
             for k, v in node.items():
                 here = f"{at}/{k.replace('~', '~0').replace('/', '~1')}"
                 if k == key and isinstance(v, list):
-                    out.extend(f"{here}/{i}" for i, item in enumerate(v)
-                               if isinstance(item, dict) and item.get("name") == wanted)
+                    out.extend(f"{here}/{i}" for i, item in enumerate(v) if selected(item))
                 walk(v, here)
         elif isinstance(node, list):
             for i, item in enumerate(node):
@@ -833,17 +855,22 @@ def patch_scheme(epp: Mapping) -> str:
 
 
 def envoy_gateway_bootstrap(docs: list[dict], wasm_file: Path, scheme: str | None = None,
-                            patched: bool = True) -> dict:
+                            patched: bool = True, refused: frozenset[int] = frozenset()) -> dict:
     """What Envoy Gateway serves for the recipe: its generated listener and route configuration
     (xDS names of `scheme`, by default the one the EnvoyPatchPolicy was written for), the
     EnvoyPatchPolicy's operations applied as EG applies them (`patched` False: EG without
-    EnvoyPatchPolicy enabled), the route configuration inlined (RDS needs a control plane)."""
+    EnvoyPatchPolicy enabled), the route configuration inlined (RDS needs a control plane).
+    `refused`: the indexes of patches EG refuses (e.g. an EG whose Envoy API lacks a field); EG
+    then goes on with the others, skipping those that fail in turn, as it does. Without it, any
+    patch that fails is an error."""
     epp = next(d for d in docs if d["kind"] == "EnvoyPatchPolicy")
     listener, route_config = envoy_gateway_generated(docs, wasm_file, scheme or patch_scheme(epp))
     resources = {(LISTENER_TYPE, listener["name"]): listener, (ROUTE_TYPE, route_config["name"]): route_config}
     clusters = []
     if patched:
-        for patch in epp["spec"]["jsonPatches"]:
+        for index, patch in enumerate(epp["spec"]["jsonPatches"]):
+            if index in refused:
+                continue
             operation = patch["operation"]
             if operation["op"] == "add" and not operation.get("path") and not operation.get("jsonPath"):
                 if patch["type"] != CLUSTER_TYPE:
@@ -853,7 +880,11 @@ def envoy_gateway_bootstrap(docs: list[dict], wasm_file: Path, scheme: str | Non
             target = resources.get((patch["type"], patch["name"]))
             if target is None:
                 raise RecipeError(f"EG would report {patch['type']} {patch['name']} not found")
-            apply_operation(target, operation)
+            try:
+                apply_operation(target, operation)
+            except RecipeError:
+                if not refused:
+                    raise
     hcm = listener["default_filter_chain"]["filters"][0]["typed_config"]
     del hcm["rds"]
     hcm["route_config"] = route_config

@@ -352,6 +352,40 @@ def test_envoy_gateway_without_the_patch_refuses_every_request_instead_of_hangin
     assert mesh_recipes.EG_SENTINEL_FIELD in checked.stdout + checked.stderr
 
 
+def test_envoy_gateway_never_runs_the_relay_without_the_field_whichever_patch_is_refused(rendered, tmp_path):
+    # EG applies each patch on its own and goes on past a refused one (an EG whose Envoy API lacks
+    # allow_on_headers_stop_iteration refuses exactly that one). Whichever single patch it refuses,
+    # the relay either runs with the field or does not start at all (the sentinel stays): never
+    # without it, which would hang every write.
+    docs = rendered.recipe("envoy-gateway")
+    epp = next(d for d in docs if d["kind"] == "EnvoyPatchPolicy")
+    assert any(p["operation"].get("path", "").endswith("/allow_on_headers_stop_iteration")
+               for p in epp["spec"]["jsonPatches"])
+    for index, patch in enumerate(epp["spec"]["jsonPatches"]):
+        if patch["type"] != mesh_recipes.LISTENER_TYPE:
+            continue
+        bootstrap = mesh_recipes.envoy_gateway_bootstrap(docs, relayctl.WASM, refused=frozenset({index}))
+        (wasm,) = [f["typed_config"]["config"] for f in walk_dicts(bootstrap)
+                   if f.get("name", "").startswith("envoy.filters.http.wasm/")]
+        runs = mesh_recipes.EG_SENTINEL_FIELD not in wasm["configuration"]["value"]
+        if runs:
+            assert wasm.get("allow_on_headers_stop_iteration") is True, (index, patch)
+        elif patch["operation"].get("path", "").endswith("/allow_on_headers_stop_iteration"):
+            # The case that matters, through Envoy: it refuses to start the relay, naming why.
+            checked = rendered.validate(bootstrap, f"refused-{index}.yaml", docs)
+            assert checked.returncode != 0 and mesh_recipes.EG_SENTINEL_FIELD in checked.stdout + checked.stderr
+
+
+def walk_dicts(node):
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from walk_dicts(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk_dicts(value)
+
+
 def test_the_json_patch_engine_follows_rfc_6902_and_egs_json_path():
     doc = {"a": {"filters": [{"name": "x", "v": 1}, {"name": "y"}, {"name": "x"}]}, "l": [1, 2]}
     assert mesh_recipes.json_path_pointers(doc, "$..filters[?(@.name=='x')]") == ["/a/filters/0", "/a/filters/2"]
@@ -403,3 +437,12 @@ def test_a_registry_pull_secret_reaches_the_puller(rendered):
     docs = rendered.recipe("envoy-gateway", pull_secret="registry-credentials")
     (wasm,) = kind(docs, "EnvoyExtensionPolicy")["spec"]["wasm"]
     assert wasm["code"]["image"]["pullSecretRef"] == {"name": "registry-credentials"}
+
+
+def test_the_envoy_gateway_service_stays_inside_the_cluster(rendered):
+    # EG's default Service is a LoadBalancer (on EKS possibly internet-facing): plain HTTP with
+    # bearer tokens must not leave the cluster.
+    (proxy,) = [d for d in rendered.recipe("envoy-gateway") if d["kind"] == "EnvoyProxy"]
+    assert proxy["spec"]["provider"]["kubernetes"]["envoyService"]["type"] == "ClusterIP"
+    (service,) = [d for d in rendered.recipe("istio") if d["kind"] == "Service"]
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
