@@ -23,6 +23,22 @@ pub enum Readiness {
     NotReady(String),
 }
 
+/// Whether the health listener serves this method: reads only (`GET`, `HEAD`). Anything else is
+/// answered `405` by the relay's filter there, whatever the path: nothing but a probe or a scrape
+/// goes through that listener, and never a write.
+pub fn serves_method(method: &[u8]) -> bool {
+    method == b"GET" || method == b"HEAD"
+}
+
+/// The `405` body for any other method on the health listener.
+pub fn method_refused_body() -> Vec<u8> {
+    operation_outcome::body(
+        Severity::Error,
+        "not-supported",
+        "The health listener serves GET /ready, /live and /stats/prometheus only; writes go to the relay's listener.",
+    )
+}
+
 /// Whether `path` (as received, with any query) is the probe's.
 pub fn is_probe(path: &[u8]) -> bool {
     let end = path.iter().position(|&b| b == b'?').unwrap_or(path.len());
@@ -169,6 +185,16 @@ mod tests {
             Readiness::NotReady(why) => why,
             Readiness::Ready => panic!("ready, expected not ready"),
         }
+    }
+
+    #[test]
+    fn the_health_listener_serves_reads_only() {
+        assert!(serves_method(b"GET") && serves_method(b"HEAD"));
+        for other in [&b"PUT"[..], b"POST", b"DELETE", b"get", b"CONNECT", b""] {
+            assert!(!serves_method(other), "{other:?}");
+        }
+        let body: serde_json::Value = serde_json::from_slice(&method_refused_body()).unwrap();
+        assert_eq!(body["issue"][0]["code"], "not-supported");
     }
 
     #[test]

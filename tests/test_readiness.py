@@ -5,6 +5,7 @@ graceful drain rely on), /live while Envoy serves, /stats/prometheus Envoy's sta
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 
 from conftest import relay_env, relayctl, send, start_relay
@@ -82,10 +83,41 @@ def test_draining_makes_ready_fail_while_writes_are_still_served(fresh, tmp_path
         r = send(envoy.health_url, "GET", "/stats/prometheus")
         assert r.status == 200
         assert 'healthlake_relay_outcome{outcome="delivered"} 1' in r.body.decode(), r.body[:2000]
-        for path in ("/", "/stats", "/config_dump", "/healthcheck/fail", "/readyz", "/ready/"):
+        for path in ("/", "/stats", "/config_dump", "/healthcheck/fail", "/readyz", "/ready/",
+                     "/stats/prometheus/../config_dump", "//stats/prometheus", "/stats%2Fprometheus",
+                     "http://127.0.0.1/config_dump"):
             assert send(envoy.health_url, "GET", path).status == 404, path
+        # Reads only, whatever the path: never a write, never a POST to the admin interface.
+        for method, path in (("PUT", "/Patient/h-1"), ("DELETE", "/Patient/h-1"), ("POST", "/stats/prometheus"),
+                             ("POST", "/ready")):
+            r = send(envoy.health_url, method, path, body("h-1") if method == "PUT" else b"", FHIR)
+            assert r.status == 405 and "health listener" in diagnostics(r), (method, path, r.body)
+        assert not [q for q in fresh.requests() if "h-1" in q["path"]]
         # The probes are the health listener's, never the writes' (a GET there is a read).
         r = send(envoy.url, "GET", "/ready")
         assert (r.status, r.header("x-healthlake-outcome")) == (405, "read-dropped")
+    finally:
+        envoy.stop()
+
+
+def test_the_probe_never_fetches_credentials_itself(fresh, tmp_path):
+    # The health listener's copy of the filter alone (the writes' one removed): with instance
+    # metadata up and nothing else fetching, /ready stays 503 and IMDS is never called.
+    def probe_only(config):
+        for listener in config["static_resources"]["listeners"]:
+            if listener["name"] == "smile_cdr":
+                hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+                hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "healthlake_relay"]
+
+    env = relay_env(AWS_EC2_METADATA_DISABLED="false", AWS_EC2_METADATA_SERVICE_ENDPOINT=fresh.url)
+    envoy = start_relay(tmp_path, fresh, env, edit=probe_only)
+    try:
+        deadline = time.monotonic() + 3  # twelve of the writes' filter's 250 ms ticks
+        while time.monotonic() < deadline:
+            assert send(envoy.health_url, "GET", "/ready").status == 503
+            time.sleep(0.25)
+        stats = envoy.stats()
+        assert "cluster.imds.upstream_rq_total" in stats, "the imds cluster is in the configuration"
+        assert stats["cluster.imds.upstream_rq_total"] == 0
     finally:
         envoy.stop()

@@ -1,6 +1,7 @@
 //! The health listener's `GET /ready` (`crate::readiness`), answered by the plugin instance with
 //! root id `healthlake_relay_readiness`: a `503` with the reason while the relay cannot sign;
-//! otherwise the request goes on to Envoy's health-check filter, which answers it.
+//! otherwise the request goes on to Envoy's health-check filter, which answers it. Any method but
+//! GET and HEAD is answered `405` on that listener, whatever the path.
 
 use super::abi::{self, Map};
 use super::credentials::WasmHost;
@@ -19,6 +20,13 @@ impl Context for ReadinessHttp {}
 
 impl HttpContext for ReadinessHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let method = abi::header(Map::Request, b":method")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if !readiness::serves_method(&method) {
+            return answer(405, &readiness::method_refused_body());
+        }
         let path = abi::header(Map::Request, b":path")
             .ok()
             .flatten()
@@ -40,13 +48,16 @@ impl HttpContext for ReadinessHttp {
         };
         match verdict {
             Readiness::Ready => Action::Continue,
-            Readiness::NotReady(why) => {
-                let headers = [("content-type", FHIR_JSON), ("cache-control", "no-store")];
-                if !host::send_local_response(503, &headers, &readiness::not_ready_body(&why)) {
-                    host::reset_request();
-                }
-                Action::Pause
-            }
+            Readiness::NotReady(why) => answer(503, &readiness::not_ready_body(&why)),
         }
     }
+}
+
+/// Answers the request locally (or resets it if even that fails).
+fn answer(status: u16, body: &[u8]) -> Action {
+    let headers = [("content-type", FHIR_JSON), ("cache-control", "no-store")];
+    if !host::send_local_response(status, &headers, body) {
+        host::reset_request();
+    }
+    Action::Pause
 }
