@@ -3,7 +3,7 @@
 
     deploy.py [--out DIR]   write the generated files: deploy/ (the default) is the shipped example,
                             rendered with the fleet's defaults only; another DIR gets your settings
-    deploy.py --check       exit 1 if deploy/ differs from what this would write
+    deploy.py --check [--dir DIR]   exit 1 if deploy/ (or DIR) differs from what this would write
 
 The settings are the same environment variables as `make run` (README, Settings), with the fleet's
 defaults below: listen on all addresses, the health listener for Kubernetes' probes, EKS Pod
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import tomllib
@@ -125,9 +126,14 @@ def generated(env: Mapping[str, str]) -> dict[str, str]:
     config = yaml.safe_load(pod_identity["envoy.yaml"])
     sds = {k: v for k, v in pod_identity.items() if k != "envoy.yaml"}
     reference, sha256 = image(env)
+    namespace = env.get("RELAY_NAMESPACE", "").strip() or "healthlake-relay"
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", namespace):
+        raise SettingsError(f"RELAY_NAMESPACE must be a Kubernetes namespace name, got {namespace!r}")
+    scheme = env.get("RELAY_ENVOY_GATEWAY_XDS_NAME_SCHEME", "").strip() or "v1"
     try:
-        istio = mesh_recipes.istio(config, reference, sds_files=sds, sha256=sha256)
-        gateway = mesh_recipes.envoy_gateway(config, reference, sds_files=sds, sha256=sha256)
+        istio = mesh_recipes.istio(config, reference, sds_files=sds, sha256=sha256, namespace=namespace)
+        gateway = mesh_recipes.envoy_gateway(config, reference, sds_files=sds, sha256=sha256,
+                                             namespace=namespace, xds_name_scheme=scheme)
     except mesh_recipes.RecipeError as e:
         raise SettingsError(str(e)) from None
     out["istio/healthlake-relay.yaml"] = HEADER + mesh_recipes.to_yaml(istio, mesh_recipes.ISTIO_NOTES)
@@ -147,6 +153,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEPLOY, help="where to write (default: deploy/)")
     parser.add_argument("--check", action="store_true", help="compare deploy/ with a fresh rendering")
+    parser.add_argument("--dir", type=Path, default=DEPLOY, help="with --check: the directory to compare (default: deploy/)")
     args = parser.parse_args(argv)
     out = args.out.resolve()
     shipped = args.check or out == DEPLOY.resolve()
@@ -158,9 +165,10 @@ def main(argv: list[str]) -> int:
         return 2
     if args.check:
         stale = [name for name, text in files.items()
-                 if not (DEPLOY / name).exists() or (DEPLOY / name).read_text() != text]
+                 if not (args.dir / name).exists() or (args.dir / name).read_text() != text]
         for name in stale:
-            print(f"deploy: deploy/{name} is not what scripts/deploy.py renders: run make deploy", file=sys.stderr)
+            print(f"deploy: {relayctl.shown(args.dir.resolve() / name)} is not what scripts/deploy.py renders: "
+                  "run make deploy", file=sys.stderr)
         return 1 if stale else 0
     if not shipped:
         if out.exists() and any(out.iterdir()):

@@ -4,6 +4,7 @@ built .wasm, as it will be mounted in the pod."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -21,20 +22,19 @@ CONFIGS = {
 }
 
 
-def test_the_committed_deployment_is_what_the_generator_renders():
+def test_the_committed_deployment_is_what_the_generator_renders(tmp_path):
+    # The shipped example ignores the caller's settings (here a region).
     check = subprocess.run([sys.executable, str(ROOT / "scripts" / "deploy.py"), "--check"],
                            capture_output=True, text=True, env=relay_env(AWS_REGION="eu-west-1"))
     assert check.returncode == 0, check.stderr
-    # ... and the check bites: a generated file edited by hand is reported.
-    target = ROOT / "deploy" / "kubernetes" / "envoy.yaml"
-    original = target.read_text()
-    try:
-        target.write_text(original.replace("healthlake.us-east-1.amazonaws.com", "healthlake.example.com"))
-        check = subprocess.run([sys.executable, str(ROOT / "scripts" / "deploy.py"), "--check"],
-                               capture_output=True, text=True)
-        assert check.returncode == 1 and "deploy/kubernetes/envoy.yaml" in check.stderr, check.stderr
-    finally:
-        target.write_text(original)
+    # ... and the check bites: a generated file edited by hand (in a copy) is reported.
+    copy = tmp_path / "deploy"
+    shutil.copytree(ROOT / "deploy", copy)
+    target = copy / "kubernetes" / "envoy.yaml"
+    target.write_text(target.read_text().replace("healthlake.us-east-1.amazonaws.com", "healthlake.example.com"))
+    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "deploy.py"), "--check", "--dir", str(copy)],
+                           capture_output=True, text=True)
+    assert check.returncode == 1 and "kubernetes/envoy.yaml is not what" in check.stderr, check.stderr
 
 
 def pod_paths_here(text: str, tmp_path) -> str:
@@ -120,3 +120,21 @@ def test_the_shipped_mesh_recipes_carry_envoy_configurations_envoy_accepts(recip
         assert "allow_on_headers_stop_iteration: true" in text, name
         checked = relayctl.validate_config(path, relay_env(RELAY_INBOUND_TOKENS="a-token-from-the-kubernetes-secret"))
         assert checked.returncode == 0, (name, checked.stdout + checked.stderr)
+
+
+def test_the_mesh_recipes_follow_the_namespace_and_envoy_gateways_name_scheme(tmp_path):
+    out = tmp_path / "mine"
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "deploy.py"), "--out", str(out)],
+                         capture_output=True, text=True,
+                         env=relay_env(RELAY_NAMESPACE="fhir-relay", RELAY_ENVOY_GATEWAY_XDS_NAME_SCHEME="v2"))
+    assert run.returncode == 0, run.stderr
+    docs = [d for d in yaml.safe_load_all((out / "envoy-gateway" / "healthlake-relay.yaml").read_text()) if d]
+    assert {d["metadata"]["namespace"] for d in docs if d["kind"] != "ConfigMap"} == {"fhir-relay"}
+    (epp,) = [d for d in docs if d["kind"] == "EnvoyPatchPolicy"]
+    listeners = {p["name"] for p in epp["spec"]["jsonPatches"] if p["type"].endswith("Listener")}
+    assert listeners == {"tcp-10000"}, listeners
+    istio = [d for d in yaml.safe_load_all((out / "istio" / "healthlake-relay.yaml").read_text()) if d]
+    assert {d["metadata"]["namespace"] for d in istio} == {"fhir-relay"}
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "deploy.py"), "--out", str(tmp_path / "bad")],
+                         capture_output=True, text=True, env=relay_env(RELAY_ENVOY_GATEWAY_XDS_NAME_SCHEME="v3"))
+    assert bad.returncode == 2 and "xds_name_scheme" in bad.stderr

@@ -653,3 +653,15 @@ def test_the_irsa_component_swaps_the_configuration_and_names_the_same_role(kust
     plugin = json.loads(relay["typed_config"]["config"]["configuration"]["value"])
     annotations = one(docs, "ServiceAccount")["metadata"]["annotations"]
     assert annotations["eks.amazonaws.com/role-arn"] == plugin["credentials"]["web_identity"]["role_arn"]
+
+
+def test_the_image_volume_is_scheduled_only_where_the_image_unpacks(renderings):
+    # The kubelet unpacks an image volume only for its node's platform: the base runs on nodes of
+    # the platform the relay's OCI image names; the init-container component runs anywhere.
+    import oci_image
+
+    _, blobs = oci_image.image_blobs(b"\0asm\x01\0\0\0", oci_image.package())
+    (config,) = [json.loads(b) for b in blobs.values() if b"rootfs" in b]
+    base = pod_spec(renderings["base"])
+    assert base["nodeSelector"] == {"kubernetes.io/arch": config["architecture"]}
+    assert "kubernetes.io/arch" not in pod_spec(renderings["component"]).get("nodeSelector", {})
