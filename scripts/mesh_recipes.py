@@ -17,7 +17,9 @@ keys; only the code's source differs: the OCI image instead of a local file), ev
 route and the plugin configuration name, the route (timeout, retry policy, header removals), the
 listener's buffer limit, and the connection manager's limits, local replies and access log.
 Not carried (the gateway's own bootstrap owns them): the stats tags that turn the relay's stat
-names into Prometheus labels, the overload manager's connection cap, the admin and health listeners.
+names into Prometheus labels, the overload manager's connection cap, the admin and health listeners,
+the router's suppress_envoy_headers (the gateways may add x-envoy-* headers; HealthLake ignores
+them and the relay signs only the headers it sets), the listener's TLS (so no mTLS inbound auth).
 
 `embedded_bootstraps(docs)` turns each recipe back into a standalone Envoy bootstrap holding
 exactly the Envoy configuration the recipe carries (with the OCI code swapped for the local .wasm,
@@ -157,6 +159,11 @@ class Relay:
         if plugin.get("failure_policy") == "FAIL_OPEN" or plugin.get("fail_open"):
             raise RecipeError("the relay must never fail open (it would forward unsigned)")
         self.plugin_config: dict = json.loads(plugin["configuration"]["value"])
+        if self.plugin_config.get("inbound_auth") == "mtls":
+            # The listener's TLS (client certificates) is the gateway's, not carried: with mTLS
+            # the relay would refuse every write. Bearer tokens, or the mesh's own mTLS in front.
+            raise RecipeError("inbound_auth mtls is not carried into the mesh recipes: use bearer tokens "
+                              "(RELAY_INBOUND_TOKENS)")
         self.port: int = int(self.listener["address"]["socket_address"]["port_value"])
         route_config = self.hcm.get("route_config")
         if not route_config or len(route_config.get("virtual_hosts", [])) != 1:

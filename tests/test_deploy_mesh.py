@@ -446,3 +446,18 @@ def test_the_envoy_gateway_service_stays_inside_the_cluster(rendered):
     assert proxy["spec"]["provider"]["kubernetes"]["envoyService"]["type"] == "ClusterIP"
     (service,) = [d for d in rendered.recipe("istio") if d["kind"] == "Service"]
     assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+
+
+def test_a_configuration_with_mtls_inbound_auth_is_not_carried(rendered):
+    # The listener's TLS stays with the gateway: with mtls the relay would refuse every write.
+    config = copy.deepcopy(rendered.config)
+    changed = 0
+    for f in walk_dicts(config):
+        if isinstance(f.get("config"), dict) and f["config"].get("root_id") == "healthlake_relay":
+            changed += 1
+            plugin = json.loads(f["config"]["configuration"]["value"])
+            plugin["inbound_auth"] = "mtls"
+            f["config"]["configuration"]["value"] = json.dumps(plugin)
+    assert changed == 1
+    with pytest.raises(mesh_recipes.RecipeError, match="mtls"):
+        mesh_recipes.Relay(config)
