@@ -103,7 +103,7 @@ def test_a_deployment_for_your_values_is_written_elsewhere_complete(tmp_path):
 
 @pytest.mark.parametrize("recipe", ["istio/healthlake-relay.yaml", "envoy-gateway/healthlake-relay.yaml"])
 def test_the_shipped_mesh_recipes_carry_envoy_configurations_envoy_accepts(recipe, tmp_path):
-    import mesh_recipes
+    import mesh_bootstraps
 
     docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / recipe).read_text()) if d]
     # The SDS files the recipe mounts (a ConfigMap), where the rendered configuration expects them.
@@ -111,7 +111,7 @@ def test_the_shipped_mesh_recipes_carry_envoy_configurations_envoy_accepts(recip
         if doc["kind"] == "ConfigMap":
             for name, text in doc["data"].items():
                 (tmp_path / name).write_text(pod_paths_here(text, tmp_path))
-    bootstraps = mesh_recipes.embedded_bootstraps(docs)
+    bootstraps = mesh_bootstraps.embedded_bootstraps(docs)
     assert len(bootstraps) == 1
     for name, bootstrap in bootstraps:
         path = tmp_path / "bootstrap.yaml"

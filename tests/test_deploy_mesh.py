@@ -18,6 +18,7 @@ import yaml
 from conftest import ROOT, register_secret, relay_env, relayctl
 
 sys.path.insert(0, str(ROOT / "scripts"))
+import mesh_bootstraps  # noqa: E402
 import mesh_recipes  # noqa: E402
 
 IMAGE = "registry.example.com/healthlake-relay:1.0.0"
@@ -135,7 +136,7 @@ def test_each_embedded_bootstrap_passes_envoy_validate(recipe, source, tmp_path)
     r = Rendered(tmp_path, source)
     # (With the pull options: the Istio agent strips its ISTIO_META_ keys before Envoy.)
     docs = r.recipe(recipe, sha256=DIGEST, pull_policy="Always")
-    ((name, bootstrap),) = mesh_recipes.embedded_bootstraps(docs)
+    ((name, bootstrap),) = mesh_bootstraps.embedded_bootstraps(docs)
     assert name == f"{recipe}/healthlake-relay"
     checked = r.validate(bootstrap, "embedded.yaml", docs)
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -164,7 +165,7 @@ def test_the_istio_wasm_config_is_the_rendered_one_with_the_image_as_code(render
     # The pull policy travels as the agent's ISTIO_META_ key, which the agent strips before Envoy.
     env = wasm["config"]["vm_config"]["environment_variables"]
     assert env["key_values"] == {"ISTIO_META_WASM_IMAGE_PULL_POLICY": "IfNotPresent"}
-    as_envoy_gets_it = mesh_recipes.local_code(wasm, relayctl.WASM)
+    as_envoy_gets_it = mesh_bootstraps.local_code(wasm, relayctl.WASM)
     assert without_code(as_envoy_gets_it) == without_code(rendered_wasm)
     # Without a digest, Istio's own "unset" sentinel.
     (ecds,) = istio_patches(rendered.recipe("istio"), "EXTENSION_CONFIG")
@@ -284,11 +285,11 @@ def test_the_envoy_gateway_patch_makes_the_generated_filter_the_rendered_one(ren
     assert wasm["code"] == {"type": "Image", "image": {"url": IMAGE, "sha256": DIGEST}, "pullPolicy": "IfNotPresent"}
     assert wasm["failOpen"] is False
     # What EG generates from the EnvoyExtensionPolicy alone lacks the field ...
-    unpatched = eg_filter(mesh_recipes.envoy_gateway_bootstrap(docs, relayctl.WASM, patched=False))
+    unpatched = eg_filter(mesh_bootstraps.envoy_gateway_bootstrap(docs, relayctl.WASM, patched=False))
     assert unpatched["disabled"] is True
     assert "allow_on_headers_stop_iteration" not in unpatched["typed_config"]["config"]
     # ... and with the EnvoyPatchPolicy applied it is the rendered filter, but for the code.
-    ((_, bootstrap),) = mesh_recipes.embedded_bootstraps(docs)
+    ((_, bootstrap),) = mesh_bootstraps.embedded_bootstraps(docs)
     patched = eg_filter(bootstrap)
     assert patched["name"] == "envoy.filters.http.wasm/envoyextensionpolicy/healthlake-relay/healthlake-relay/wasm/0"
     assert patched["disabled"] is False
@@ -334,19 +335,19 @@ def test_every_envoy_gateway_patch_is_a_valid_json_patch_on_the_right_resource(r
                 # A whole resource: only clusters are added so.
                 assert patch["type"] == mesh_recipes.CLUSTER_TYPE and operation["value"]["name"] == patch["name"]
         # Each resource named is one EG generates under that scheme: the patches apply.
-        ((_, bootstrap),) = mesh_recipes.embedded_bootstraps(docs)
+        ((_, bootstrap),) = mesh_bootstraps.embedded_bootstraps(docs)
         assert bootstrap["static_resources"]["listeners"][0]["name"] == listener_name
         # ... and not under the other.
         other = "v2" if scheme == "v1" else "v1"
         with pytest.raises(mesh_recipes.RecipeError, match="not found"):
-            mesh_recipes.envoy_gateway_bootstrap(docs, relayctl.WASM, scheme=other)
+            mesh_bootstraps.envoy_gateway_bootstrap(docs, relayctl.WASM, scheme=other)
 
 
 def test_envoy_gateway_without_the_patch_refuses_every_request_instead_of_hanging(rendered):
     # EnvoyPatchPolicy not enabled: the filter EG generates carries the placeholder configuration,
     # which the relay refuses, so Envoy does not start it (fail closed) and says why.
     docs = rendered.recipe("envoy-gateway")
-    bootstrap = mesh_recipes.envoy_gateway_bootstrap(docs, relayctl.WASM, patched=False)
+    bootstrap = mesh_bootstraps.envoy_gateway_bootstrap(docs, relayctl.WASM, patched=False)
     checked = rendered.validate(bootstrap, "unpatched.yaml", docs)
     assert checked.returncode != 0
     assert mesh_recipes.EG_SENTINEL_FIELD in checked.stdout + checked.stderr
@@ -364,7 +365,7 @@ def test_envoy_gateway_never_runs_the_relay_without_the_field_whichever_patch_is
     for index, patch in enumerate(epp["spec"]["jsonPatches"]):
         if patch["type"] != mesh_recipes.LISTENER_TYPE:
             continue
-        bootstrap = mesh_recipes.envoy_gateway_bootstrap(docs, relayctl.WASM, refused=frozenset({index}))
+        bootstrap = mesh_bootstraps.envoy_gateway_bootstrap(docs, relayctl.WASM, refused=frozenset({index}))
         (wasm,) = [f["typed_config"]["config"] for f in walk_dicts(bootstrap)
                    if f.get("name", "").startswith("envoy.filters.http.wasm/")]
         runs = mesh_recipes.EG_SENTINEL_FIELD not in wasm["configuration"]["value"]
@@ -388,19 +389,19 @@ def walk_dicts(node):
 
 def test_the_json_patch_engine_follows_rfc_6902_and_egs_json_path():
     doc = {"a": {"filters": [{"name": "x", "v": 1}, {"name": "y"}, {"name": "x"}]}, "l": [1, 2]}
-    assert mesh_recipes.json_path_pointers(doc, "$..filters[?(@.name=='x')]") == ["/a/filters/0", "/a/filters/2"]
-    mesh_recipes.apply_operation(doc, {"op": "add", "jsonPath": "$..filters[?(@.name=='x')]", "path": "/w/z", "value": 3})
+    assert mesh_bootstraps.json_path_pointers(doc, "$..filters[?(@.name=='x')]") == ["/a/filters/0", "/a/filters/2"]
+    mesh_bootstraps.apply_operation(doc, {"op": "add", "jsonPath": "$..filters[?(@.name=='x')]", "path": "/w/z", "value": 3})
     assert doc["a"]["filters"][0]["w"] == {"z": 3} and doc["a"]["filters"][2]["w"] == {"z": 3}
-    mesh_recipes.apply_operation(doc, {"op": "add", "path": "/l/0", "value": 0})
-    mesh_recipes.apply_operation(doc, {"op": "add", "path": "/l/-", "value": 3})
+    mesh_bootstraps.apply_operation(doc, {"op": "add", "path": "/l/0", "value": 0})
+    mesh_bootstraps.apply_operation(doc, {"op": "add", "path": "/l/-", "value": 3})
     assert doc["l"] == [0, 1, 2, 3]
-    mesh_recipes.apply_operation(doc, {"op": "replace", "path": "/a/filters/0/v", "value": 2})
+    mesh_bootstraps.apply_operation(doc, {"op": "replace", "path": "/a/filters/0/v", "value": 2})
     assert doc["a"]["filters"][0]["v"] == 2
     for bad in ({"op": "replace", "path": "/a/nothing", "value": 1},
                 {"op": "remove", "path": "/l/9"},
                 {"op": "add", "jsonPath": "$..filters[?(@.name=='none')]", "path": "/v", "value": 1}):
         with pytest.raises(mesh_recipes.RecipeError):
-            mesh_recipes.apply_operation(copy.deepcopy(doc), bad)
+            mesh_bootstraps.apply_operation(copy.deepcopy(doc), bad)
 
 
 def test_bad_options_are_refused(rendered):
