@@ -94,14 +94,14 @@ def check_role_arn(arn: str, name: str) -> None:
         raise SettingsError(f"{name} must be an IAM role ARN such as arn:aws:iam::123456789012:role/name, got {arn!r}")
 
 
-def readable_file(path: str, name: str, exists: bool = True) -> str:
+def readable_file(path: str, name: str, check_here: bool = True) -> str:
     """An absolute path to a file that can be read now and is not empty (its content is never kept);
-    with `exists` False only the path is checked (a configuration rendered for another machine,
+    with `check_here` False only the path is checked (a configuration rendered for another machine,
     such as a Kubernetes pod, whose token file is mounted there)."""
     p = Path(path)
     if not p.is_absolute():
         raise SettingsError(f"{name} must be an absolute path, got {path!r}")
-    if not exists:
+    if not check_here:
         return str(p)
     try:
         with open(p, "rb") as f:
