@@ -142,6 +142,19 @@ def generated(env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def pin_image(out_dir: Path, env: Mapping[str, str]) -> None:
+    """In a copy of deploy/: the Kubernetes manifests' reference to the relay's image (the wasm
+    volume, the init container) made the one given, pinned by its digest when given."""
+    reference, sha256 = image(env)
+    pinned = f"{reference}@sha256:{sha256}" if sha256 else reference
+    example = re.escape(f"{EXAMPLE_IMAGE}:{version()}")
+    for path in sorted((out_dir / "kubernetes").rglob("*.yaml")):
+        text = path.read_text()
+        new = re.sub(rf"^(\s*(?:reference:|-)\s*){example}\s*$", lambda m: m.group(1) + pinned, text, flags=re.M)
+        if new != text:
+            path.write_text(new)
+
+
 def write(out_dir: Path, files: Mapping[str, str]) -> None:
     for name, text in files.items():
         path = out_dir / name
@@ -175,6 +188,7 @@ def main(argv: list[str]) -> int:
             print(f"deploy: {out} must be a new or empty directory", file=sys.stderr)
             return 2
         shutil.copytree(DEPLOY, out, dirs_exist_ok=True)
+        pin_image(out, os.environ)
     write(out, files)
     for name in files:
         print(f"wrote {relayctl.shown(out / name)}")

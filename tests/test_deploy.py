@@ -138,3 +138,24 @@ def test_the_mesh_recipes_follow_the_namespace_and_envoy_gateways_name_scheme(tm
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "deploy.py"), "--out", str(tmp_path / "bad")],
                          capture_output=True, text=True, env=relay_env(RELAY_ENVOY_GATEWAY_XDS_NAME_SCHEME="v3"))
     assert bad.returncode == 2 and "xds_name_scheme" in bad.stderr
+
+
+def test_your_image_reaches_every_manifest_pinned_by_its_digest(tmp_path):
+    digest = "ab" * 32
+    out = tmp_path / "mine"
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "deploy.py"), "--out", str(out)],
+                         capture_output=True, text=True,
+                         env=relay_env(RELAY_IMAGE="registry.internal/relay/healthlake-relay:0.1.0",
+                                       RELAY_IMAGE_DIGEST=f"sha256:{digest}"))
+    assert run.returncode == 0, run.stderr
+    pinned = f"registry.internal/relay/healthlake-relay:0.1.0@sha256:{digest}"
+    deployment = yaml.safe_load((out / "kubernetes" / "deployment.yaml").read_text())
+    (wasm,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "wasm"]
+    assert wasm["image"]["reference"] == pinned
+    patch = yaml.safe_load((out / "kubernetes" / "components" / "wasm-init-container" / "deployment-patch.yaml").read_text())
+    (fetch,) = [c for c in patch["spec"]["template"]["spec"]["initContainers"] if c["name"] == "fetch-wasm"]
+    assert pinned in fetch["args"]
+    for recipe in ("istio", "envoy-gateway"):
+        text = (out / recipe / "healthlake-relay.yaml").read_text()
+        assert "registry.internal/relay/healthlake-relay:0.1.0" in text and digest in text, recipe
+        assert "registry.example.com" not in text, recipe
