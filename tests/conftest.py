@@ -122,6 +122,17 @@ def send(base_url: str, method: str, path: str, body: bytes | None = None,
         conn.close()
 
 
+def every_dict(node):
+    """Every dict inside a parsed configuration (YAML or JSON), outermost first."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from every_dict(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from every_dict(value)
+
+
 def relay_env(**overrides: str | None) -> dict[str, str]:
     """Envoy's environment: this process's, without any AWS or RELAY_ variables (a developer's
     shell settings must not change what a test runs), plus the overrides. The secrets among the

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import relayctl  # noqa: E402
-from conftest import relay_env, send, start_relay  # noqa: E402
+from conftest import every_dict, relay_env, send, start_relay  # noqa: E402
 
 PATIENT = json.dumps({"resourceType": "Patient", "id": "drain-1", "meta": {"versionId": "1"}}).encode()
 FHIR_HEADERS = {"Content-Type": "application/fhir+json", "If-Match": 'W/"1"'}
@@ -171,17 +171,6 @@ def configmap(docs: list[dict]) -> dict:
 
 def generated_config(docs: list[dict]) -> dict:
     return yaml.safe_load(configmap(docs)["data"]["envoy.yaml"])
-
-
-def walk(node):
-    """Every dict inside a parsed configuration."""
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from walk(value)
 
 
 def listener_on(config: dict, port: int) -> dict:
@@ -510,18 +499,18 @@ def test_generated_configuration_agrees_with_the_pod(docs):
     assert health.get("traffic_direction", "UNSPECIFIED") != "INBOUND"
 
     # The .wasm and the SDS file at the paths the pod mounts.
-    wasm_files = [d["code"]["local"]["filename"] for d in walk(config)
+    wasm_files = [d["code"]["local"]["filename"] for d in every_dict(config)
                   if "code" in d and "runtime" in d]  # every Wasm vm_config
     assert wasm_files and set(wasm_files) == {WASM_FILE}
-    sds_paths = {d["path_config_source"]["path"] for d in walk(config) if "path_config_source" in d}
+    sds_paths = {d["path_config_source"]["path"] for d in every_dict(config) if "path_config_source" in d}
     assert sds_paths == {SDS_FILE}
     assert Path(SDS_FILE).name in configmap(docs)["data"]
     sds = yaml.safe_load(configmap(docs)["data"]["sds-container-token.yaml"])
-    assert [d["filename"] for d in walk(sds) if "filename" in d] == [POD_IDENTITY_TOKEN]
+    assert [d["filename"] for d in every_dict(sds) if "filename" in d] == [POD_IDENTITY_TOKEN]
 
     # Every variable the plugin reads from Envoy's environment is set in the pod (or injected by
     # the Pod Identity webhook).
-    host_env = {key for d in walk(config) for key in d.get("host_env_keys", [])}
+    host_env = {key for d in every_dict(config) for key in d.get("host_env_keys", [])}
     provided = {e["name"] for e in container["env"]} | WEBHOOK_ENV
     assert "RELAY_INBOUND_TOKENS" in host_env
     assert host_env <= provided, f"not set in the pod: {sorted(host_env - provided)}"
@@ -529,7 +518,7 @@ def test_generated_configuration_agrees_with_the_pod(docs):
 
 def plugin_configurations(config: dict) -> list[dict]:
     found = []
-    for d in walk(config):
+    for d in every_dict(config):
         value = d.get("configuration", {})
         if isinstance(value, dict) and "StringValue" in value.get("@type", ""):
             parsed = json.loads(value["value"])
@@ -649,7 +638,7 @@ def test_the_irsa_component_swaps_the_configuration_and_names_the_same_role(kust
     assert "sts_web_identity" in clusters and "container_credentials" not in clusters
     # The role the relay assumes is the one the ServiceAccount's annotation names (the webhook
     # projects the token for it).
-    relay = next(f for f in walk(config) if isinstance(f, dict) and f.get("name") == "healthlake_relay")
+    relay = next(f for f in every_dict(config) if isinstance(f, dict) and f.get("name") == "healthlake_relay")
     plugin = json.loads(relay["typed_config"]["config"]["configuration"]["value"])
     annotations = one(docs, "ServiceAccount")["metadata"]["annotations"]
     assert annotations["eks.amazonaws.com/role-arn"] == plugin["credentials"]["web_identity"]["role_arn"]

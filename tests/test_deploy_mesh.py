@@ -15,7 +15,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT, register_secret, relay_env, relayctl
+from conftest import ROOT, every_dict, register_secret, relay_env, relayctl
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import mesh_bootstraps  # noqa: E402
@@ -366,7 +366,7 @@ def test_envoy_gateway_never_runs_the_relay_without_the_field_whichever_patch_is
         if patch["type"] != mesh_recipes.LISTENER_TYPE:
             continue
         bootstrap = mesh_bootstraps.envoy_gateway_bootstrap(docs, relayctl.WASM, refused=frozenset({index}))
-        (wasm,) = [f["typed_config"]["config"] for f in walk_dicts(bootstrap)
+        (wasm,) = [f["typed_config"]["config"] for f in every_dict(bootstrap)
                    if f.get("name", "").startswith("envoy.filters.http.wasm/")]
         runs = mesh_recipes.EG_SENTINEL_FIELD not in wasm["configuration"]["value"]
         if runs:
@@ -375,16 +375,6 @@ def test_envoy_gateway_never_runs_the_relay_without_the_field_whichever_patch_is
             # The case that matters, through Envoy: it refuses to start the relay, naming why.
             checked = rendered.validate(bootstrap, f"refused-{index}.yaml", docs)
             assert checked.returncode != 0 and mesh_recipes.EG_SENTINEL_FIELD in checked.stdout + checked.stderr
-
-
-def walk_dicts(node):
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from walk_dicts(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from walk_dicts(value)
 
 
 def test_the_json_patch_engine_follows_rfc_6902_and_egs_json_path():
@@ -453,7 +443,7 @@ def test_a_configuration_with_mtls_inbound_auth_is_not_carried(rendered):
     # The listener's TLS stays with the gateway: with mtls the relay would refuse every write.
     config = copy.deepcopy(rendered.config)
     changed = 0
-    for f in walk_dicts(config):
+    for f in every_dict(config):
         if isinstance(f.get("config"), dict) and f["config"].get("root_id") == "healthlake_relay":
             changed += 1
             plugin = json.loads(f["config"]["configuration"]["value"])
