@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -34,6 +35,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "envoy.yaml"
+FRONT_TEMPLATE = ROOT / "envoy-front.yaml"
 BUILD = ROOT / "build"
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "healthlake_relay.wasm"
 EMULATOR_BIN = ROOT / "target" / "release" / "healthlake-emulator"
@@ -56,6 +58,7 @@ DEFAULT_BODY_BUDGET_BYTES = 256 * 1024 * 1024
 VM_BODY_ROOM_BYTES = 896 * 1024 * 1024
 # Envoy's buffers sit this much above the relay's limit, so that the relay answers oversize bodies.
 BUFFER_HEADROOM_BYTES = 1024 * 1024
+MAX_REPLICAS = 16
 CA_BUNDLE_CANDIDATES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
 
 
@@ -262,6 +265,8 @@ class Settings:
     relay_port: int = 10000
     admin_port: int = 9901
     health_port: int = 9902
+    # Relay replicas behind a front tier with resource affinity (envoy-front.yaml); 1: one Envoy.
+    replicas: int = 1
     listen_address: str = "127.0.0.1"
     base_path: str = ""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -313,6 +318,9 @@ class Settings:
 
         relay_port, admin_port = port("RELAY_PORT", 10000), port("RELAY_ADMIN_PORT", 9901)
         health_port = port("RELAY_HEALTH_PORT", 9902)
+        replicas = get("RELAY_REPLICAS", "1")
+        if not is_decimal(replicas) or not 1 <= int(replicas) <= MAX_REPLICAS:
+            raise SettingsError(f"RELAY_REPLICAS must be 1 to {MAX_REPLICAS} relay replicas, got {replicas!r}")
         region = get("AWS_REGION", get("AWS_DEFAULT_REGION", DEFAULT_REGION))
         if not re.fullmatch(r"[a-z0-9-]+", region):
             raise SettingsError(f"AWS_REGION must be an AWS region such as us-east-1, got {region!r}")
@@ -473,6 +481,7 @@ class Settings:
             relay_port=relay_port,
             admin_port=admin_port,
             health_port=health_port,
+            replicas=int(replicas),
             listen_address=listen,
             base_path=base_path,
             max_body_bytes=int(max_body),
@@ -734,6 +743,59 @@ def render_files(settings: Settings, config_dir: Path, plugin_config: dict | Non
     header = "# Rendered from envoy.yaml by scripts/relayctl.py; edit the template, not this file.\n"
     files["envoy.yaml"] = header + yaml.safe_dump(config, sort_keys=False)
     return files
+
+
+@dataclass
+class Replica:
+    """A relay replica as the front tier reaches it: its name (its place on the ring, and the
+    access log's `replica`), address, listener port and health port."""
+
+    name: str
+    host: str
+    port: int
+    health_port: int
+
+
+def replica_name(n: int) -> str:
+    """The n-th (from 1) relay replica's name: the key of its place on the front's ring."""
+    return f"relay-{n}"
+
+
+def render_front(settings: Settings, replicas: list[Replica], admin_port: int = 0) -> str:
+    """envoy-front.yaml with the settings filled in and one endpoint per replica (keyed by name on
+    the ring). IP addresses make a STATIC cluster, names a STRICT_DNS one (each name resolving to
+    its replica alone, as a Kubernetes StatefulSet's pods' names do)."""
+    if not replicas:
+        raise SettingsError("the front tier needs at least one relay replica")
+    by_ip = all(is_ip(r.host) for r in replicas)
+    values = {
+        "FRONT_ADMIN_PORT": str(admin_port),
+        "RELAY_LISTEN_ADDRESS": settings.listen_address,
+        "RELAY_PORT": str(settings.relay_port),
+        "RELAY_BUFFER_LIMIT_BYTES": str(settings.max_body_bytes + BUFFER_HEADROOM_BYTES),
+        "RELAY_MAX_CONNECTIONS": str(settings.max_connections),
+        "REPLICAS_CLUSTER_TYPE": "STATIC" if by_ip else "STRICT_DNS",
+    }
+    text = re.sub(r"\$\{([A-Z0-9_]+)\}", lambda m: values[m.group(1)], FRONT_TEMPLATE.read_text())
+    config = yaml.safe_load(text)
+    (cluster,) = config["static_resources"]["clusters"]
+    cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": [{
+        "endpoint": {
+            "address": {"socket_address": {"address": r.host, "port_value": r.port}},
+            "health_check_config": {"port_value": r.health_port},
+        },
+        "metadata": {"filter_metadata": {"envoy.lb": {"hash_key": r.name}}},
+    } for r in replicas]}]
+    header = "# Rendered from envoy-front.yaml by scripts/relayctl.py; edit the template, not this file.\n"
+    return header + yaml.safe_dump(config, sort_keys=False)
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def render(settings: Settings, plugin_config: dict | None = None, config_dir: Path | None = None) -> str:
@@ -1188,6 +1250,106 @@ def start_envoy(
     return envoy
 
 
+@dataclass
+class Topology:
+    """What `make run` and the tests start: one relay Envoy, or (RELAY_REPLICAS > 1) a front Envoy
+    with resource affinity in front of that many relay Envoys, each on fixed ports so that one can
+    be stopped and started again in its place (`restart`)."""
+
+    front: Envoy | None
+    replicas: list[Envoy]
+    configs: list[Path]
+    envs: list[dict]
+    concurrency: int | None
+    extra_args: tuple[str, ...] = ()
+
+    @property
+    def entry(self) -> Envoy:
+        """The Envoy Smile CDR talks to."""
+        return self.front or self.replicas[0]
+
+    @property
+    def url(self) -> str:
+        return self.entry.url
+
+    @property
+    def envoys(self) -> list[Envoy]:
+        return ([self.front] if self.front else []) + self.replicas
+
+    @property
+    def access_log_paths(self) -> list[Path]:
+        return [e.access_log_path for e in self.envoys]
+
+    def access_log(self) -> list[dict]:
+        """Every line of every access log (the front's and the replicas'), by time."""
+        return sorted((line for e in self.envoys for line in e.access_log()), key=lambda e: e.get("time") or "")
+
+    def alive(self) -> bool:
+        return all(e.alive() for e in self.envoys)
+
+    def stop_replica(self, index: int) -> None:
+        self.replicas[index].stop()
+
+    def start_replica(self, index: int) -> Envoy:
+        """Starts replica `index` again on its ports, with its configuration (its guard empty)."""
+        old = self.replicas[index]
+        envoy = start_envoy(self.configs[index], old.workdir, self.envs[index], concurrency=self.concurrency,
+                            extra_args=self.extra_args)
+        self.replicas[index] = envoy
+        return envoy
+
+    def stop(self) -> None:
+        for e in reversed(self.envoys):
+            e.stop()
+
+
+def start_topology(settings: Settings, workdir: Path, env: Mapping[str, str], concurrency: int | None = None,
+                   plugin_config: dict | None = None, extra_args: tuple[str, ...] = (),
+                   edit: Callable[[dict], None] | None = None) -> Topology:
+    """Starts the relay as `settings.replicas` says: one Envoy (on the settings' ports), or that many
+    relay Envoys on loopback (named relay-1 ..., the `replica` of their access-log lines) and the
+    front Envoy on the settings' listener. `edit` may change each relay configuration first."""
+    def relay_config(s: Settings, where: Path) -> Path:
+        files = render_files(s, where.resolve(), plugin_config)
+        text = files.pop("envoy.yaml")
+        for name, content in files.items():
+            write_config(content, where, name)
+        if edit:
+            config = yaml.safe_load(text)
+            edit(config)
+            text = yaml.safe_dump(config, sort_keys=False)
+        return write_config(text, where)
+
+    if settings.replicas == 1:
+        path = relay_config(settings, workdir)
+        envoy = start_envoy(path, workdir, env, concurrency=concurrency,
+                            admin_port=settings.admin_port or None, extra_args=extra_args)
+        return Topology(None, [envoy], [path], [dict(env)], concurrency, extra_args)
+    started: list[Envoy] = []
+    configs, envs, replicas = [], [], []
+    try:
+        for n in range(1, settings.replicas + 1):
+            name = replica_name(n)
+            # Fixed ports (a replica restarts in its place); the admin port is chosen by Envoy.
+            own = dataclasses.replace(settings, listen_address="127.0.0.1", relay_port=free_port(),
+                                      health_port=free_port(), admin_port=0, replicas=1)
+            path = relay_config(own, workdir / name)
+            replica_env = {**env, "RELAY_REPLICA": name}
+            envoy = start_envoy(path, workdir / name, replica_env, concurrency=concurrency, extra_args=extra_args)
+            started.append(envoy)
+            configs.append(path)
+            envs.append(replica_env)
+            replicas.append(Replica(name, "127.0.0.1", own.relay_port, own.health_port))
+        front_path = write_config(render_front(settings, replicas, settings.admin_port), workdir / "front")
+        front = start_envoy(front_path, workdir / "front", env, concurrency=concurrency,
+                            admin_port=settings.admin_port or None)
+    except BaseException:
+        for e in started:
+            e.stop()
+        raise
+    return Topology(front, started, configs, envs, concurrency, extra_args)
+
+
 # ---------------------------------------------------------------------------------------------
 # make run
 
@@ -1262,14 +1424,19 @@ def run() -> int:
         # RELAY_INBOUND_TOKENS reaches the Wasm VM through Envoy's environment (never the file);
         # the tokens of RELAY_INBOUND_TOKENS_FILE as digests in the plugin configuration.
         settings = Settings.from_env(env)
-        config_path = write_rendered(settings, workdir)
-        envoy = start_envoy(config_path, workdir, env, concurrency=settings.concurrency,
-                            admin_port=settings.admin_port)
-        services.append(envoy)
+        topology = start_topology(settings, workdir, env, concurrency=settings.concurrency)
+        services.extend(topology.envoys)
+        envoy = topology.entry
         relay = f"http://127.0.0.1:{settings.relay_port}{settings.base_path}"
         example = ROOT / "examples" / "Patient-relay-demo.json"
-        print(f"\nHealthLake relay listening on {relay}  (Envoy admin: http://127.0.0.1:{settings.admin_port}, "
-              f"{envoy_workers(envoy)} workers; readiness: http://127.0.0.1:{envoy.health_port}/ready)")
+        if topology.front:
+            homes = ", ".join(f"{e.workdir.name} http://127.0.0.1:{e.health_port}/ready" for e in topology.replicas)
+            print(f"\nHealthLake relay listening on {relay}: a front Envoy with resource affinity (admin "
+                  f"http://127.0.0.1:{settings.admin_port}) in front of {len(topology.replicas)} relay replicas "
+                  f"of {envoy_workers(topology.replicas[0])} workers each ({homes})")
+        else:
+            print(f"\nHealthLake relay listening on {relay}  (Envoy admin: http://127.0.0.1:{settings.admin_port}, "
+                  f"{envoy_workers(envoy)} workers; readiness: http://127.0.0.1:{envoy.health_port}/ready)")
         if demo:
             print(f"Demo mode: HealthLake played by the local emulator at {env['AWS_ENDPOINT_URL_HEALTHLAKE']}")
         print(f"Credentials: {describe_credentials(settings)}")
@@ -1284,18 +1451,24 @@ def run() -> int:
             + ("    -H \"Authorization: Bearer <one of your inbound tokens>\" \\\n"
                if settings.inbound_auth == "bearer" else "")
             + f"    --data-binary @{shown(example)} -i; echo; "
-            f"sleep 1; tail -n 1 {shown(envoy.access_log_path)}\n"
+            + (f"sleep 1; tail -n 1 {shown(envoy.access_log_path)}\n" if not topology.front else
+               f"sleep 1; tail -qn 1 {' '.join(str(shown(p)) for p in topology.access_log_paths)}\n")
         )
         if demo:
             print(f"  curl -sS {env['AWS_ENDPOINT_URL_HEALTHLAKE']}/_emulator/resources/Patient/relay-demo\n")
-        print("Access log (JSON, one line per request) follows; Ctrl-C stops the relay.\n", flush=True)
-        with open(envoy.access_log_path, "r") as log:
+        print("Access log (JSON, one line per request" + (", each naming its replica" if topology.front else "")
+              + ") follows; Ctrl-C stops the relay.\n", flush=True)
+        logs = [open(path, "r") for path in topology.access_log_paths]
+        try:
             while all(s.alive() for s in services):
-                line = log.readline()
-                if line:
+                lines = [line for log in logs for line in iter(log.readline, "")]
+                for line in lines:
                     print(line, end="", flush=True)
-                else:
+                if not lines:
                     time.sleep(0.2)
+        finally:
+            for log in logs:
+                log.close()
         dead = [s.name for s in services if not s.alive()]
         print(f"stopped: {', '.join(dead)} exited; see {workdir}", file=sys.stderr)
         return 1
