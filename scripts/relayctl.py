@@ -59,6 +59,8 @@ VM_BODY_ROOM_BYTES = 896 * 1024 * 1024
 # Envoy's buffers sit this much above the relay's limit, so that the relay answers oversize bodies.
 BUFFER_HEADROOM_BYTES = 1024 * 1024
 MAX_REPLICAS = 16
+# Points of each relay replica on the front's ring (envoy-front.yaml).
+RING_POINTS_PER_REPLICA = 256
 CA_BUNDLE_CANDIDATES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
 
 
@@ -775,6 +777,7 @@ def render_front(settings: Settings, replicas: list[Replica], admin_port: int = 
         "RELAY_BUFFER_LIMIT_BYTES": str(settings.max_body_bytes + BUFFER_HEADROOM_BYTES),
         "RELAY_MAX_CONNECTIONS": str(settings.max_connections),
         "REPLICAS_CLUSTER_TYPE": "STATIC" if by_ip else "STRICT_DNS",
+        "RING_SIZE": str(RING_POINTS_PER_REPLICA * len(replicas)),
     }
     text = re.sub(r"\$\{([A-Z0-9_]+)\}", lambda m: values[m.group(1)], FRONT_TEMPLATE.read_text())
     config = yaml.safe_load(text)
