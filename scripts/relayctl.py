@@ -784,6 +784,7 @@ def render_front(settings: Settings, replicas: list[Replica], admin_port: int = 
     (cluster,) = config["static_resources"]["clusters"]
     cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": [{
         "endpoint": {
+            "hostname": r.name,
             "address": {"socket_address": {"address": r.host, "port_value": r.port}},
             "health_check_config": {"port_value": r.health_port},
         },

@@ -105,7 +105,7 @@ def test_a_replica_down_holds_only_its_own_resources_and_keeps_them_when_back(th
             return [line for line in three.access_log() if line.get("replica") == "front"]
 
         relayctl.wait_until(lambda: len(front_lines()) == len(down), 10, "the front's lines")
-        assert {line["outcome"] for line in front_lines()} == {"replica-unavailable"}
+        assert {(line["outcome"], line["home"]) for line in front_lines()} == {("replica-unavailable", "relay-1")}
         assert {line["path"].rsplit("/", 1)[1] for line in front_lines()} == set(down)
     finally:
         three.start_replica(0)
