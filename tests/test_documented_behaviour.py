@@ -274,3 +274,25 @@ def test_make_run_relay_concurrency_sets_the_workers(tmp_path):
         assert stop_make_run(proc) == 0
     with pytest.raises(relayctl.SettingsError, match="RELAY_CONCURRENCY must be 1 to 1024"):
         relayctl.Settings.from_env({"AWS_ENDPOINT_URL_HEALTHLAKE": "http://127.0.0.1:8080", "RELAY_CONCURRENCY": "0"})
+
+
+def test_make_run_with_replicas_puts_a_front_before_them_and_follows_every_log(tmp_path):
+    proc, port, admin = start_make_run(tmp_path, RELAY_REPLICAS="3", RELAY_CONCURRENCY="1")
+    try:
+        out = (tmp_path / "run.stdout").read_text()
+        assert f"HealthLake relay listening on http://127.0.0.1:{port}: a front Envoy with resource affinity" in out
+        assert all(f"relay-{n} http://127.0.0.1:" in out for n in (1, 2, 3))
+        example = (ROOT / "examples" / "Patient-relay-demo.json").read_bytes()
+        r = send(f"http://127.0.0.1:{port}", "PUT", "/Patient/relay-demo", example,
+                 {"Content-Type": "application/fhir+json; charset=UTF-8", "If-Match": 'W/"1"'})
+        assert (r.status, r.header("x-healthlake-outcome")) == (201, "delivered"), r.body
+
+        def logged():
+            lines = [json.loads(line) for line in (tmp_path / "run.stdout").read_text().splitlines()
+                     if line.startswith("{")]
+            return [e for e in lines if e.get("outcome") == "delivered"]
+
+        (entry,) = relayctl.wait_until(logged, 10, "the relay's line on make run's output")
+        assert entry["replica"] in ("relay-1", "relay-2", "relay-3")
+    finally:
+        assert stop_make_run(proc) == 0
