@@ -186,7 +186,11 @@ class Relay:
         return urlsplit("//" + self.plugin_config["healthlake_host"]).hostname or ""
 
     def carried_hcm(self) -> dict:
-        return {k: copy.deepcopy(self.hcm[k]) for k in HCM_CARRIED if k in self.hcm}
+        carried = {k: copy.deepcopy(self.hcm[k]) for k in HCM_CARRIED if k in self.hcm}
+        # The gateway is one Envoy, not one of the relay's replicas: no replica to name.
+        for log in carried.get("access_log", []):
+            log.get("typed_config", {}).get("log_format", {}).get("json_format", {}).pop("replica", None)
+        return carried
 
     def sds_paths(self) -> list[str]:
         """The file-based SDS paths the carried clusters read (token files, through Envoy)."""

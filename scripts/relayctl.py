@@ -731,6 +731,10 @@ def render_files(settings: Settings, config_dir: Path, plugin_config: dict | Non
                 },
             },
         }
+    if settings.replicas == 1:
+        # One Envoy: no replica to name (the field names the replica with RELAY_REPLICAS > 1).
+        hcm = listener(config, "smile_cdr")["filter_chains"][0]["filters"][0]["typed_config"]
+        del hcm["access_log"][0]["typed_config"]["log_format"]["json_format"]["replica"]
     add_unanswered_log(config)
     add_readiness_probe(config, settings.admin_port)
     plain = {
@@ -1336,7 +1340,7 @@ def start_topology(settings: Settings, workdir: Path, env: Mapping[str, str], co
             name = replica_name(n)
             # Fixed ports (a replica restarts in its place); the admin port is chosen by Envoy.
             own = dataclasses.replace(settings, listen_address="127.0.0.1", relay_port=free_port(),
-                                      health_port=free_port(), admin_port=0, replicas=1)
+                                      health_port=free_port(), admin_port=0)
             path = relay_config(own, workdir / name)
             replica_env = {**env, "RELAY_REPLICA": name}
             envoy = start_envoy(path, workdir / name, replica_env, concurrency=concurrency, extra_args=extra_args)
