@@ -148,7 +148,8 @@ clean:
 # Historical backfill under faults, proven end to end: the Smile CDR stand-in (standin/) replays a
 # $trigger-subscription burst through Envoy and the relay into the emulator while it throttles,
 # fails, restarts and the credentials expire; then the store is checked against Smile CDR's
-# (scripts/backfill.py --help; e.g. BACKFILL_ARGS="--writes 5000").
+# (scripts/backfill.py --help; e.g. BACKFILL_ARGS="--writes 5000"). BACKFILL_ARGS="--replicas 3":
+# through a front Envoy and 3 relay replicas (RELAY_REPLICAS), one of them killed and restarted mid-run.
 .PHONY: backfill
 backfill: build fixtures
 	cargo build --release --locked -p smile-standin

@@ -2,7 +2,9 @@
 with about 2,000 writes through the real Envoy (two workers, STS credentials from moto) into the
 emulator, with the same faults (5xx, resets, a rate limit that bites, an early credential expiry,
 one emulator restart on the same ports with its state kept), must pass every check: HealthLake
-ends holding exactly what Smile CDR holds, nothing lost, resurrected or dead-lettered.
+ends holding exactly what Smile CDR holds, nothing lost, resurrected or dead-lettered. The same
+through the front Envoy and three relay replicas (--replicas 3), one of them killed (SIGKILL) and
+restarted mid-run, with late replays of older versions for the version guards to hold back.
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ BACKFILL_CHECKS = [
     "access log = stand-in: the 2xx outcomes, and one failed line per retry",
     "Envoy stats count the same outcomes as the access log",
     "relay refreshed its credentials after the early expiry",
+]
+
+# With --late-replays, then with --replicas, these follow.
+LATE_REPLAY_CHECK = "each late replay held back by the guard, or forwarded and counted as a guard miss"
+REPLICA_CHECKS = [
+    "every relay access-log line names its replica",
+    "each resource handled by one replica, its home; the writes spread over every replica",
+    "one replica killed (SIGKILL) mid-run, restarted in its place, serving its resources again",
+    "the front answered replica-unavailable only for the killed replica's resources, only while it was down",
 ]
 
 
@@ -66,6 +77,46 @@ def test_short_backfill_under_faults_loses_nothing(standin, tmp_path):
     assert report["events"]["restart"]["down_seconds"] >= 2.5
     # Every check ran: none is skipped whatever happened during the run.
     assert [c["name"] for c in report["checks"]] == BACKFILL_CHECKS
+    failed = [c for c in report["checks"] if not c["ok"]]
+    assert not failed, "\n".join(f"{c['name']}: {c['detail']}" for c in failed)
+    assert r.returncode == 0
+
+
+def test_short_backfill_through_replicas_one_killed_loses_nothing(standin, tmp_path):
+    workdir = tmp_path / "backfill"
+    summary_path = tmp_path / "summary.json"
+    token = secrets.token_urlsafe(24)
+    register_secret(token)
+    register_state_file(workdir / "emulator" / "state.jsonl")
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "backfill.py"), "--writes", "2000", "--rate-limit", "100",
+         "--replicas", "3", "--late-replays", "0.5",
+         "--workdir", str(workdir), "--summary-json", str(summary_path), "--no-build", "--quiet"],
+        capture_output=True, text=True, timeout=240, env=dict(os.environ, BACKFILL_INBOUND_TOKEN=token),
+    )
+    (tmp_path / "backfill.stdout").write_text(r.stdout)
+    (tmp_path / "backfill.stderr").write_text(r.stderr)
+    print(r.stdout[-8000:])
+    print(r.stderr[-4000:], file=sys.stderr)
+    assert summary_path.exists(), r.stderr[-2000:]
+    report = json.loads(summary_path.read_text())
+    # The faults happened, and the kill: relay-1 died of SIGKILL and came back on its ports.
+    faults = report["emulator"]["faults"]
+    assert faults.get("throttle-429", 0) + faults.get("throttle-400", 0) > 0, faults
+    assert report["events"]["restart"]["down_seconds"] >= 2.5
+    kill = report["events"]["replica_kill"]
+    assert kill["replica"] == "relay-1" and kill["exit_status"] == -9 and kill["down_seconds"] >= 2.5, kill
+    replicas = report["replicas"]
+    assert set(replicas["lines"]) == {"relay-1", "relay-2", "relay-3"}, replicas
+    assert replicas["replica_unavailable"] > 0, replicas
+    # The guards held back late replays (those of the other replicas' resources at least); any
+    # they forwarded is a guard miss, and no miss was left in the store.
+    assert report["late_replays"]["held_back"] > 0, report["late_replays"]
+    assert report["guard_misses"]["deliveries"] == report["late_replays"]["forwarded"], report["guard_misses"]
+    assert set(report["guard_misses"]["by_home"]) <= {"relay-1"}, report["guard_misses"]
+    assert report["store"]["stale_left"] == 0
+    # Every check ran and passed.
+    assert [c["name"] for c in report["checks"]] == BACKFILL_CHECKS + [LATE_REPLAY_CHECK] + REPLICA_CHECKS
     failed = [c for c in report["checks"] if not c["ok"]]
     assert not failed, "\n".join(f"{c['name']}: {c['detail']}" for c in failed)
     assert r.returncode == 0
