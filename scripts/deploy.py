@@ -45,10 +45,9 @@ EXAMPLE_ROLE_ARN = "arn:aws:iam::111122223333:role/healthlake-relay"
 # <STATEFULSET>-0 ... <STATEFULSET>-(N-1) (the front tier's ring keys), each reached by the front
 # through a ClusterIP Service of its own with the pod's name (replica-services.yaml, generated):
 # a virtual address that stays while the pod is replaced, so the ring never changes (a pod's own
-# DNS record under the headless Service REPLICAS_SERVICE goes while the pod has no address, and
+# DNS record under the StatefulSet's headless Service goes while the pod has no address, and
 # Envoy would then drop it from the ring and move its resources).
 STATEFULSET = "healthlake-relay"
-REPLICAS_SERVICE = "healthlake-relay-replicas"
 STATEFULSET_FILE = Path("kubernetes") / "statefulset.yaml"
 
 # The fleet's defaults; any of them can be overridden by the environment, as for `make run`.

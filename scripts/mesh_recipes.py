@@ -243,6 +243,15 @@ def manifest_digest(sha256: str | None) -> str | None:
     return hex_digest
 
 
+def check_replicas(replicas: int) -> None:
+    """One gateway pod: the version guard is kept per Envoy, and these recipes have no front tier
+    with resource affinity (deploy/kubernetes has); two gateway pods behind one Service could each
+    get a delivery of one resource, and the one seeing a late older version would forward it."""
+    if replicas != 1:
+        raise RecipeError("the mesh recipes run one gateway pod (the version guard is per Envoy and they have "
+                          "no front tier with resource affinity): for several relays use deploy/kubernetes")
+
+
 def check_pull_policy(pull_policy: str | None) -> None:
     if pull_policy is not None and pull_policy not in PULL_POLICIES:
         raise RecipeError(f"pull_policy must be one of {', '.join(PULL_POLICIES)}, got {pull_policy!r}")
@@ -325,7 +334,7 @@ ISTIO_NOTES = """\
 def istio(config: Mapping, image: str, *, sds_files: Mapping[str, str] | None = None,
           namespace: str = "healthlake-relay", name: str = "healthlake-relay",
           sha256: str | None = None, pull_policy: str | None = None, pull_secret: str | None = None,
-          hosts: Iterable[str] = (), replicas: int = 2,
+          hosts: Iterable[str] = (), replicas: int = 1,
           tokens_secret: str = "healthlake-relay-inbound-tokens") -> list[dict]:
     """The relay on a dedicated Istio gateway: ServiceAccount, ConfigMap (the SDS files, if the
     clusters read any), Deployment (gateway injection), Service, Gateway, EnvoyFilter.
@@ -338,6 +347,7 @@ def istio(config: Mapping, image: str, *, sds_files: Mapping[str, str] | None = 
     hosts: more names Smile CDR may post to (the Service's cluster names are always accepted)."""
     relay = Relay(config)
     check_pull_policy(pull_policy)
+    check_replicas(replicas)
     digest = manifest_digest(sha256)
     ref = oci_reference(image)
     labels = {"istio": name}
@@ -496,7 +506,7 @@ def envoy_gateway(config: Mapping, image: str, *, sds_files: Mapping[str, str] |
                   proxy_namespace: str = "envoy-gateway-system", gateway_class: str = "eg",
                   listener: str = "smile-cdr", xds_name_scheme: str = "v1",
                   sha256: str | None = None, pull_policy: str | None = None, pull_secret: str | None = None,
-                  replicas: int = 2, tokens_secret: str = "healthlake-relay-inbound-tokens") -> list[dict]:
+                  replicas: int = 1, tokens_secret: str = "healthlake-relay-inbound-tokens") -> list[dict]:
     """The relay on a dedicated Envoy Gateway Gateway: EnvoyProxy (the Envoy pods' service
     account, environment and SDS mount), ConfigMap (SDS files, in proxy_namespace), Gateway,
     HTTPRoute, EnvoyExtensionPolicy (the module, an OCI image), EnvoyPatchPolicy (the rest).
@@ -506,6 +516,7 @@ def envoy_gateway(config: Mapping, image: str, *, sds_files: Mapping[str, str] |
     xds_name_scheme: "v1" (EG's default up to v1.9) or "v2" (the XDSNameSchemeV2 runtime flag)."""
     relay = Relay(config)
     check_pull_policy(pull_policy)
+    check_replicas(replicas)
     digest = manifest_digest(sha256)
     ref = oci_reference(image)
     port = relay.port

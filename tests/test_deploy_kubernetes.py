@@ -607,13 +607,15 @@ def test_probes_use_the_health_listener(docs):
 
 
 def test_the_front_probes_its_fhir_port(docs):
-    """The front has no health listener (its admin interface is on loopback): TCP probes of the port
-    Smile CDR connects to, independent of the replicas' health."""
+    """The front has no health listener (its admin interface is on loopback): liveness is a TCP
+    probe of the port Smile CDR connects to; readiness a script in the container that wants every
+    replica on the ring (tested against Envoy below), independent of the replicas' health."""
     container = front_envoy(docs)
     ready, live = container["readinessProbe"], container["livenessProbe"]
-    for probe in (ready, live):
-        assert set(probe) & {"httpGet", "tcpSocket", "exec", "grpc"} == {"tcpSocket"}
-        assert container_port(container, probe["tcpSocket"]["port"]) == FHIR_PORT
+    assert set(live) & {"httpGet", "tcpSocket", "exec", "grpc"} == {"tcpSocket"}
+    assert container_port(container, live["tcpSocket"]["port"]) == FHIR_PORT
+    assert set(ready) & {"httpGet", "tcpSocket", "exec", "grpc"} == {"exec"}
+    assert "membership_total" in ready["exec"]["command"][2]
     assert live["periodSeconds"] * live["failureThreshold"] > ready["periodSeconds"] * ready["failureThreshold"]
     # Liveness must not kill a pod that drains (its port stops accepting after --drain-time-s).
     assert live["periodSeconds"] * live["failureThreshold"] > front_spec(docs)["terminationGracePeriodSeconds"]
@@ -994,3 +996,30 @@ def test_the_image_volume_is_scheduled_only_where_the_image_unpacks(renderings):
     base = pod_spec(renderings["base"])
     assert base["nodeSelector"] == {"kubernetes.io/arch": config["architecture"]}
     assert "kubernetes.io/arch" not in pod_spec(renderings["component"]).get("nodeSelector", {})
+
+
+def test_the_front_is_ready_only_with_every_replica_on_its_ring(renderings, tmp_path):
+    """The front's readiness script, as deployed, against a front Envoy 1.40 rendered for three
+    replicas: ready while the ring has them all; not ready for a configuration naming a fourth
+    that the ring lacks (as while one replica's name has not resolved yet)."""
+    script = front_envoy(renderings["base"])["readinessProbe"]["exec"]["command"][2]
+    admin = relayctl.free_port()
+    settings = relayctl.Settings.from_env({
+        "AWS_ENDPOINT_URL_HEALTHLAKE": "http://127.0.0.1:9", "RELAY_PORT": "0", "RELAY_REPLICAS": "3",
+        "AWS_ACCESS_KEY_ID": "AKIDFRONTPROBE", "AWS_SECRET_ACCESS_KEY": "front-probe-secret"})
+    replicas = [relayctl.Replica(f"healthlake-relay-{i}", "127.0.0.1", relayctl.free_port(), relayctl.free_port())
+                for i in range(3)]
+    config = relayctl.write_config(relayctl.render_front(settings, replicas, admin), tmp_path, "envoy-front.yaml")
+    front = relayctl.start_envoy(config, tmp_path, relay_env(), concurrency=1, admin_port=admin)
+    try:
+        def probe(config_file: Path) -> int:
+            local = script.replace("/etc/healthlake-relay/config/envoy-front.yaml", str(config_file))
+            local = local.replace("/dev/tcp/127.0.0.1/9901", f"/dev/tcp/127.0.0.1/{admin}")
+            return subprocess.run(["/bin/bash", "-c", local], capture_output=True, timeout=10).returncode
+
+        assert probe(config) == 0
+        four = tmp_path / "four.yaml"
+        four.write_text(config.read_text() + "# hash_key: healthlake-relay-3\n")
+        assert probe(four) != 0
+    finally:
+        front.stop()

@@ -452,3 +452,15 @@ def test_a_configuration_with_mtls_inbound_auth_is_not_carried(rendered):
     assert changed == 1
     with pytest.raises(mesh_recipes.RecipeError, match="mtls"):
         mesh_recipes.Relay(config)
+
+
+def test_the_mesh_recipes_run_one_gateway_pod(rendered):
+    # The version guard is per Envoy and the recipes have no front tier with resource affinity:
+    # a second gateway pod could forward a late older version the first one would hold back.
+    for recipe in sorted(RECIPES):
+        docs = rendered.recipe(recipe)
+        replicas = [d["spec"]["replicas"] for d in docs if d["kind"] == "Deployment"] + \
+            [d["spec"]["provider"]["kubernetes"]["envoyDeployment"]["replicas"] for d in docs if d["kind"] == "EnvoyProxy"]
+        assert replicas == [1], (recipe, replicas)
+        with pytest.raises(mesh_recipes.RecipeError, match="one gateway pod"):
+            rendered.recipe(recipe, replicas=2)

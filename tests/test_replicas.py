@@ -134,3 +134,14 @@ def test_a_replica_added_takes_resources_only_for_itself(emulator, fresh, tmp_pa
     assert moved and {after[rid] for rid in moved} == {"relay-4"}
     # About a quarter of the resources (the new replica's share of the ring).
     assert 0.10 * RESOURCES <= len(moved) <= 0.45 * RESOURCES, len(moved)
+
+
+def test_a_post_create_is_refused_at_the_front_with_replicas(three, fresh):
+    # Its path names no resource, so it could not reach the resource's home (whose guard holds its
+    # history): with replicas the relay takes PUT /{type}/{id} only, as Smile CDR sends.
+    body = observation("posted-1", 2)
+    r = send(three.url, "POST", "/Observation", body, FHIR)
+    assert (r.status, r.header("x-healthlake-outcome")) == (405, "invalid-request"), r.body
+    assert r.header("content-type") == "application/fhir+json"
+    assert "PUT /{type}/{id}" in json.loads(r.body)["issue"][0]["diagnostics"]
+    assert fresh.requests() == []
