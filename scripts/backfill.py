@@ -167,42 +167,18 @@ def emulator_args(state_file: Path) -> list[str]:
             "--delete-absent-status", "404"]
 
 
-def start_relay(workdir: Path, emulator: relayctl.Emulator, iam: relayctl.IamSetup, token: str,
-                concurrency: int) -> relayctl.Envoy:
-    """Renders envoy.yaml for the emulator and STS (ports 0) as the tests do, and starts Envoy."""
+def relay_env(iam: relayctl.IamSetup, token: str) -> dict[str, str]:
+    """Envoy's environment: this process's without AWS or RELAY_ variables, plus the relay's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and not k.startswith("RELAY_")}
     env.update(AWS_ACCESS_KEY_ID=iam.access_key_id, AWS_SECRET_ACCESS_KEY=iam.secret_access_key,
                RELAY_INBOUND_TOKENS=token, AWS_EC2_METADATA_DISABLED="true")
-    settings = relayctl.Settings.from_env({
-        "AWS_ENDPOINT_URL_HEALTHLAKE": emulator.url,
-        "RELAY_PORT": "0",
-        "RELAY_ADMIN_PORT": "0", "RELAY_HEALTH_PORT": "0",
-        "AWS_ACCESS_KEY_ID": iam.access_key_id,
-        "AWS_SECRET_ACCESS_KEY": iam.secret_access_key,
-        "AWS_ROLE_ARN": iam.role_arn,
-        "AWS_ENDPOINT_URL_STS": emulator.sts_url,
-        "AWS_ROLE_DURATION_SECONDS": "900",
-        "RELAY_CREDENTIALS_REFRESH_MARGIN_SECONDS": "600",
-        "RELAY_CREDENTIALS_WAIT_MS": "5000",
-        "RELAY_INBOUND_TOKENS": token,
-    })
-    path = relayctl.write_config(relayctl.render(settings), workdir)
-    checked = relayctl.validate_config(path, env)
-    if checked.returncode != 0:
-        raise RuntimeError(f"envoy --mode validate failed:\n{checked.stderr}")
-    return relayctl.start_envoy(path, workdir, env, concurrency=concurrency)
+    return env
 
 
-def start_replicas(workdir: Path, emulator: relayctl.Emulator, iam: relayctl.IamSetup, token: str,
-                   replicas: int, concurrency: int) -> relayctl.Topology:
-    """The replicas mode: relayctl.start_topology with RELAY_REPLICAS, the same settings as
-    start_relay (each relay replica gets its own STS credentials), a front Envoy on port 0. The
-    relays write each access-log line at once (--file-flush-min-size-kb 0, not every 200 ms): a
-    replica killed with SIGKILL loses what Envoy had not written yet, and the checks count lines."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and not k.startswith("RELAY_")}
-    env.update(AWS_ACCESS_KEY_ID=iam.access_key_id, AWS_SECRET_ACCESS_KEY=iam.secret_access_key,
-               RELAY_INBOUND_TOKENS=token, AWS_EC2_METADATA_DISABLED="true")
-    settings = relayctl.Settings.from_env({
+def relay_settings(emulator: relayctl.Emulator, iam: relayctl.IamSetup, token: str,
+                   replicas: int) -> relayctl.Settings:
+    """The relay for the emulator and STS (ports 0), as the tests render it."""
+    return relayctl.Settings.from_env({
         "AWS_ENDPOINT_URL_HEALTHLAKE": emulator.url,
         "RELAY_PORT": "0",
         "RELAY_ADMIN_PORT": "0", "RELAY_HEALTH_PORT": "0",
@@ -216,7 +192,28 @@ def start_replicas(workdir: Path, emulator: relayctl.Emulator, iam: relayctl.Iam
         "RELAY_CREDENTIALS_WAIT_MS": "5000",
         "RELAY_INBOUND_TOKENS": token,
     })
-    return relayctl.start_topology(settings, workdir, env, concurrency=concurrency,
+
+
+def start_relay(workdir: Path, emulator: relayctl.Emulator, iam: relayctl.IamSetup, token: str,
+                concurrency: int) -> relayctl.Topology:
+    """One Envoy: renders envoy.yaml, validates it, starts Envoy."""
+    env = relay_env(iam, token)
+    path = relayctl.write_config(relayctl.render(relay_settings(emulator, iam, token, 1)), workdir)
+    checked = relayctl.validate_config(path, env)
+    if checked.returncode != 0:
+        raise RuntimeError(f"envoy --mode validate failed:\n{checked.stderr}")
+    envoy = relayctl.start_envoy(path, workdir, env, concurrency=concurrency)
+    return relayctl.Topology(None, [envoy], [path], [env], concurrency)
+
+
+def start_replicas(workdir: Path, emulator: relayctl.Emulator, iam: relayctl.IamSetup, token: str,
+                   replicas: int, concurrency: int) -> relayctl.Topology:
+    """The replicas mode: relayctl.start_topology with RELAY_REPLICAS, the same settings as
+    start_relay (each relay replica gets its own STS credentials), a front Envoy on port 0. The
+    relays write each access-log line at once (--file-flush-min-size-kb 0, not every 200 ms): a
+    replica killed with SIGKILL loses what Envoy had not written yet, and the checks count lines."""
+    return relayctl.start_topology(relay_settings(emulator, iam, token, replicas), workdir,
+                                   relay_env(iam, token), concurrency=concurrency,
                                    extra_args=("--file-flush-min-size-kb", "0"))
 
 
@@ -483,8 +480,7 @@ def run(args) -> int:
             topo = start_replicas(workdir / "relay", emu, iam, token, args.replicas, concurrency)
         else:
             log(f"starting Envoy with the relay (--concurrency {concurrency}, AWS_ROLE_ARN, 900 s credentials, refresh margin 600 s)")
-            envoy = start_relay(workdir / "relay", emu, iam, token, concurrency)
-            topo = relayctl.Topology(None, [envoy], [], [], concurrency)
+            topo = start_relay(workdir / "relay", emu, iam, token, concurrency)
         services.append(topo)
         rss_start = envoy_rss(topo)
         report["topology"] = {"replicas": args.replicas, "concurrency": concurrency,
