@@ -51,24 +51,29 @@ def standin():
                    check=True, timeout=900)
 
 
-def test_short_backfill_under_faults_loses_nothing(standin, tmp_path):
+def run_backfill(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """A 2,000-write backfill.py run (with `args`), its outputs kept for the session's search for
+    secrets (conftest); returns the process and its summary."""
     workdir = tmp_path / "backfill"
     summary_path = tmp_path / "summary.json"
     token = secrets.token_urlsafe(24)
     register_secret(token)
     register_state_file(workdir / "emulator" / "state.jsonl")
     r = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "backfill.py"), "--writes", "2000", "--rate-limit", "100",
+        [sys.executable, str(ROOT / "scripts" / "backfill.py"), "--writes", "2000", "--rate-limit", "100", *args,
          "--workdir", str(workdir), "--summary-json", str(summary_path), "--no-build", "--quiet"],
         capture_output=True, text=True, timeout=240, env=dict(os.environ, BACKFILL_INBOUND_TOKEN=token),
     )
-    # The outputs are kept for the session's search for secrets (conftest).
     (tmp_path / "backfill.stdout").write_text(r.stdout)
     (tmp_path / "backfill.stderr").write_text(r.stderr)
     print(r.stdout[-8000:])
     print(r.stderr[-4000:], file=sys.stderr)
     assert summary_path.exists(), r.stderr[-2000:]
-    report = json.loads(summary_path.read_text())
+    return r, json.loads(summary_path.read_text())
+
+
+def test_short_backfill_under_faults_loses_nothing(standin, tmp_path):
+    r, report = run_backfill(tmp_path)
     # The faults happened: throttling, errors, resets, the early expiry and the restart.
     faults = report["emulator"]["faults"]
     assert faults.get("throttle-429", 0) + faults.get("throttle-400", 0) > 0, faults
@@ -83,23 +88,7 @@ def test_short_backfill_under_faults_loses_nothing(standin, tmp_path):
 
 
 def test_short_backfill_through_replicas_one_killed_loses_nothing(standin, tmp_path):
-    workdir = tmp_path / "backfill"
-    summary_path = tmp_path / "summary.json"
-    token = secrets.token_urlsafe(24)
-    register_secret(token)
-    register_state_file(workdir / "emulator" / "state.jsonl")
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "backfill.py"), "--writes", "2000", "--rate-limit", "100",
-         "--replicas", "3", "--late-replays", "0.5",
-         "--workdir", str(workdir), "--summary-json", str(summary_path), "--no-build", "--quiet"],
-        capture_output=True, text=True, timeout=240, env=dict(os.environ, BACKFILL_INBOUND_TOKEN=token),
-    )
-    (tmp_path / "backfill.stdout").write_text(r.stdout)
-    (tmp_path / "backfill.stderr").write_text(r.stderr)
-    print(r.stdout[-8000:])
-    print(r.stderr[-4000:], file=sys.stderr)
-    assert summary_path.exists(), r.stderr[-2000:]
-    report = json.loads(summary_path.read_text())
+    r, report = run_backfill(tmp_path, "--replicas", "3", "--late-replays", "0.5")
     # The faults happened, and the kill: relay-1 died of SIGKILL and came back on its ports.
     faults = report["emulator"]["faults"]
     assert faults.get("throttle-429", 0) + faults.get("throttle-400", 0) > 0, faults
