@@ -4,7 +4,10 @@
 //! - [`sigv4`]: an independent AWS SigV4 verifier, written from the specification.
 //! - [`store`]: the in-memory resource store (exact bytes, per-resource versions).
 //! - [`fhir`]: OperationOutcome bodies and `PUT` body checks.
-//! - [`faults`]: fault injection (errors, resets, throttling, delays, unsupported types).
+//! - [`capabilities`]: the resource types served (HealthLake's list, or all of R4), their
+//!   interactions, and the CapabilityStatement.
+//! - [`faults`]: fault injection (errors, resets, throttling, delays, unsupported types, the
+//!   CapabilityStatement's answers).
 //! - [`frontend`]: the routing headers AWS's front end adds to every data-plane answer.
 //! - [`server`]: routing, handlers, the request log and the inspection endpoints.
 //! - [`net`]: the hyper HTTP/1.1 accept loop and abortive closes.
@@ -16,6 +19,7 @@
 //!   across a restart.
 //! - [`timefmt`]: the few UTC date formats involved.
 
+pub mod capabilities;
 pub mod credentials;
 pub mod faults;
 pub mod fhir;
@@ -28,8 +32,9 @@ pub mod store;
 pub mod sts;
 pub mod timefmt;
 
+pub use capabilities::ResourceTypes;
 pub use credentials::{CredentialCall, CredentialsStatus, IssuedBy};
-pub use faults::{Fault, FaultSettings};
+pub use faults::{Fault, FaultSettings, MetadataFault};
 pub use net::serve;
 pub use persist::Snapshot;
 pub use server::{Answer, App, Config, RequestRecord, SHUTTING_DOWN};

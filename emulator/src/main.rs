@@ -13,7 +13,8 @@ use tokio::net::TcpListener;
 
 use healthlake_emulator::credentials::imds;
 use healthlake_emulator::{
-    persist, serve, serve_sts_proxy, App, Config, Credential, FaultSettings, IssuedBy, StsUpstream,
+    persist, serve, serve_sts_proxy, App, Config, Credential, FaultSettings, IssuedBy,
+    ResourceTypes, StsUpstream,
 };
 
 /// The environment variable holding extra credential sets, `,`-separated.
@@ -55,6 +56,17 @@ struct Cli {
     /// Status for a DELETE of a resource that does not exist: 204 or 404.
     #[arg(long, default_value_t = 204, value_parser = parse_delete_status)]
     delete_absent_status: u16,
+
+    /// The resource types served: healthlake (HealthLake's documented list, AuditEvent without
+    /// update and delete, OperationOutcome and Parameters without read) or all (every FHIR R4
+    /// type, every interaction). Others get HealthLake's 400 "ResourceType X is not supported."
+    #[arg(
+        long,
+        value_name = "healthlake|all",
+        default_value = "healthlake",
+        value_parser = ResourceTypes::parse
+    )]
+    resource_types: ResourceTypes,
 
     /// Do not print one line per request to stderr.
     #[arg(long)]
@@ -228,6 +240,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         credentials,
         max_skew: Duration::from_secs(cli.max_skew_seconds),
         delete_absent_status,
+        resource_types: cli.resource_types,
         log_requests: !cli.quiet,
         faults,
         imds_role: cli.imds_role,
@@ -289,9 +302,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         })
         .collect();
     eprintln!(
-        "healthlake-emulator: region {}, service healthlake, datastore {}, max skew {} s, DELETE of absent resource -> {}, access keys: [{}]",
+        "healthlake-emulator: region {}, service healthlake, datastore {}, resource types {} ({}), max skew {} s, DELETE of absent resource -> {}, access keys: [{}]",
         config.region,
         config.datastore_id,
+        config.resource_types.as_str(),
+        config.resource_types.types().len(),
         config.max_skew.as_secs(),
         config.delete_absent_status.as_u16(),
         keys.join(", ")
@@ -560,6 +575,23 @@ mod tests {
         assert!(Cli::try_parse_from(["x", "--sts-listen", "127.0.0.1:1"]).is_err());
         assert!(Cli::try_parse_from(["x", "--sts-port-file", "p"]).is_err());
         assert!(Cli::try_parse_from(["x", "--web-identity-token-file", "t"]).is_err());
+    }
+
+    #[test]
+    fn resource_types_flag() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(cli.resource_types, ResourceTypes::HealthLake);
+        let cli = Cli::try_parse_from(["x", "--resource-types", "all"]).unwrap();
+        assert_eq!(cli.resource_types, ResourceTypes::All);
+        let cli = Cli::try_parse_from(["x", "--resource-types=healthlake"]).unwrap();
+        assert_eq!(cli.resource_types, ResourceTypes::HealthLake);
+        for bad in ["", "ALL", "r4", "healthlake,all"] {
+            let e = Cli::try_parse_from(["x", "--resource-types", bad]).unwrap_err();
+            assert!(
+                e.to_string().contains("must be healthlake or all"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
-//! The HTTP side: routing, the data-plane handlers (`/datastore/{ds}/r4/{Type}/{id}`), fault
-//! injection into them, the request log, the STS ledger, the credential endpoints (IMDSv2
-//! `/latest/...`, container `/v1/credentials`, `/v2/credentials/...`) and the inspection
-//! endpoints (`/_emulator/...`).
+//! The HTTP side: routing, the data-plane handlers (`/datastore/{ds}/r4/{Type}/{id}`, the
+//! CapabilityStatement at `/datastore/{ds}/r4/metadata`), fault injection into them, the request
+//! log, the STS ledger, the credential endpoints (IMDSv2 `/latest/...`, container
+//! `/v1/credentials`, `/v2/credentials/...`) and the inspection endpoints (`/_emulator/...`).
 
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -17,10 +17,14 @@ use hyper::body::Incoming;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::capabilities::{self, Interaction, Listing, ResourceTypes};
 use crate::credentials::container::{self, Authorization};
 use crate::credentials::faults::CredentialFaultSettings;
 use crate::credentials::{self, imds, CredentialsStatus, EndpointRequest, IssuedBy, Issuer};
-use crate::faults::{self, Fault, FaultInjector, FaultReply, FaultSettings};
+use crate::faults::metadata::GARBAGE_BODY;
+use crate::faults::{
+    self, Decision, Fault, FaultInjector, FaultReply, FaultSettings, MetadataFault,
+};
 use crate::fhir::{self, FHIR_JSON};
 use crate::frontend;
 use crate::persist::{SavedCredential, SavedResource, Snapshot};
@@ -46,6 +50,8 @@ pub struct Config {
     pub max_skew: Duration,
     /// Status for a DELETE of an absent resource: 204 or 404.
     pub delete_absent_status: StatusCode,
+    /// The resource types served (`--resource-types`): HealthLake's list or all of R4.
+    pub resource_types: ResourceTypes,
     /// Print one line per request to stderr.
     pub log_requests: bool,
     /// The faults in force at start, and again after `DELETE /_emulator/faults` or
@@ -70,6 +76,7 @@ impl Default for Config {
             credentials: Vec::new(),
             max_skew: Duration::from_secs(300),
             delete_absent_status: StatusCode::NO_CONTENT,
+            resource_types: ResourceTypes::HealthLake,
             log_requests: false,
             faults: FaultSettings::default(),
             imds_role: imds::DEFAULT_ROLE.into(),
@@ -93,7 +100,7 @@ pub struct RequestRecord {
     pub error: Option<String>,
     pub error_code: Option<String>,
     /// The injected fault that shaped the answer (`"503"`, `"reset"`, `"throttle-429"`,
-    /// `"delay"`, `"unsupported-type"`, ...), or null.
+    /// `"delay"`, `"unsupported-type"`, `"metadata-500"`, ...), or null.
     pub fault: Option<String>,
     pub access_key_id: Option<String>,
     pub signed_headers: Option<Vec<String>>,
@@ -277,7 +284,12 @@ fn json_response(status: StatusCode, value: &impl Serialize) -> Resp {
 
 /// What the data-plane routing made of a path.
 enum Route<'a> {
-    Resource { resource_type: &'a str, id: &'a str },
+    Resource {
+        resource_type: &'a str,
+        id: &'a str,
+    },
+    /// `/datastore/{ds}/r4/metadata`: the CapabilityStatement.
+    Capabilities,
     UnknownDatastore(&'a str),
     NoMatch,
 }
@@ -295,6 +307,7 @@ fn route<'a>(path: &'a str, datastore_id: &str) -> Route<'a> {
         return Route::UnknownDatastore(ds);
     }
     match segments.as_slice() {
+        [_, "r4", "metadata"] => Route::Capabilities,
         [_, "r4", t, id] if fhir::is_valid_resource_type(t) && fhir::is_valid_id(id) => {
             Route::Resource {
                 resource_type: t,
@@ -898,6 +911,12 @@ impl App {
     ) -> Answer {
         let observed = Observed::new(request_id, method, uri, headers, &body);
         let (verification, credential) = self.verify(method, uri, headers, &body, now);
+        // The CapabilityStatement meets only the `metadata` fault: no `next` entry, rate, rate
+        // limit or latency.
+        let capabilities = matches!(
+            route(uri.path(), &self.config.datastore_id),
+            Route::Capabilities
+        );
 
         if let Some(e) = verification.error() {
             let resp = if e.reason == sigv4::Reason::ExpiredToken {
@@ -927,9 +946,12 @@ impl App {
                     serde_json::to_vec(&body).unwrap_or_default(),
                 )
             };
-            // A rejected request consumes no fault, but `latency_ms` applies to every answer.
-            let latency = self.lock().faults.latency();
-            wait(latency).await;
+            // A rejected request consumes no fault, but `latency_ms` applies to every answer
+            // (but the CapabilityStatement's).
+            if !capabilities {
+                let latency = self.lock().faults.latency();
+                wait(latency).await;
+            }
             let reason = e.to_string();
             self.log_line(
                 method,
@@ -948,7 +970,14 @@ impl App {
             return Answer::Respond(resp);
         }
 
-        let decision = self.lock().faults.decide(instant);
+        let decision = if capabilities {
+            Decision {
+                fault: None,
+                delay: Duration::ZERO,
+            }
+        } else {
+            self.lock().faults.decide(instant)
+        };
         wait(decision.delay).await;
         let now = now.checked_add(decision.delay).unwrap_or(now);
         let verified = format!(
@@ -1022,7 +1051,7 @@ impl App {
                 }
             }
             Some((_, FaultReply::Proceed)) | None => {
-                let mut handled = self.dispatch(method, uri.path(), &body, now);
+                let mut handled = self.dispatch(method, uri.path(), headers, &body, now);
                 // A delay is recorded unless a fault of the normal handling shaped the answer.
                 handled.fault = handled.fault.or(decision.fault);
                 handled
@@ -1081,12 +1110,20 @@ impl App {
     }
 
     /// Routes a verified data-plane request.
-    fn dispatch(&self, method: &Method, path: &str, body: &Bytes, now: SystemTime) -> Handled {
+    fn dispatch(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        body: &Bytes,
+        now: SystemTime,
+    ) -> Handled {
         let fail = |status: StatusCode, code: &str, msg: String| {
             Handled::plain((outcome_response(status, code, &msg), Some(msg)))
         };
         let (resource_type, id) = match route(path, &self.config.datastore_id) {
             Route::Resource { resource_type, id } => (resource_type, id),
+            Route::Capabilities => return self.capabilities(method, path, headers, now),
             Route::UnknownDatastore(ds) => {
                 return fail(
                     StatusCode::NOT_FOUND,
@@ -1108,14 +1145,30 @@ impl App {
                 )
             }
         };
-        let resource_method = matches!(*method, Method::PUT | Method::GET | Method::DELETE);
-        if resource_method && self.lock().faults.is_unsupported(resource_type) {
-            let diagnostics = faults::unsupported_type_diagnostics(resource_type);
-            return Handled {
-                resp: outcome_response(StatusCode::BAD_REQUEST, "not-supported", &diagnostics),
-                problem: Some(diagnostics),
-                fault: Some(Fault::UnsupportedType),
-            };
+        let interaction = match *method {
+            Method::PUT => Some(Interaction::Update),
+            Method::GET => Some(Interaction::Read),
+            Method::DELETE => Some(Interaction::Delete),
+            _ => None,
+        };
+        if let Some(interaction) = interaction {
+            // The fault setting first: a type it lists is recorded as `unsupported-type` even
+            // when the mode would refuse it too.
+            if self.lock().faults.is_unsupported(resource_type) {
+                let diagnostics = faults::unsupported_type_diagnostics(resource_type);
+                return Handled {
+                    resp: outcome_response(StatusCode::BAD_REQUEST, "not-supported", &diagnostics),
+                    problem: Some(diagnostics),
+                    fault: Some(Fault::UnsupportedType),
+                };
+            }
+            if let Some(diagnostics) = self
+                .config
+                .resource_types
+                .refusal(resource_type, interaction)
+            {
+                return fail(StatusCode::BAD_REQUEST, "not-supported", diagnostics);
+            }
         }
         Handled::plain(match *method {
             Method::PUT => self.put(resource_type, id, body, now),
@@ -1130,6 +1183,90 @@ impl App {
                 (resp, Some(msg))
             }
         })
+    }
+
+    /// `GET /datastore/{ds}/r4/metadata`: the CapabilityStatement of the types served now (the
+    /// mode less `unsupported_types`), unless the `metadata` fault shapes the answer.
+    fn capabilities(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        now: SystemTime,
+    ) -> Handled {
+        if *method != Method::GET {
+            let msg = format!("method {method} is not supported on {path}; use GET");
+            let mut resp = outcome_response(StatusCode::METHOD_NOT_ALLOWED, "not-supported", &msg);
+            resp.headers_mut()
+                .insert("allow", HeaderValue::from_static("GET"));
+            return Handled::plain((resp, Some(msg)));
+        }
+        let (form, removed) = {
+            let state = self.lock();
+            (
+                state.faults.metadata(),
+                state.faults.unsupported_types().to_vec(),
+            )
+        };
+        let listing = match form {
+            None => Listing::Full,
+            Some(MetadataFault::Empty) => Listing::NoResources,
+            Some(MetadataFault::NoInteractions) => Listing::NoInteractions,
+            Some(MetadataFault::ServerError) => {
+                let msg = "Internal Server Error (fault injected by the HealthLake emulator)";
+                return Handled {
+                    resp: outcome_response(StatusCode::INTERNAL_SERVER_ERROR, "exception", msg),
+                    problem: Some(msg.to_string()),
+                    fault: form.map(Fault::Metadata),
+                };
+            }
+            Some(MetadataFault::Garbage) => {
+                return Handled {
+                    resp: response(
+                        StatusCode::OK,
+                        &[("content-type", FHIR_JSON.to_string())],
+                        GARBAGE_BODY,
+                    ),
+                    problem: Some(
+                        "200 with a body that is not JSON (fault injected by the HealthLake \
+                         emulator)"
+                            .to_string(),
+                    ),
+                    fault: form.map(Fault::Metadata),
+                };
+            }
+        };
+        let base_url = self.base_url(headers);
+        let statement = capabilities::capability_statement(
+            self.config.resource_types,
+            &removed,
+            base_url.as_deref(),
+            now,
+            listing,
+        );
+        Handled {
+            resp: response(
+                StatusCode::OK,
+                &[("content-type", FHIR_JSON.to_string())],
+                serde_json::to_vec(&statement).unwrap_or_default(),
+            ),
+            problem: None,
+            fault: form.map(Fault::Metadata),
+        }
+    }
+
+    /// `http://{Host}/datastore/{ds}/r4/`: where the request says it was sent (the emulator
+    /// serves plain HTTP), when its `Host` is a valid authority.
+    fn base_url(&self, headers: &HeaderMap) -> Option<String> {
+        let host = headers.get("host")?.to_str().ok()?;
+        let authority = host.parse::<http::uri::Authority>().ok()?;
+        if authority.as_str().contains('@') {
+            return None;
+        }
+        Some(format!(
+            "http://{authority}/datastore/{}/r4/",
+            self.config.datastore_id
+        ))
     }
 
     fn resource_headers(

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use common::app::*;
 use common::*;
 use healthlake_emulator::faults::kind::{GARBLED_BODY, LARGE_BODY_BYTES};
-use healthlake_emulator::{Answer, App, Config, FaultSettings};
+use healthlake_emulator::{Answer, App, Config, FaultSettings, ResourceTypes};
 use http::StatusCode;
 use serde_json::{json, Value};
 
@@ -53,7 +53,7 @@ fn log(app: &App) -> Vec<Value> {
     v.as_array().unwrap().clone()
 }
 
-const OFF: &str = r#"{"unsupported_types":[],"next":[],"error_rate":null,"reset_rate":null,"throttle_rate":null,"throttle_above_rps":null,"latency_ms":null,"seed":null}"#;
+const OFF: &str = r#"{"unsupported_types":[],"next":[],"error_rate":null,"reset_rate":null,"throttle_rate":null,"throttle_above_rps":null,"latency_ms":null,"seed":null,"metadata":null}"#;
 
 #[test]
 fn faults_endpoint_put_get_delete() {
@@ -72,7 +72,8 @@ fn faults_endpoint_put_get_delete() {
         "throttle_rate": 0.1,
         "throttle_above_rps": 200,
         "latency_ms": 0,
-        "seed": 42
+        "seed": 42,
+        "metadata": "garbage"
     }"#;
     let r = put_faults(&app, example);
     assert_eq!(
@@ -733,9 +734,11 @@ fn the_rate_limit_throttles_the_excess() {
 fn startup_faults_are_restored_by_delete_and_reset() {
     let mut startup = FaultSettings::default();
     startup.add_unsupported_types(["Basic"]).unwrap();
+    // Every R4 type is served: Basic is refused by the fault setting alone.
     let app = App::new(Config {
         credentials: accepted(),
         faults: startup,
+        resource_types: ResourceTypes::All,
         ..Config::default()
     });
     let basic = || signed("GET", "Basic", "b");

@@ -6,6 +6,7 @@ use std::fmt;
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
+use super::metadata::MetadataFault;
 use crate::sigv4::{Reason, EXPIRED_TOKEN_MESSAGE};
 
 /// The longest delay a `delay:N` entry or `latency_ms` may ask for, in milliseconds.
@@ -48,8 +49,10 @@ impl ThrottleForm {
 /// Written as text (in `next` and in the request log's `fault` field) as `"400"`..`"599"`,
 /// `"reset"`, `"throttle-429"`, `"throttle-429-bare"`, `"throttle-400"`, `"expired-token"`,
 /// `"invalid-signature"`, `"delay:N"` (recorded as `"delay"`), `"empty:NNN"`, `"large:NNN"`,
-/// `"garbled:NNN"` (recorded as `"empty"`, `"large"`, `"garbled"`), `"not-supported-element"`
-/// and `"unsupported-type"` (recorded only; it comes from `unsupported_types`, not from `next`).
+/// `"garbled:NNN"` (recorded as `"empty"`, `"large"`, `"garbled"`), `"not-supported-element"`,
+/// `"unsupported-type"` and `"metadata-500"`, `"metadata-garbage"`, `"metadata-empty"`,
+/// `"metadata-no-interactions"` (recorded only; they come from `unsupported_types` and
+/// `metadata`, not from `next`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum Fault {
@@ -73,6 +76,8 @@ pub enum Fault {
     NotSupportedElement,
     /// The resource type is configured as not supported.
     UnsupportedType,
+    /// The `metadata` setting shaped the CapabilityStatement's answer.
+    Metadata(MetadataFault),
     /// That 4xx or 5xx status with an empty body and no content type (a front end that sends no
     /// body).
     Empty(StatusCode),
@@ -137,6 +142,12 @@ impl Fault {
                 )
             }
             _ => {}
+        }
+        if s.starts_with("metadata") {
+            return Err(format!(
+                "\"{s}\" is not a `next` entry; set `metadata` (\"500\", \"garbage\", \"empty\" \
+                 or \"no-interactions\") instead"
+            ));
         }
         if let Some(ms) = s.strip_prefix("delay:") {
             let ms = parse_digits(ms).ok_or_else(|| {
@@ -257,7 +268,7 @@ impl Fault {
                               (fault injected by the HealthLake emulator)"
                     .to_string(),
             },
-            Fault::Delay(_) | Fault::UnsupportedType => FaultReply::Proceed,
+            Fault::Delay(_) | Fault::UnsupportedType | Fault::Metadata(_) => FaultReply::Proceed,
         }
     }
 }
@@ -320,6 +331,7 @@ impl fmt::Display for Fault {
             Fault::NotSupportedElement => f.write_str("not-supported-element"),
             Fault::Delay(ms) => write!(f, "delay:{ms}"),
             Fault::UnsupportedType => f.write_str("unsupported-type"),
+            Fault::Metadata(form) => write!(f, "metadata-{form}"),
             Fault::Empty(status) => write!(f, "empty:{}", status.as_u16()),
             Fault::Large(status) => write!(f, "large:{}", status.as_u16()),
             Fault::Garbled(status) => write!(f, "garbled:{}", status.as_u16()),
@@ -418,6 +430,8 @@ mod tests {
             ("delay:600001", "at most 600000"),
             ("delay:99999999999999999999999", "whole number"),
             ("unsupported-type", "unsupported_types"),
+            ("metadata-500", "set `metadata`"),
+            ("metadata", "set `metadata`"),
             ("throttle-429-BARE", "unknown fault"),
             ("empty", "unknown fault"),
             ("empty:", "a status 400..599 after \"empty:\""),
@@ -467,6 +481,9 @@ mod tests {
         ));
         assert_eq!(Fault::Reset.reply(), FaultReply::Reset);
         assert_eq!(Fault::Delay(5).reply(), FaultReply::Proceed);
+        let metadata = Fault::Metadata(MetadataFault::NoInteractions);
+        assert_eq!(metadata.reply(), FaultReply::Proceed);
+        assert_eq!(metadata.kind(), "metadata-no-interactions");
         let FaultReply::Raw {
             status,
             content_type,

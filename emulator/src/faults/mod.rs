@@ -2,6 +2,7 @@
 //!
 //! - [`kind`]: the faults, their names and what each answers.
 //! - [`settings`]: the settings tests send (`PUT /_emulator/faults`) and their validation.
+//! - [`metadata`]: the `metadata` setting, how the CapabilityStatement endpoint misbehaves.
 //! - [`rng`], [`bucket`]: the seeded generator behind the rates and the rate limiter.
 //! - [`queue`]: the plain `next` queue of the STS proxy's and the credential endpoints' faults,
 //!   generic over their fault kinds.
@@ -11,6 +12,7 @@
 
 pub mod bucket;
 pub mod kind;
+pub mod metadata;
 pub mod queue;
 pub mod rng;
 pub mod settings;
@@ -23,6 +25,7 @@ use serde::Serialize;
 
 pub use bucket::TokenBucket;
 pub use kind::{unsupported_type_diagnostics, Fault, FaultReply, ThrottleForm};
+pub use metadata::MetadataFault;
 pub use rng::SplitMix64;
 pub use settings::FaultSettings;
 
@@ -119,6 +122,16 @@ impl FaultInjector {
     /// `latency_ms` as a duration.
     pub fn latency(&self) -> Duration {
         Duration::from_millis(self.settings.latency_ms.unwrap_or(0))
+    }
+
+    /// `unsupported_types`.
+    pub fn unsupported_types(&self) -> &[String] {
+        &self.settings.unsupported_types
+    }
+
+    /// The `metadata` setting.
+    pub fn metadata(&self) -> Option<MetadataFault> {
+        self.settings.metadata
     }
 
     pub fn is_unsupported(&self, resource_type: &str) -> bool {
@@ -378,7 +391,7 @@ mod tests {
                 "settings": {
                     "unsupported_types": [], "next": [], "error_rate": null, "reset_rate": null,
                     "throttle_rate": null, "throttle_above_rps": null, "latency_ms": null,
-                    "seed": null
+                    "seed": null, "metadata": null
                 },
                 "injected": {}
             })

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::kind::{Fault, MAX_DELAY_MS};
+use super::metadata::MetadataFault;
 use crate::fhir;
 
 /// Rates may add up to 1 give or take floating-point rounding (`0.1 + 0.2 + 0.7`).
@@ -32,6 +33,9 @@ pub struct FaultSettings {
     pub latency_ms: Option<u64>,
     /// Seed of the random draws behind the rates (0 when absent).
     pub seed: Option<u64>,
+    /// How `GET /datastore/{id}/r4/metadata` misbehaves, until changed (checked by
+    /// deserialisation: `"500"`, `"garbage"`, `"empty"` or `"no-interactions"`).
+    pub metadata: Option<MetadataFault>,
 }
 
 impl FaultSettings {
@@ -116,6 +120,7 @@ impl FaultSettings {
             && self.throttle_rate.unwrap_or(0.0) == 0.0
             && self.throttle_above_rps.is_none()
             && self.latency_ms.unwrap_or(0) == 0
+            && self.metadata.is_none()
     }
 }
 
@@ -142,7 +147,8 @@ mod tests {
                 "throttle_rate": 0.1,
                 "throttle_above_rps": 200,
                 "latency_ms": 0,
-                "seed": 42
+                "seed": 42,
+                "metadata": "no-interactions"
             }"#,
         )
         .unwrap();
@@ -163,7 +169,9 @@ mod tests {
         assert_eq!(s.error_rate, Some(0.05));
         assert_eq!(s.throttle_above_rps, Some(200));
         assert_eq!(s.seed, Some(42));
+        assert_eq!(s.metadata, Some(MetadataFault::NoInteractions));
         assert!(!s.is_off());
+        assert!(!parse(r#"{"metadata":"500"}"#).unwrap().is_off());
     }
 
     #[test]
@@ -171,18 +179,22 @@ mod tests {
         let s = parse("{}").unwrap();
         assert_eq!(s, FaultSettings::default());
         assert!(s.is_off());
-        let s = parse(r#"{"error_rate":null,"seed":null,"latency_ms":0,"next":[]}"#).unwrap();
+        let s =
+            parse(r#"{"error_rate":null,"seed":null,"latency_ms":0,"next":[],"metadata":null}"#)
+                .unwrap();
         assert!(s.is_off());
     }
 
     #[test]
     fn round_trips_through_json() {
-        let s = parse(r#"{"next":["delay:20","599"],"reset_rate":1,"seed":18446744073709551615}"#)
-            .unwrap();
+        let s = parse(
+            r#"{"next":["delay:20","599"],"reset_rate":1,"seed":18446744073709551615,"metadata":"garbage"}"#,
+        )
+        .unwrap();
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(
             json,
-            r#"{"unsupported_types":[],"next":["delay:20","599"],"error_rate":null,"reset_rate":1.0,"throttle_rate":null,"throttle_above_rps":null,"latency_ms":null,"seed":18446744073709551615}"#
+            r#"{"unsupported_types":[],"next":["delay:20","599"],"error_rate":null,"reset_rate":1.0,"throttle_rate":null,"throttle_above_rps":null,"latency_ms":null,"seed":18446744073709551615,"metadata":"garbage"}"#
         );
         assert_eq!(parse(&json).unwrap(), s);
     }
@@ -222,6 +234,11 @@ mod tests {
                 "latency_ms must be at most 600000",
             ),
             (r#"{"seed":-1}"#, "invalid value"),
+            (
+                r#"{"metadata":"teapot"}"#,
+                "unknown metadata fault \"teapot\": expected \"500\", \"garbage\", \"empty\", \"no-interactions\" or null",
+            ),
+            (r#"{"metadata":500}"#, "invalid type: integer"),
         ] {
             let e = parse(body).unwrap_err();
             assert!(e.contains(needle), "{body}: {e}");
