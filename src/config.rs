@@ -35,6 +35,13 @@ pub const VM_BODY_ROOM_BYTES: u64 = 896 * 1024 * 1024;
 /// which the next write of that type asks HealthLake again.
 pub const DEFAULT_UNSUPPORTED_TYPE_TTL_SECONDS: u64 = 3600;
 
+/// Default time between two reads of HealthLake's CapabilityStatement (1 hour); 0 turns
+/// discovery off.
+pub const DEFAULT_CAPABILITIES_REFRESH_SECONDS: u64 = 3600;
+
+/// The Envoy cluster that reaches HealthLake, as `envoy.yaml` names it.
+pub const DEFAULT_HEALTHLAKE_CLUSTER: &str = "healthlake";
+
 /// Default `Retry-After` (seconds) on `throttled` answers when HealthLake sent none.
 pub const DEFAULT_RETRY_AFTER_SECONDS: u64 = 5;
 
@@ -66,6 +73,10 @@ struct RawConfig {
     unsupported_types: Option<Vec<String>>,
     #[serde(default)]
     unsupported_type_ttl_seconds: Option<u64>,
+    #[serde(default)]
+    capabilities_refresh_seconds: Option<u64>,
+    #[serde(default)]
+    healthlake_cluster: Option<String>,
     #[serde(default)]
     retry_after_seconds: Option<u64>,
     #[serde(default)]
@@ -118,6 +129,11 @@ pub struct Config {
     pub unsupported_types: Vec<String>,
     /// How long a type HealthLake called unsupported is answered locally.
     pub unsupported_type_ttl_seconds: u64,
+    /// Time between two reads of HealthLake's CapabilityStatement; 0 when discovery is off.
+    pub capabilities_refresh_seconds: u64,
+    /// The Envoy cluster the relay's own calls to HealthLake (the CapabilityStatement) go
+    /// through: the one the route sends writes to.
+    pub healthlake_cluster: String,
     /// `Retry-After` on `throttled` answers when HealthLake sent none.
     pub retry_after_seconds: u64,
     /// Bounds of the version guard's memory; `None` when the guard is off.
@@ -269,6 +285,20 @@ impl Config {
                 "expected a number of seconds from 1 to 604800 (7 days)",
             ));
         }
+        let capabilities_refresh_seconds = raw
+            .capabilities_refresh_seconds
+            .unwrap_or(DEFAULT_CAPABILITIES_REFRESH_SECONDS);
+        if capabilities_refresh_seconds > 24 * 3600 {
+            return Err(err(
+                "capabilities_refresh_seconds",
+                "expected a number of seconds from 1 to 86400 (1 day), or 0 to turn discovery off",
+            ));
+        }
+        let healthlake_cluster = credentials::cluster(
+            "healthlake_cluster",
+            raw.healthlake_cluster,
+            DEFAULT_HEALTHLAKE_CLUSTER,
+        )?;
         let retry_after_seconds = raw
             .retry_after_seconds
             .unwrap_or(DEFAULT_RETRY_AFTER_SECONDS);
@@ -364,6 +394,8 @@ impl Config {
             body_budget_bytes,
             unsupported_types,
             unsupported_type_ttl_seconds,
+            capabilities_refresh_seconds,
+            healthlake_cluster,
             retry_after_seconds,
             version_guard,
             credentials,
@@ -432,6 +464,8 @@ mod tests {
         assert_eq!(c.body_budget_bytes, 268_435_456); // RELAY_BODY_BUDGET_BYTES, 256 MiB
         assert_eq!(c.unsupported_type_ttl_seconds, 3600); // RELAY_UNSUPPORTED_TYPE_TTL_SECONDS
         assert_eq!(c.retry_after_seconds, 5); // retry_after_seconds
+        assert_eq!(c.capabilities_refresh_seconds, 3600); // RELAY_CAPABILITIES_REFRESH_SECONDS
+        assert_eq!(c.healthlake_cluster, "healthlake"); // healthlake_cluster
         assert_eq!(
             c.version_guard,
             Some(crate::versions::Limits {
@@ -479,6 +513,7 @@ mod tests {
             ("max_body_bytes", 1, 268_435_456),
             ("unsupported_type_ttl_seconds", 1, 604_800),
             ("retry_after_seconds", 1, 3600),
+            ("capabilities_refresh_seconds", 0, 86_400),
             ("version_guard_max_entries", 0, 10_000_000),
             ("version_guard_max_age_seconds", 1, u64::MAX),
             ("version_guard_clock_skew_seconds", 0, 86_400),
@@ -513,6 +548,18 @@ mod tests {
             (c.retry_after_seconds, c.unsupported_type_ttl_seconds),
             (3600, 604_800)
         );
+    }
+
+    #[test]
+    fn the_healthlake_cluster_can_be_renamed_but_not_emptied() {
+        assert_eq!(
+            with(r#""healthlake_cluster":"hl""#)
+                .unwrap()
+                .healthlake_cluster,
+            "hl"
+        );
+        let e = with(r#""healthlake_cluster":"""#).unwrap_err();
+        assert_eq!(e.field, "healthlake_cluster");
     }
 
     #[test]

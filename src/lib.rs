@@ -10,8 +10,10 @@
 //! worker. `unwrap`, `expect`, `panic!` and slice indexing are denied by clippy lints in Cargo.toml.
 
 pub mod body_budget;
+pub mod capabilities;
 pub mod config;
 pub mod credentials;
+pub mod discovery;
 pub mod fhir;
 pub mod headers;
 pub mod host_encoding;

@@ -7,6 +7,7 @@
 //! retry), throttling, authentication failures and HealthLake errors are 429/5xx (retry later).
 
 use crate::plan::Operation;
+use crate::unsupported_types::Unsupported;
 
 /// Every verdict the relay gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,6 +32,8 @@ pub enum Outcome {
     Rejected,
     /// A read (GET/HEAD) answered locally: reads are served by Smile CDR.
     ReadDropped,
+    /// `GET [base]/metadata`: the relay's own CapabilityStatement.
+    Capabilities,
     /// No usable credentials: nothing was forwarded.
     NoCredentials,
     /// The request was refused before anything was signed.
@@ -44,7 +47,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, for defining one stat each.
-    pub const ALL: [Outcome; 14] = [
+    pub const ALL: [Outcome; 15] = [
         Outcome::Delivered,
         Outcome::Deleted,
         Outcome::AlreadyAbsent,
@@ -55,6 +58,7 @@ impl Outcome {
         Outcome::UpstreamError,
         Outcome::Rejected,
         Outcome::ReadDropped,
+        Outcome::Capabilities,
         Outcome::NoCredentials,
         Outcome::InvalidRequest,
         Outcome::Unauthorized,
@@ -74,6 +78,7 @@ impl Outcome {
             Outcome::UpstreamError => "upstream-error",
             Outcome::Rejected => "rejected",
             Outcome::ReadDropped => "read-dropped",
+            Outcome::Capabilities => "capabilities",
             Outcome::NoCredentials => "no-credentials",
             Outcome::InvalidRequest => "invalid-request",
             Outcome::Unauthorized => "unauthorized",
@@ -94,6 +99,7 @@ impl Outcome {
             Outcome::UpstreamError => "upstream_error",
             Outcome::Rejected => "rejected",
             Outcome::ReadDropped => "read_dropped",
+            Outcome::Capabilities => "capabilities",
             Outcome::NoCredentials => "no_credentials",
             Outcome::InvalidRequest => "invalid_request",
             Outcome::Unauthorized => "unauthorized",
@@ -314,7 +320,7 @@ pub fn classify_body(
             .iter()
             .any(|d| about_the_type(d, resource_type))
     {
-        unsupported_verdict(resource_type, resource)
+        unsupported_verdict(op, resource_type, resource)
     } else if status == 401 || status == 403 {
         Verdict::new(
             Outcome::AuthFailed,
@@ -351,26 +357,37 @@ pub fn classify_body(
 
 /// The answer for a resource type HealthLake does not support: 200, so Smile CDR considers the
 /// delivery done, with a warning OperationOutcome naming the type.
-pub fn unsupported_verdict(resource_type: &str, resource: &str) -> Verdict {
+pub fn unsupported_verdict(op: Operation, resource_type: &str, resource: &str) -> Verdict {
     Verdict {
         outcome: Outcome::UnsupportedType,
         reply: Reply::Replace {
             status: 200,
-            body: Some(unsupported_body(resource_type, resource)),
+            body: Some(unsupported_body(
+                op,
+                resource_type,
+                resource,
+                Unsupported::HealthLake,
+            )),
         },
         error_code: Some("not-supported".to_owned()),
         diagnostics: None,
     }
 }
 
-/// The OperationOutcome of an `unsupported-type` answer.
-pub fn unsupported_body(resource_type: &str, resource: &str) -> Vec<u8> {
+/// The OperationOutcome of an `unsupported-type` answer, saying on whose word.
+pub fn unsupported_body(
+    op: Operation,
+    resource_type: &str,
+    resource: &str,
+    source: Unsupported,
+) -> Vec<u8> {
     crate::operation_outcome::body(
         crate::operation_outcome::Severity::Warning,
         "not-supported",
         &format!(
-            "Amazon HealthLake does not support resource type {resource_type}: {resource} was not \
-             stored in HealthLake. This is expected and will not be retried."
+            "Amazon HealthLake does not support resource type {resource_type} ({}): {resource} was \
+             not stored in HealthLake. This is expected and will not be retried.",
+            source.reason(op)
         ),
     )
 }

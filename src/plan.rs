@@ -49,6 +49,8 @@ pub struct Rejection {
 pub enum Plan {
     /// A read: answered locally with 405, never forwarded.
     Read,
+    /// `GET`/`HEAD [base]/metadata` (any query): the relay's own CapabilityStatement.
+    Capabilities,
     /// Answered locally with an error, never forwarded.
     Reject(Rejection),
     /// Signed and forwarded to HealthLake.
@@ -94,7 +96,13 @@ pub fn plan_request(method: &[u8], path: &[u8], config: &Config) -> Plan {
 /// Decides what to do with `method` on `path` (as received, query string included).
 pub fn plan(method: &str, path: &str, config: &Config) -> Plan {
     match method {
-        "GET" | "HEAD" => return Plan::Read,
+        "GET" | "HEAD" => {
+            let without_query = path.split(['?', '#']).next().unwrap_or_default();
+            return match without_query.strip_prefix(config.inbound_base_path.as_str()) {
+                Some("/metadata") => Plan::Capabilities,
+                _ => Plan::Read,
+            };
+        }
         "PUT" | "DELETE" | "POST" => {}
         "PATCH" => {
             return reject(
@@ -296,6 +304,33 @@ mod tests {
         let c = config("");
         assert_eq!(plan("GET", "/Patient/example", &c), Plan::Read);
         assert_eq!(plan("HEAD", "/anything?x=1", &c), Plan::Read);
+    }
+
+    #[test]
+    fn metadata_under_the_base_is_the_relays_capability_statement() {
+        let c = config("");
+        for p in [
+            "/metadata",
+            "/metadata?_format=json",
+            "/metadata?mode=full#x",
+        ] {
+            assert_eq!(plan("GET", p, &c), Plan::Capabilities, "{p}");
+        }
+        assert_eq!(plan("HEAD", "/metadata", &c), Plan::Capabilities);
+        for p in [
+            "/metadata/",
+            "/Patient/metadata",
+            "/metadataX",
+            "/fhir/metadata",
+        ] {
+            assert_eq!(plan("GET", p, &c), Plan::Read, "{p}");
+        }
+        let f = config("/fhir");
+        assert_eq!(plan("GET", "/fhir/metadata", &f), Plan::Capabilities);
+        assert_eq!(plan("GET", "/metadata", &f), Plan::Read);
+        // Only reads: a write to /metadata is an ordinary (refused) write.
+        assert_ne!(plan("PUT", "/metadata", &c), Plan::Capabilities);
+        assert_ne!(plan("POST", "/metadata", &c), Plan::Capabilities);
     }
 
     #[test]

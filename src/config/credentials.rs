@@ -166,7 +166,11 @@ fn duration(field: &'static str, raw: Option<u32>) -> Result<u32, ConfigError> {
     }
 }
 
-fn cluster(field: &'static str, raw: Option<String>, default: &str) -> Result<String, ConfigError> {
+pub(super) fn cluster(
+    field: &'static str,
+    raw: Option<String>,
+    default: &str,
+) -> Result<String, ConfigError> {
     let c = raw.unwrap_or_else(|| default.to_owned());
     if c.is_empty() {
         Err(err(field, "expected an Envoy cluster name"))
