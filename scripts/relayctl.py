@@ -277,6 +277,8 @@ class Settings:
     ca_bundle: str = ""
     unsupported_types: tuple[str, ...] = ()
     unsupported_type_ttl_seconds: int = 3600
+    # Seconds between two reads of HealthLake's CapabilityStatement; 0: discovery off.
+    capabilities_refresh_seconds: int = 3600
     version_guard_max_entries: int = 100_000
     version_guard_max_age_seconds: int = 7 * 24 * 3600
     version_guard_clock_skew_seconds: int = 300
@@ -367,6 +369,11 @@ class Settings:
         ttl = get("RELAY_UNSUPPORTED_TYPE_TTL_SECONDS", "3600")
         if not is_decimal(ttl) or not 1 <= int(ttl) <= 604800:
             raise SettingsError(f"RELAY_UNSUPPORTED_TYPE_TTL_SECONDS must be 1 to 604800 seconds, got {ttl!r}")
+        capabilities_refresh = get("RELAY_CAPABILITIES_REFRESH_SECONDS", "3600")
+        if not is_decimal(capabilities_refresh) or int(capabilities_refresh) > 86400:
+            raise SettingsError(
+                "RELAY_CAPABILITIES_REFRESH_SECONDS must be 1 to 86400 seconds, or 0 to turn "
+                f"discovery off, got {capabilities_refresh!r}")
         guard_entries = get("RELAY_VERSION_GUARD_MAX_ENTRIES", "100000")
         if not is_decimal(guard_entries) or int(guard_entries) > 10_000_000:
             raise SettingsError(
@@ -492,6 +499,7 @@ class Settings:
             ca_bundle=ca_bundle,
             unsupported_types=unsupported,
             unsupported_type_ttl_seconds=int(ttl),
+            capabilities_refresh_seconds=int(capabilities_refresh),
             version_guard_max_entries=int(guard_entries),
             version_guard_max_age_seconds=int(guard_age),
             version_guard_clock_skew_seconds=int(guard_skew),
@@ -540,6 +548,7 @@ class Settings:
             "max_body_bytes": self.max_body_bytes,
             "body_budget_bytes": self.body_budget_bytes,
             "unsupported_type_ttl_seconds": self.unsupported_type_ttl_seconds,
+            "capabilities_refresh_seconds": self.capabilities_refresh_seconds,
             "version_guard_max_entries": self.version_guard_max_entries,
             "version_guard_max_age_seconds": self.version_guard_max_age_seconds,
             "version_guard_clock_skew_seconds": self.version_guard_clock_skew_seconds,

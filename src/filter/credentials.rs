@@ -36,15 +36,7 @@ impl Host for WasmHost<'_> {
     }
 
     fn dispatch(&self, call: &Call, timeout: Duration) -> Result<u32, String> {
-        let headers: Vec<(&str, &str)> = call
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let body = (!call.body.is_empty()).then_some(call.body.as_slice());
-        // The SDK's call, not abi's: its dispatcher must know the token to route the answer.
-        hostcalls::dispatch_http_call(&call.cluster, headers, body, Vec::new(), timeout)
-            .map_err(|status| format!("{status:?}"))
+        dispatch(call, timeout)
     }
 
     fn count(&self, event: Event, source: Option<&'static str>) {
@@ -54,6 +46,19 @@ impl Host for WasmHost<'_> {
     fn expiry_seconds(&self, seconds: u64) {
         self.metrics.credentials_expiry_seconds(seconds);
     }
+}
+
+/// Sends `call` through its cluster; the answer comes back to the root context with the token.
+pub fn dispatch(call: &Call, timeout: Duration) -> Result<u32, String> {
+    let headers: Vec<(&str, &str)> = call
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let body = (!call.body.is_empty()).then_some(call.body.as_slice());
+    // The SDK's call, not abi's: its dispatcher must know the token to route the answer.
+    hostcalls::dispatch_http_call(&call.cluster, headers, body, Vec::new(), timeout)
+        .map_err(|status| format!("{status:?}"))
 }
 
 /// An answer to one of the provider's calls: handed to it with its status and (at most

@@ -19,6 +19,7 @@ use crate::signing::{
     sign_request, sign_request_cached, PayloadHasher, Signed, SigningInput, EMPTY_SHA256,
     HEALTHLAKE_SERVICE,
 };
+use crate::unsupported_types::{self, Unsupported, TYPE_SUPPORT_HEADER};
 use crate::versions::Decision;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -389,27 +390,87 @@ impl RelayHttp {
         }
     }
 
-    /// Whether writes of the target's type are to be answered `unsupported-type` without asking
-    /// HealthLake: preset in the configuration, or learned from HealthLake and not expired.
-    fn known_unsupported(&self, shared: &Shared, resource_type: &str) -> bool {
-        if shared.config.is_preset_unsupported(resource_type) {
-            return true;
-        }
-        super::shared::is_known_unsupported(resource_type)
+    /// Whether the target is answered `unsupported-type` without asking HealthLake, and on
+    /// whose word (see [`unsupported_types::decide`]).
+    fn known_unsupported(shared: &Shared, target: &Target) -> Option<Unsupported> {
+        let t = target.resource_type.as_str();
+        let discovered = shared
+            .discovery
+            .try_borrow()
+            .ok()
+            .and_then(|d| d.allows(target.op, t));
+        unsupported_types::decide(shared.config.is_preset_unsupported(t), discovered, || {
+            super::shared::is_known_unsupported(t)
+        })
     }
 
-    fn answer_unsupported(&mut self, target: &Target) -> Action {
+    fn answer_unsupported(&mut self, target: &Target, source: Unsupported) -> Action {
         log::debug!(
-            "healthlake-relay: {}/{} answered unsupported-type locally (type known unsupported)",
+            "healthlake-relay: {}/{} answered unsupported-type locally ({})",
             target.resource_type,
-            target.id
+            target.id,
+            source.as_str()
         );
         host::set_filter_state(state_key::ERROR_CODE, "not-supported");
         let body = unsupported_body(
+            target.op,
             &target.resource_type,
             &format!("{}/{}", target.resource_type, target.id),
+            source,
         );
-        self.answer_with(200, Outcome::UnsupportedType, &body, &[])
+        self.answer_with(
+            200,
+            Outcome::UnsupportedType,
+            &body,
+            &[(TYPE_SUPPORT_HEADER, source.as_str())],
+        )
+    }
+
+    /// `GET [base]/metadata`: the relay's CapabilityStatement, listing the types it would forward
+    /// now. Its `x-healthlake-type-support` says where that comes from.
+    fn answer_capabilities(&mut self, shared: &Shared) -> Action {
+        let now = super::shared::unix_now();
+        let date = crate::credentials::refresh::rfc3339(now);
+        let discovered = shared
+            .discovery
+            .try_borrow()
+            .ok()
+            .and_then(|d| d.in_use().map(|s| (s.supported, s.fetched_at_ms)));
+        let (support, types_from) = match discovered {
+            Some((_, at)) => (
+                "capability-statement",
+                format!(
+                    "those HealthLake's CapabilityStatement lists (read at {})",
+                    crate::credentials::refresh::rfc3339(at / 1000)
+                ),
+            ),
+            None => (
+                "learning",
+                "every R4 type but those the relay is configured to drop or HealthLake answered \
+                 400 not-supported recently (HealthLake's CapabilityStatement could not be read)"
+                    .to_owned(),
+            ),
+        };
+        let about = crate::capabilities::RelayStatement {
+            date: &date,
+            datastore_id: &shared.config.datastore_id,
+            region: &shared.config.region,
+            types_from: &types_from,
+        };
+        let body = crate::capabilities::relay_statement(&about, |op, t| {
+            unsupported_types::decide(
+                shared.config.is_preset_unsupported(t),
+                discovered.map(|(s, _)| s.allows(op, t)),
+                || super::shared::is_known_unsupported(t),
+            )
+            .is_none()
+        });
+        self.answer_with(
+            200,
+            Outcome::Capabilities,
+            &body,
+            &[(TYPE_SUPPORT_HEADER, support)],
+        )
     }
 
     /// Signs the held request with the body hash and lets it continue to HealthLake; without
@@ -527,8 +588,8 @@ impl RelayHttp {
                 };
                 host::set_filter_state(state_key::RESOURCE_ID, &id);
                 let target = Target::new(Operation::Put, &resource_type, &id, &shared.config);
-                if self.known_unsupported(&shared, &target.resource_type) {
-                    return self.answer_unsupported(&target);
+                if let Some(source) = Self::known_unsupported(&shared, &target) {
+                    return self.answer_unsupported(&target, source);
                 }
                 (target, r)
             }
@@ -810,6 +871,7 @@ impl HttpContext for RelayHttp {
                     &[("allow", ALLOWED_METHODS)],
                 )
             }
+            Plan::Capabilities => return self.answer_capabilities(&shared),
             Plan::Reject(r) => return self.refuse(&r),
             Plan::BasePost if end_of_stream => {
                 return self.refuse(&resource::base_post_rejection(b""))
@@ -842,8 +904,8 @@ impl HttpContext for RelayHttp {
         host::set_filter_state(state_key::RESOURCE_ID, &target.id);
         self.resource_type = Some(target.resource_type.clone());
 
-        if self.known_unsupported(&shared, &target.resource_type) {
-            return self.answer_unsupported(&target);
+        if let Some(source) = Self::known_unsupported(&shared, &target) {
+            return self.answer_unsupported(&target, source);
         }
         if let Some(action) = self.before_body(&headers, &head, target.op) {
             return action;

@@ -9,6 +9,11 @@
 //!   per source of the fetch (`web-identity`, `container`, `imds`, `assume-role`), defined for the
 //!   configured ones;
 //! - `healthlake_relay.credentials.expiry_seconds` (gauge): until the current ones expire.
+//! - `healthlake_relay.capabilities.fetch_{attempted,succeeded,failed}`: reads of HealthLake's
+//!   CapabilityStatement (`crate::discovery`);
+//! - `healthlake_relay.capabilities.discovered` (gauge): 1 while a CapabilityStatement decides
+//!   which types are supported, 0 while the relay learns them from HealthLake's answers;
+//! - `healthlake_relay.capabilities.update_types` (gauge): the types it lists with update.
 //!
 //! `envoy.yaml`'s `stats_tags` turn the type, outcome and source into Prometheus labels:
 //! `healthlake_relay_outcome{outcome="delivered"}`,
@@ -28,6 +33,9 @@ pub struct Metrics {
     /// Per source: its name and its three counters.
     by_source: Vec<(&'static str, [Option<u32>; 3])>,
     expiry_seconds: Option<u32>,
+    discovery: [Option<u32>; 3],
+    /// `capabilities.discovered` and `capabilities.update_types`.
+    capabilities: [Option<u32>; 2],
     /// Per (type, outcome): `None` not defined yet, `Some(None)` definition failed.
     by_type: RefCell<Vec<Option<Option<u32>>>>,
 }
@@ -64,11 +72,22 @@ impl Metrics {
             "healthlake_relay.credentials.expiry_seconds",
         )
         .ok();
+        let discovery =
+            EVENTS.map(|what| define(&format!("healthlake_relay.capabilities.fetch_{what}")));
+        let capabilities = ["discovered", "update_types"].map(|name| {
+            abi::define_metric(
+                MetricKind::Gauge,
+                &format!("healthlake_relay.capabilities.{name}"),
+            )
+            .ok()
+        });
         Metrics {
             outcome,
             refresh,
             by_source,
             expiry_seconds,
+            discovery,
+            capabilities,
             by_type: RefCell::new(vec![None; fhir::R4_RESOURCE_TYPES.len() * OUTCOMES]),
         }
     }
@@ -76,6 +95,22 @@ impl Metrics {
     fn bump(id: Option<&Option<u32>>) {
         if let Some(Some(id)) = id {
             let _ = abi::increment_metric(*id, 1);
+        }
+    }
+
+    /// Counts a read of HealthLake's CapabilityStatement.
+    pub fn discovery(&self, event: Event) {
+        Self::bump(self.discovery.get(event_index(event)));
+    }
+
+    /// Whether a CapabilityStatement is in use, and how many types it lists with update.
+    pub fn capabilities_in_use(&self, update_types: Option<usize>) {
+        let [discovered, types] = self.capabilities;
+        if let Some(id) = discovered {
+            let _ = abi::record_metric(id, u64::from(update_types.is_some()));
+        }
+        if let Some(id) = types {
+            let _ = abi::record_metric(id, update_types.map_or(0, |n| n as u64));
         }
     }
 
@@ -89,12 +124,7 @@ impl Metrics {
                 .find(|(n, _)| *n == name)
                 .map(|(_, c)| c),
         };
-        let index = match event {
-            Event::Attempted => 0,
-            Event::Succeeded => 1,
-            Event::Failed => 2,
-        };
-        Self::bump(counters.and_then(|c| c.get(index)));
+        Self::bump(counters.and_then(|c| c.get(event_index(event))));
     }
 
     /// Seconds until the current temporary credentials expire.
@@ -132,5 +162,13 @@ impl Metrics {
         if let Some(id) = id {
             let _ = abi::increment_metric(id, 1);
         }
+    }
+}
+
+fn event_index(event: Event) -> usize {
+    match event {
+        Event::Attempted => 0,
+        Event::Succeeded => 1,
+        Event::Failed => 2,
     }
 }

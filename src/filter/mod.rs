@@ -6,6 +6,7 @@
 
 mod abi;
 mod credentials;
+mod discovery;
 mod host;
 mod http;
 mod logger;
@@ -17,6 +18,8 @@ mod shared;
 use crate::body_budget::Budget;
 use crate::config::{Config, InboundAuth};
 use crate::credentials::fetch::{Base, Plan, ASSUME_ROLE};
+use crate::credentials::provider::ForSigning;
+use crate::discovery::Discovery;
 use crate::inbound_auth::Tokens;
 use credentials::{CredentialProvider, WasmHost};
 use host::log_error;
@@ -29,7 +32,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// How often each worker syncs the credentials and looks after waiting requests.
+/// How often each worker syncs the credentials and the supported types, and looks after waiting
+/// requests.
 const TICK: Duration = Duration::from_millis(250);
 
 proxy_wasm::main! {{
@@ -50,6 +54,8 @@ pub(crate) struct Shared {
     pub inbound: Inbound,
     /// The credentials provider, which also holds the writes waiting for the first credentials.
     pub credentials: RefCell<CredentialProvider>,
+    /// What HealthLake's CapabilityStatement says it supports, read in the background.
+    pub discovery: RefCell<Discovery>,
     pub metrics: Metrics,
     /// Requests the root context signed and resumed, by context id, for their response side.
     pub resumed: RefCell<HashMap<u32, Box<Forwarded>>>,
@@ -86,7 +92,14 @@ impl Context for RelayRoot {
         };
         if handled {
             http::resolve_waiters(&shared);
+            return;
         }
+        if let Ok(mut discovery) = shared.discovery.try_borrow_mut() {
+            let wasm_host = WasmHost {
+                metrics: &shared.metrics,
+            };
+            discovery::on_response(&mut discovery, &wasm_host, token_id, body_size);
+        };
     }
 }
 
@@ -157,6 +170,8 @@ impl RootContext for RelayRoot {
             sources.push(ASSUME_ROLE);
         }
         let fetches = plan.fetches();
+        let discovery = Discovery::new(&config);
+        let discovers = discovery.enabled();
         let provider = CredentialProvider::new(
             plan,
             config.credentials.refresh_margin_seconds,
@@ -168,6 +183,7 @@ impl RootContext for RelayRoot {
             config,
             inbound,
             credentials: RefCell::new(provider),
+            discovery: RefCell::new(discovery),
             metrics: Metrics::define(&sources),
             resumed: RefCell::new(HashMap::new()),
             signing_keys: RefCell::new(crate::signing::KeyCache::default()),
@@ -175,12 +191,12 @@ impl RootContext for RelayRoot {
         });
         self.shared = Some(Rc::clone(&shared));
         // The probe only reads what the writes' instance publishes.
-        if fetches && !self.readiness {
+        if (fetches || discovers) && !self.readiness {
             // The first fetch happens at the first tick, not here: Envoy configures a root
             // context it then discards, which would cancel the call while it holds the lock.
             if let Err(s) = abi::set_tick_period(TICK) {
                 log_error(&format!(
-                    "healthlake-relay: cannot start the credentials timer: {s:?}"
+                    "healthlake-relay: cannot start the timer (credentials, capabilities): {s:?}"
                 ));
                 return false;
             }
@@ -192,12 +208,25 @@ impl RootContext for RelayRoot {
         let Some(shared) = self.shared.clone() else {
             return;
         };
+        let wasm_host = WasmHost {
+            metrics: &shared.metrics,
+        };
         if let Ok(mut provider) = shared.credentials.try_borrow_mut() {
-            provider.tick(&WasmHost {
-                metrics: &shared.metrics,
-            });
+            provider.tick(&wasm_host);
         }
         http::resolve_waiters(&shared);
+        if let Ok(mut discovery) = shared.discovery.try_borrow_mut() {
+            if discovery.enabled() {
+                let signing = match (host::now(), shared.credentials.try_borrow()) {
+                    (Some(now), Ok(provider)) => match provider.for_signing(now) {
+                        ForSigning::Ready(creds, _) => Some(creds),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                discovery.tick(&wasm_host, signing.as_deref());
+            }
+        };
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -10,6 +10,7 @@ use crate::outcome::{
 };
 use crate::signing::canonical_request_for_log;
 use crate::text::quoted;
+use crate::unsupported_types::{Unsupported, TYPE_SUPPORT_HEADER};
 use proxy_wasm::types::Action;
 use std::time::SystemTime;
 
@@ -170,6 +171,9 @@ impl RelayHttp {
                         if let Some(id) = request_id.as_deref() {
                             headers.push(("x-amzn-requestid", id));
                         }
+                        if verdict.outcome == Outcome::UnsupportedType {
+                            headers.push((TYPE_SUPPORT_HEADER, Unsupported::HealthLake.as_str()));
+                        }
                         if host::send_local_response(*status, &headers, new) {
                             action = Action::Pause;
                         }
@@ -180,6 +184,9 @@ impl RelayHttp {
             }
         }
         host::set_response_header(OUTCOME_HEADER, verdict.outcome.as_str());
+        if verdict.outcome == Outcome::UnsupportedType {
+            host::set_response_header(TYPE_SUPPORT_HEADER, Unsupported::HealthLake.as_str());
+        }
         host::set_filter_state(state_key::UPSTREAM_STATUS, &upstream_status.to_string());
         if let Some(code) = &verdict.error_code {
             host::set_filter_state(state_key::ERROR_CODE, code);
