@@ -18,6 +18,7 @@ use crate::credentials::refresh::{rfc3339, unix_ms};
 use crate::credentials::Credentials;
 use crate::plan::Operation;
 use crate::signing::{sign_request, SigningInput, EMPTY_SHA256, HEALTHLAKE_SERVICE};
+use crate::unsupported_types::Listed;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
 
@@ -135,6 +136,14 @@ impl Discovery {
         self.in_use
             .as_ref()
             .map(|s| s.supported.allows(op, resource_type))
+    }
+
+    /// The same, with when the statement was read.
+    pub fn listed(&self, op: Operation, resource_type: &str) -> Option<Listed> {
+        self.in_use.as_ref().map(|s| Listed {
+            allows: s.supported.allows(op, resource_type),
+            read_at: s.fetched_at_ms / 1000,
+        })
     }
 
     /// A set older than this is no longer used (refreshes kept failing).

@@ -60,24 +60,34 @@ impl Unsupported {
     }
 }
 
+/// What HealthLake's CapabilityStatement in use says of a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listed {
+    /// Whether it lists the type with the write's interaction.
+    pub allows: bool,
+    /// When it was read (Unix seconds).
+    pub read_at: u64,
+}
+
 /// Whether a write is answered `unsupported-type` without calling HealthLake, and on whose word:
-/// the configuration, then the CapabilityStatement (`discovered`: whether it allows the write,
-/// `None` when none is in use), then what HealthLake answered earlier (`learned`, asked last: it
-/// reads shared data). A type the CapabilityStatement lists but HealthLake refused since is
-/// learned: HealthLake's answer is the later word.
+/// the configuration; then the CapabilityStatement in use (`listed`, `None` when none is), which
+/// decides unless HealthLake answered an earlier write of the type `400 not-supported` after it
+/// was read (`learned_at`: when, in Unix seconds; asked last, it reads shared data): the later
+/// word wins, so that a type HealthLake stops or starts supporting is followed either way.
 pub fn decide(
     configured: bool,
-    discovered: Option<bool>,
-    learned: impl FnOnce() -> bool,
+    listed: Option<Listed>,
+    learned_at: impl FnOnce() -> Option<u64>,
 ) -> Option<Unsupported> {
     if configured {
-        Some(Unsupported::Configured)
-    } else if discovered == Some(false) {
-        Some(Unsupported::CapabilityStatement)
-    } else if learned() {
-        Some(Unsupported::Learned)
-    } else {
-        None
+        return Some(Unsupported::Configured);
+    }
+    match (listed, learned_at) {
+        (Some(l), _) if !l.allows => Some(Unsupported::CapabilityStatement),
+        (Some(l), learned_at) => learned_at()
+            .filter(|at| *at >= l.read_at)
+            .map(|_| Unsupported::Learned),
+        (None, learned_at) => learned_at().map(|_| Unsupported::Learned),
     }
 }
 
@@ -94,10 +104,20 @@ pub fn encode(expires_at: u64) -> Vec<u8> {
 /// Whether a shared-data value marks the type as unsupported at `now` (Unix seconds).
 /// Absent, unreadable or expired entries do not.
 pub fn is_active(value: Option<&[u8]>, now: u64) -> bool {
+    expiry(value).is_some_and(|expires_at| now < expires_at)
+}
+
+/// When an entry still active at `now` was learned (Unix seconds), entries living `ttl` seconds.
+pub fn learned_at(value: Option<&[u8]>, now: u64, ttl: u64) -> Option<u64> {
+    expiry(value)
+        .filter(|expires_at| now < *expires_at)
+        .map(|expires_at| expires_at.saturating_sub(ttl))
+}
+
+fn expiry(value: Option<&[u8]>) -> Option<u64> {
     value
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|s| s.parse::<u64>().ok())
-        .is_some_and(|expires_at| now < expires_at)
 }
 
 #[cfg(test)]
@@ -117,35 +137,53 @@ mod tests {
     }
 
     #[test]
-    fn configuration_then_capability_statement_then_learning() {
+    fn learned_entries_know_when_they_were_learned() {
+        let v = encode(1_000);
+        assert_eq!(learned_at(Some(&v), 999, 600), Some(400));
+        assert_eq!(learned_at(Some(&v), 1_000, 600), None);
+        assert_eq!(learned_at(Some(b"x"), 0, 600), None);
+        assert_eq!(learned_at(None, 0, 600), None);
+    }
+
+    #[test]
+    fn configuration_then_the_later_of_statement_and_learning() {
         let asked = Cell::new(0);
-        let learned = |answer: bool| {
+        let learned = |at: Option<u64>| {
             let asked = &asked;
             move || {
                 asked.set(asked.get() + 1);
-                answer
+                at
             }
         };
+        let listed = |allows| {
+            Some(Listed {
+                allows,
+                read_at: 100,
+            })
+        };
         assert_eq!(
-            decide(true, Some(true), learned(true)),
+            decide(true, listed(true), learned(Some(200))),
             Some(Unsupported::Configured)
         );
         assert_eq!(
-            decide(false, Some(false), learned(true)),
+            decide(false, listed(false), learned(Some(200))),
             Some(Unsupported::CapabilityStatement)
         );
         assert_eq!(asked.get(), 0, "shared data is read only when it decides");
+        // HealthLake refused the type after the statement was read: its answer is later.
         assert_eq!(
-            decide(false, Some(true), learned(true)),
+            decide(false, listed(true), learned(Some(100))),
             Some(Unsupported::Learned)
         );
+        // The statement read since lists it again: it is later.
+        assert_eq!(decide(false, listed(true), learned(Some(99))), None);
         assert_eq!(
-            decide(false, None, learned(true)),
+            decide(false, None, learned(Some(1))),
             Some(Unsupported::Learned)
         );
-        assert_eq!(decide(false, None, learned(false)), None);
-        assert_eq!(decide(false, Some(true), learned(false)), None);
-        assert_eq!(asked.get(), 4);
+        assert_eq!(decide(false, None, learned(None)), None);
+        assert_eq!(decide(false, listed(true), learned(None)), None);
+        assert_eq!(asked.get(), 5);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::signing::{
     sign_request, sign_request_cached, PayloadHasher, Signed, SigningInput, EMPTY_SHA256,
     HEALTHLAKE_SERVICE,
 };
-use crate::unsupported_types::{self, Unsupported, TYPE_SUPPORT_HEADER};
+use crate::unsupported_types::{self, Listed, Unsupported, TYPE_SUPPORT_HEADER};
 use crate::versions::Decision;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -394,13 +394,14 @@ impl RelayHttp {
     /// whose word (see [`unsupported_types::decide`]).
     fn known_unsupported(shared: &Shared, target: &Target) -> Option<Unsupported> {
         let t = target.resource_type.as_str();
-        let discovered = shared
+        let listed = shared
             .discovery
             .try_borrow()
             .ok()
-            .and_then(|d| d.allows(target.op, t));
-        unsupported_types::decide(shared.config.is_preset_unsupported(t), discovered, || {
-            super::shared::is_known_unsupported(t)
+            .and_then(|d| d.listed(target.op, t));
+        let ttl = shared.config.unsupported_type_ttl_seconds;
+        unsupported_types::decide(shared.config.is_preset_unsupported(t), listed, || {
+            super::shared::learned_unsupported_at(t, ttl)
         })
     }
 
@@ -457,11 +458,15 @@ impl RelayHttp {
             region: &shared.config.region,
             types_from: &types_from,
         };
+        let ttl = shared.config.unsupported_type_ttl_seconds;
         let body = crate::capabilities::relay_statement(&about, |op, t| {
             unsupported_types::decide(
                 shared.config.is_preset_unsupported(t),
-                discovered.map(|(s, _)| s.allows(op, t)),
-                || super::shared::is_known_unsupported(t),
+                discovered.map(|(s, at)| Listed {
+                    allows: s.allows(op, t),
+                    read_at: at / 1000,
+                }),
+                || super::shared::learned_unsupported_at(t, ttl),
             )
             .is_none()
         });

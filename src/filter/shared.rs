@@ -19,10 +19,12 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Whether HealthLake recently said it does not support `resource_type`.
-pub fn is_known_unsupported(resource_type: &str) -> bool {
+/// When HealthLake said it does not support `resource_type` (Unix seconds), if that is still
+/// remembered (entries live `ttl` seconds).
+pub fn learned_unsupported_at(resource_type: &str, ttl: u64) -> Option<u64> {
     let (value, _) = host::shared_data(&unsupported_types::shared_key(resource_type));
-    value.is_some() && unsupported_types::is_active(value.as_deref(), unix_now())
+    value.as_ref()?;
+    unsupported_types::learned_at(value.as_deref(), unix_now(), ttl)
 }
 
 /// Records that HealthLake does not support `resource_type`, for `ttl` seconds. True for the
