@@ -950,8 +950,23 @@ class Emulator(Service):
             raise RuntimeError(f"emulator {path}: {status} {body[:200]!r}")
         return json.loads(body)
 
-    def requests(self) -> list:
-        return self.get_json("/_emulator/requests")
+    def requests(self, metadata: bool = False) -> list:
+        """The data-plane requests the emulator received, in order; without the relay's reads of
+        the CapabilityStatement (GET .../metadata, at start and then periodically) unless
+        `metadata`."""
+        every = self.get_json("/_emulator/requests")
+        return every if metadata else [q for q in every if not is_metadata_request(q)]
+
+    def metadata_requests(self) -> list:
+        """The relay's reads of the CapabilityStatement."""
+        return [q for q in self.get_json("/_emulator/requests") if is_metadata_request(q)]
+
+    def capabilities(self) -> dict:
+        """What the emulator supports now: {type: set of interaction codes} (its
+        CapabilityStatement as GET .../metadata serves it without a metadata fault)."""
+        statement = self.get_json("/_emulator/capabilities")
+        return {r["type"]: {i["code"] for i in r.get("interaction", [])}
+                for rest in statement["rest"] for r in rest.get("resource", [])}
 
     def resource(self, rtype: str, rid: str) -> bytes | None:
         status, body = http_get(f"{self.url}/_emulator/resources/{rtype}/{rid}")
@@ -1008,6 +1023,11 @@ class Emulator(Service):
 def read_port(path: Path) -> int:
     text = path.read_text().strip() if path.exists() else ""
     return int(text) if is_decimal(text) else 0
+
+
+def is_metadata_request(q: dict) -> bool:
+    """A read of the CapabilityStatement, GET /datastore/{id}/r4/metadata[?...]."""
+    return q["method"] == "GET" and q["path"].split("?")[0].endswith("/r4/metadata")
 
 
 def start_emulator(

@@ -1394,6 +1394,7 @@ impl App {
             | ["_emulator", "resources"]
             | ["_emulator", "resources", _, _]
             | ["_emulator", "requests"]
+            | ["_emulator", "capabilities"]
             | ["_emulator", "sts"]
             | ["_emulator", "credentials"] => vec![Method::GET],
             ["_emulator", "reset"]
@@ -1428,6 +1429,18 @@ impl App {
         }
         match (segments.as_slice(), method) {
             (["_emulator", "health"], _) => text(StatusCode::OK, "ok"),
+            (["_emulator", "capabilities"], _) => {
+                // What GET metadata would say now without a metadata fault: the tests' truth.
+                let removed = self.lock().faults.unsupported_types().to_vec();
+                let statement = capabilities::capability_statement(
+                    self.config.resource_types,
+                    &removed,
+                    None,
+                    now,
+                    capabilities::Listing::Full,
+                );
+                json_response(StatusCode::OK, &statement)
+            }
             (["_emulator", "reset"], _) => {
                 // The STS ledger is kept: issued credentials stay valid until they expire, as
                 // they would at AWS, and a relay caching them goes on using them. So are the
