@@ -68,7 +68,10 @@ import relayctl  # noqa: E402
 
 STANDIN_BIN = ROOT / "target" / "release" / "smile-standin"
 FHIR_EXAMPLES = ROOT / "build" / "fhir" / "package"
-# As tests/test_corpus.py: types the public HealthLake documentation leaves out.
+# The types the emulator refuses here: it runs with every R4 type but these (--resource-types all
+# plus --unsupported-types), a share of the corpus the stand-in's plan can size; the relay reads
+# them from its CapabilityStatement. (tests/test_corpus.py runs the corpus against HealthLake's
+# documented list.)
 UNSUPPORTED = ["Basic", "CodeSystem", "SearchParameter", "Subscription", "TestScript"]
 DONE_OUTCOMES = ["delivered", "deleted", "already-absent", "unsupported-type", "stale-version"]
 NO_OUTCOME = "(none)"
@@ -163,7 +166,7 @@ def add_late_replays(plan: Path, share: float, seed: int) -> int:
 
 def emulator_args(state_file: Path) -> list[str]:
     # DELETE of an absent resource answered 404, so the relay's already-absent is exercised.
-    return ["--unsupported-types", ",".join(UNSUPPORTED), "--state-file", str(state_file),
+    return ["--resource-types", "all", "--unsupported-types", ",".join(UNSUPPORTED), "--state-file", str(state_file),
             "--delete-absent-status", "404"]
 
 

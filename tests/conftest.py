@@ -185,6 +185,16 @@ def start_relay(workdir: Path, emulator: relayctl.Emulator | None, env: dict[str
     return relayctl.start_envoy(path, workdir, env, concurrency=concurrency, extra_args=extra_args)
 
 
+def wait_for_discovery(envoy: relayctl.Envoy, timeout: float = 30) -> dict:
+    """Waits until the relay uses HealthLake's CapabilityStatement (its stats say so); returns the
+    stats."""
+    def discovered():
+        stats = envoy.stats()
+        return stats if stats.get("wasmcustom.healthlake_relay.capabilities.discovered") == 1 else None
+
+    return relayctl.wait_until(discovered, timeout, "the relay to read HealthLake's CapabilityStatement")
+
+
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
     emu = relayctl.start_emulator(tmp_path_factory.mktemp("emulator"), [CREDENTIAL])

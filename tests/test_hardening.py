@@ -326,11 +326,14 @@ def test_not_supported_about_an_element_is_rejected_for_that_resource_only(relay
     assert (r.status, r.header("x-healthlake-outcome")) == (400, "rejected")
     # The type is not learned: the next Patient goes to HealthLake and is stored.
     delivered(relay, fresh, "element-next")
-    # HealthLake's answer about the type itself still is (on a type the emulator refuses).
-    fresh.set_faults(unsupported_types=["Basic"])
-    basic = json.dumps({"resourceType": "Basic", "id": "b1", "code": {"text": "x"}}).encode()
-    r = send(relay.url, "PUT", "/Basic/b1", basic, AUTH)
+    # HealthLake's answer about the type itself still is: Flag, which the CapabilityStatement the
+    # relay read lists, refused by the emulator since.
+    fresh.set_faults(unsupported_types=["Flag"])
+    flag = json.dumps({"resourceType": "Flag", "id": "f1", "status": "active",
+                       "code": {"text": "x"}, "subject": {"reference": "Patient/p"}}).encode()
+    r = send(relay.url, "PUT", "/Flag/f1", flag, AUTH)
     assert (r.status, r.header("x-healthlake-outcome")) == (200, "unsupported-type")
+    assert r.header("x-healthlake-type-support") == "healthlake"
     fresh.set_faults()
 
 

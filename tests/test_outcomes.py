@@ -34,7 +34,10 @@ def emulator(tmp_path_factory):
     emu = relayctl.start_emulator(
         tmp_path_factory.mktemp("emulator"),
         [f"{relayctl.DEMO_ACCESS_KEY_ID}:{SECRET}"],
-        extra_args=["--delete-absent-status", "404"],
+        # Every R4 type, as before discovery: this module proves what the relay makes of
+        # HealthLake's answers, learning unsupported types included (test_capabilities.py proves
+        # discovery against the emulator's HealthLake list).
+        extra_args=["--delete-absent-status", "404", "--resource-types", "all"],
     )
     yield emu
     emu.stop()
@@ -47,6 +50,7 @@ def relay(emulator, tmp_path_factory):
     envoy = start_relay(tmp_path_factory.mktemp("relay"), emulator, env, settings_env={
         "RELAY_UNSUPPORTED_TYPE_TTL_SECONDS": str(TTL),
         "RELAY_UNSUPPORTED_TYPES": "TestScript",
+        "RELAY_CAPABILITIES_REFRESH_SECONDS": "0",
     }, concurrency=2)
     yield envoy
     envoy.stop()
@@ -179,20 +183,27 @@ def test_unsupported_type_is_learned_shared_and_forgotten_after_the_ttl(relay, f
     assert outcome["issue"][0]["severity"] == "warning"
     assert outcome["issue"][0]["code"] == "not-supported"
     assert "Basic" in outcome["issue"][0]["diagnostics"]
+    assert r.header("x-healthlake-type-support") == "healthlake"
     entry = relay.wait_for_log(lambda e: e["resource_id"] == "u1")
     assert entry["error_code"] == "not-supported"
     assert entry["upstream_status"] == "400"
+    assert entry["type_support"] == "healthlake"
 
     # Later writes of the type are answered locally, by both workers (each request on its own
     # connection, which Envoy spreads over them): HealthLake is not asked again.
     for rid in [f"u-{n}" for n in range(12)] + ["u3"]:
         r = send(relay.url, "PUT", f"/Basic/{rid}", body("Basic", rid), HEADERS)
         assert (r.status, r.header("x-healthlake-outcome")) == (200, "unsupported-type")
+        assert r.header("x-healthlake-type-support") == "learned"
     r = send(relay.url, "DELETE", "/Basic/u1")
     assert (r.status, r.header("x-healthlake-outcome")) == (200, "unsupported-type")
     assert [q["path"] for q in fresh.requests()] == [upstream("Basic", "u1")]
     local = relay.wait_for_log(lambda e: e["resource_id"] == "u3")
     assert local["upstream_path"] is None and local["outcome"] == "unsupported-type"
+    assert local["type_support"] == "learned"
+    # Discovery is off here: no CapabilityStatement was asked for, none is in use.
+    assert fresh.metadata_requests() == []
+    assert relay.stats().get("wasmcustom.healthlake_relay.capabilities.discovered") == 0
 
     # Other types are unaffected.
     assert send(relay.url, "PUT", "/Patient/p-ok", body("Patient", "p-ok"), HEADERS).status == 201
@@ -217,6 +228,7 @@ def test_unsupported_type_is_learned_shared_and_forgotten_after_the_ttl(relay, f
 def test_preset_unsupported_type_never_reaches_healthlake(relay, fresh):
     r = send(relay.url, "PUT", "/TestScript/t1", body("TestScript", "t1"), HEADERS)
     assert (r.status, r.header("x-healthlake-outcome")) == (200, "unsupported-type")
+    assert r.header("x-healthlake-type-support") == "configured"
     assert fresh.requests() == []
 
 

@@ -246,7 +246,7 @@ def test_only_known_headers_reach_healthlake(relay, fresh):
 
 # --- hostile input ----------------------------------------------------------------------------
 
-DEEP = ('{"resourceType":"Basic","id":"deep","x":' + "[" * 10_000 + "1" + "]" * 10_000 + "}").encode()
+DEEP = ('{"resourceType":"Patient","id":"deep","x":' + "[" * 10_000 + "1" + "]" * 10_000 + "}").encode()
 ADVERSARIAL = [
     ("traversal-raw", "PUT", "/Patient/../Observation/x", body("x", "Observation"), {}, 400),
     ("traversal-encoded", "PUT", "/Patient/%2e%2e/x", body("x"), {}, 400),
@@ -257,7 +257,7 @@ ADVERSARIAL = [
     ("overlong-id", "PUT", "/Patient/" + "a" * 65, body("a" * 65), {}, 400),
     ("unknown-type", "PUT", "/Patients/x", body("x", "Patient"), {}, 400),
     ("non-utf8-body", "PUT", "/Patient/x", b'{"resourceType":"Patient","id":"x","n":"\xc3\x28"}', {}, 400),
-    ("nesting-10000", "PUT", "/Basic/deep", DEEP, {}, 400),
+    ("nesting-10000", "PUT", "/Patient/deep", DEEP, {}, 400),
     ("duplicate-ids", "PUT", "/Patient/x", b'{"resourceType":"Patient","id":"x","id":"y"}', {}, 400),
     ("duplicate-ids-post", "POST", "/Patient", b'{"resourceType":"Patient","id":"y","id":"x"}', {}, 400),
     ("mismatched-type", "PUT", "/Patient/x", body("x", "Observation"), {}, 400),
