@@ -4,9 +4,12 @@
 //! - [`Supported::from_statement`] reads the answer to the `capabilities` interaction
 //!   (`GET /datastore/{id}/r4/metadata`): the FHIR R4 resource types a server `rest` entry lists,
 //!   with the `update` and `delete` interactions each allows. A PUT needs `update`, a DELETE
-//!   `delete`. A statement that could not be meant (another resource, no server entry, no
-//!   interactions declared at all, no type that can be updated) is refused as a whole: the relay
-//!   then keeps learning from HealthLake's answers instead of dropping every write.
+//!   `delete`. Where the statement says nothing, it decides nothing (the write is forwarded and
+//!   HealthLake's answer decides): a type listed without interactions, and every DELETE when no
+//!   type lists `delete`. A statement that could not be HealthLake's whole answer (another
+//!   resource, no server entry, no interactions declared at all, Patient not updatable, which
+//!   every HealthLake data store is: a partial list) is refused as a whole: the relay then keeps
+//!   learning from HealthLake's answers instead of dropping writes with a 2xx.
 //! - [`relay_statement`] is the relay's answer to `GET [base]/metadata`: update and delete of the
 //!   types it would forward now, no read or search, so that a FHIR client that checks a server
 //!   before writing works against the relay.
@@ -63,11 +66,17 @@ impl TypeSet {
     }
 }
 
+/// A type every HealthLake data store stores: a statement that does not list it with `update`
+/// is not HealthLake's whole answer.
+pub const ANCHOR_TYPE: &str = "Patient";
+
 /// The types HealthLake allows each write interaction on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Supported {
     pub update: TypeSet,
     pub delete: TypeSet,
+    /// Types listed without any interaction: the statement does not say what they allow.
+    pub undeclared: TypeSet,
 }
 
 // The parts of a CapabilityStatement read; everything else is ignored.
@@ -100,11 +109,16 @@ struct Interaction {
 }
 
 impl Supported {
-    /// Whether HealthLake allows `op` on `resource_type`.
-    pub fn allows(&self, op: Operation, resource_type: &str) -> bool {
+    /// Whether the statement allows `op` on `resource_type`; `None` where it says nothing: a
+    /// type listed without interactions, a DELETE when no type lists `delete`.
+    pub fn says(&self, op: Operation, resource_type: &str) -> Option<bool> {
+        if self.undeclared.contains(resource_type) {
+            return None;
+        }
         match op {
-            Operation::Put => self.update.contains(resource_type),
-            Operation::Delete => self.delete.contains(resource_type),
+            Operation::Put => Some(self.update.contains(resource_type)),
+            Operation::Delete if self.delete.is_empty() => None,
+            Operation::Delete => Some(self.delete.contains(resource_type)),
         }
     }
 
@@ -143,6 +157,7 @@ impl Supported {
         let mut declared = false;
         for resource in servers.flat_map(|r| &r.resource) {
             let Some(interactions) = &resource.interaction else {
+                supported.undeclared.insert(&resource.resource_type);
                 continue;
             };
             declared = true;
@@ -159,21 +174,22 @@ impl Supported {
         if !declared {
             return Err("it declares no interaction for any resource type".to_owned());
         }
-        if supported.update.is_empty() {
-            return Err(
-                "it lists no resource type with the update interaction (it would make the relay \
-                 drop every write)"
-                    .to_owned(),
-            );
+        if !supported.update.contains(ANCHOR_TYPE) || supported.undeclared.contains(ANCHOR_TYPE) {
+            return Err(format!(
+                "it does not list {ANCHOR_TYPE} with the update interaction, which every \
+                 HealthLake data store allows: not trusted as HealthLake's whole list (it would \
+                 make the relay drop writes)"
+            ));
         }
         Ok(supported)
     }
 
-    /// The shared-data form: `{"update":[types],"delete":[types]}`.
+    /// The shared-data form: `{"update":[types],"delete":[types],"undeclared":[types]}`.
     pub fn encode(&self) -> Value {
         json!({
             "update": self.update.names().collect::<Vec<_>>(),
             "delete": self.delete.names().collect::<Vec<_>>(),
+            "undeclared": self.undeclared.names().collect::<Vec<_>>(),
         })
     }
 
@@ -189,6 +205,7 @@ impl Supported {
         Some(Supported {
             update: set("update")?,
             delete: set("delete")?,
+            undeclared: set("undeclared")?,
         })
     }
 }
@@ -351,13 +368,13 @@ mod tests {
             with("NotAType", &["update", "delete"]),
         ])))
         .unwrap();
-        assert!(s.allows(Operation::Put, "Patient"));
-        assert!(s.allows(Operation::Delete, "Patient"));
-        assert!(!s.allows(Operation::Put, "AuditEvent"));
-        assert!(!s.allows(Operation::Delete, "AuditEvent"));
-        assert!(s.allows(Operation::Put, "Observation"));
-        assert!(!s.allows(Operation::Delete, "Observation"));
-        assert!(!s.allows(Operation::Put, "Basic"));
+        assert_eq!(s.says(Operation::Put, "Patient"), Some(true));
+        assert_eq!(s.says(Operation::Delete, "Patient"), Some(true));
+        assert_eq!(s.says(Operation::Put, "AuditEvent"), Some(false));
+        assert_eq!(s.says(Operation::Delete, "AuditEvent"), Some(false));
+        assert_eq!(s.says(Operation::Put, "Observation"), Some(true));
+        assert_eq!(s.says(Operation::Delete, "Observation"), Some(false));
+        assert_eq!(s.says(Operation::Put, "Basic"), Some(false));
         assert_eq!(
             s.update.names().collect::<Vec<_>>(),
             ["Observation", "Patient"]
@@ -377,8 +394,8 @@ mod tests {
         }))
         .unwrap();
         let s = Supported::from_statement(&body).unwrap();
-        assert!(s.allows(Operation::Put, "Patient"));
-        assert!(!s.allows(Operation::Put, "Basic"));
+        assert_eq!(s.says(Operation::Put, "Patient"), Some(true));
+        assert_eq!(s.says(Operation::Put, "Basic"), Some(false));
     }
 
     #[test]
@@ -405,11 +422,20 @@ mod tests {
         ))
         .contains("declares no interaction"));
         assert!(refused(&statement(json!([]))).contains("declares no interaction"));
-        // Interactions, but no update anywhere: it would drop every write.
+        // Interactions, but Patient not updatable: a partial list, it would drop writes.
         assert!(
             refused(&statement(json!([with("Patient", &["read", "delete"])])))
-                .contains("no resource type with the update interaction")
+                .contains("does not list Patient with the update interaction")
         );
+        assert!(
+            refused(&statement(json!([with("Observation", &["update"])])))
+                .contains("does not list Patient")
+        );
+        assert!(refused(&statement(json!([
+            with("Observation", &["update"]),
+            { "type": "Patient" },
+        ])))
+        .contains("does not list Patient"));
         let big = vec![b' '; MAX_STATEMENT_BYTES + 1];
         assert!(refused(&big).contains("larger than"));
         // Control characters from the answer never reach a log line.
@@ -417,13 +443,18 @@ mod tests {
     }
 
     #[test]
-    fn a_type_without_interactions_among_others_is_unsupported() {
+    fn where_the_statement_says_nothing_it_decides_nothing() {
+        // A type listed without interactions, and DELETEs when no type lists delete.
         let s = Supported::from_statement(&statement(json!([
             with("Patient", &["update"]),
             { "type": "Basic" },
         ])))
         .unwrap();
-        assert!(!s.allows(Operation::Put, "Basic"));
+        assert_eq!(s.says(Operation::Put, "Basic"), None);
+        assert_eq!(s.says(Operation::Delete, "Basic"), None);
+        assert_eq!(s.says(Operation::Delete, "Patient"), None);
+        assert_eq!(s.says(Operation::Put, "Observation"), Some(false));
+        assert_eq!(Supported::decode(&s.encode()), Some(s));
     }
 
     #[test]
@@ -481,7 +512,7 @@ mod tests {
             .contains("d1"));
         // It reads back as what it says.
         let s = Supported::from_statement(&body).unwrap();
-        assert!(s.allows(Operation::Put, "Observation"));
-        assert!(!s.allows(Operation::Delete, "Observation"));
+        assert_eq!(s.says(Operation::Put, "Observation"), Some(true));
+        assert_eq!(s.says(Operation::Delete, "Observation"), Some(false));
     }
 }

@@ -29,9 +29,10 @@ pub const STATE_KEY: &str = "healthlake_relay.capabilities.refresh";
 
 /// The call's timeout; the lock outlives it.
 pub const CALL_TIMEOUT_MS: u64 = 10_000;
-const LOCK_MS: u64 = 15_000;
-/// A call whose answer never came back is given up after this long.
+/// A call whose answer never came back is given up after this long, while its worker still
+/// holds the lock (so that giving up never releases another worker's).
 const ABANDON_CALL_MS: u64 = CALL_TIMEOUT_MS + 5_000;
+const LOCK_MS: u64 = ABANDON_CALL_MS + 5_000;
 const BACKOFF_BASE_MS: u64 = 1_000;
 const BACKOFF_CAP_MS: u64 = 300_000;
 
@@ -53,6 +54,9 @@ pub trait Host {
 /// The supported set as published for every worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Published {
+    /// `{prefix}/metadata` of the data store it describes: a record of another data store (a
+    /// configuration reloaded in the same process) is not used.
+    path: String,
     generation: u64,
     fetched_at_ms: u64,
     supported: serde_json::Value,
@@ -77,8 +81,14 @@ impl State {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    fn due(&self, now_ms: u64) -> bool {
-        now_ms >= self.lock_until_ms && now_ms >= self.next_attempt_ms
+    /// Whether a fetch may start at `now_ms`. Times further ahead than they can have been set
+    /// (the clock stepped back) do not hold it up.
+    fn due(&self, now_ms: u64, interval_ms: u64) -> bool {
+        let lock_over =
+            now_ms >= self.lock_until_ms || self.lock_until_ms > now_ms.saturating_add(LOCK_MS);
+        let wait_over = now_ms >= self.next_attempt_ms
+            || self.next_attempt_ms > now_ms.saturating_add(interval_ms.max(BACKOFF_CAP_MS));
+        lock_over && wait_over
     }
 }
 
@@ -133,15 +143,15 @@ impl Discovery {
     /// Whether HealthLake's CapabilityStatement allows `op` on `resource_type`; `None` when no
     /// statement is in use (the relay then learns from HealthLake's answers).
     pub fn allows(&self, op: Operation, resource_type: &str) -> Option<bool> {
-        self.in_use
-            .as_ref()
-            .map(|s| s.supported.allows(op, resource_type))
+        self.listed(op, resource_type).map(|l| l.allows)
     }
 
-    /// The same, with when the statement was read.
+    /// The same, with when the statement was read; `None` too where the statement says nothing
+    /// of the write (see [`Supported::says`]).
     pub fn listed(&self, op: Operation, resource_type: &str) -> Option<Listed> {
-        self.in_use.as_ref().map(|s| Listed {
-            allows: s.supported.allows(op, resource_type),
+        let s = self.in_use.as_ref()?;
+        s.supported.says(op, resource_type).map(|allows| Listed {
+            allows,
             read_at: s.fetched_at_ms / 1000,
         })
     }
@@ -159,6 +169,7 @@ impl Discovery {
             self.in_use = value
                 .as_deref()
                 .and_then(|v| serde_json::from_slice::<Published>(v).ok())
+                .filter(|p| p.path == self.path)
                 .and_then(|p| {
                     Supported::decode(&p.supported).map(|supported| InUse {
                         supported,
@@ -199,7 +210,7 @@ impl Discovery {
         let Some(credentials) = credentials else {
             return;
         };
-        if !state.due(now_ms) {
+        if !state.due(now_ms, self.interval_ms) {
             return;
         }
         let locked = State {
@@ -256,7 +267,10 @@ impl Discovery {
             return false;
         }
         self.call = None;
-        let now_ms = host.now().map_or(0, unix_ms);
+        // Without a clock nothing can be dated: the lock runs out and a later tick asks again.
+        let Some(now_ms) = host.now().map(unix_ms) else {
+            return true;
+        };
         let read = match status {
             200 => Supported::from_statement(body),
             0 => Err(
@@ -276,6 +290,7 @@ impl Discovery {
         let (old, old_cas) = host.shared_data(PUBLISHED_KEY);
         let old: Option<Published> = old.as_deref().and_then(|v| serde_json::from_slice(v).ok());
         let published = Published {
+            path: self.path.clone(),
             generation: old.as_ref().map_or(1, |p| p.generation.saturating_add(1)),
             fetched_at_ms: now_ms,
             supported: supported.encode(),
@@ -355,13 +370,29 @@ fn update_state(host: &impl Host, update: impl Fn(&State) -> State) -> State {
 /// The log line of a set read: in full the first time, then only what changed.
 fn log_change(before: Option<&Supported>, now: &Supported, interval_s: u64) {
     match before {
-        None => log::info!(
-            "healthlake-relay: HealthLake's CapabilityStatement lists {} resource types with \
-             update and {} with delete; writes of other types are answered unsupported-type \
-             without calling HealthLake (read again every {interval_s} s)",
-            now.update.len(),
-            now.delete.len()
-        ),
+        None => {
+            let absent = |set: &crate::capabilities::TypeSet| {
+                crate::fhir::R4_RESOURCE_TYPES
+                    .iter()
+                    .filter(|t| !set.contains(t) && !now.undeclared.contains(t))
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let delete = if now.delete.is_empty() {
+                "no DELETE is decided by it (no type lists delete)".to_owned()
+            } else {
+                format!("DELETE of [{}]", absent(&now.delete))
+            };
+            log::info!(
+                "healthlake-relay: HealthLake's CapabilityStatement lists {} resource types with \
+                 update and {} with delete; answered unsupported-type without calling \
+                 HealthLake: PUT of [{}], {delete}; read again every {interval_s} s",
+                now.update.len(),
+                now.delete.len(),
+                absent(&now.update)
+            );
+        }
         Some(b) if b == now => {
             log::debug!("healthlake-relay: HealthLake's CapabilityStatement is unchanged")
         }
@@ -739,5 +770,81 @@ mod tests {
             1,
             "an unreadable state is no lock"
         );
+    }
+
+    #[test]
+    fn a_clock_stepped_back_does_not_hold_fetches_up_for_ever() {
+        let host = FakeHost::at(T0);
+        let far = State {
+            lock_until_ms: T0 + 10 * 86_400_000,
+            failures: 3,
+            next_attempt_ms: T0 + 10 * 86_400_000,
+        };
+        host.set_shared_data(STATE_KEY, &far.encode(), None);
+        let mut d = Discovery::new(&config(INTERVAL_S));
+        d.tick(&host, Some(&creds()));
+        assert_eq!(host.calls.borrow().len(), 1);
+        // Within what can have been set, they do hold.
+        let near = State {
+            lock_until_ms: 0,
+            failures: 1,
+            next_attempt_ms: T0 + 1_000,
+        };
+        assert!(!near.due(T0, INTERVAL_S * 1000));
+        let locked = State {
+            lock_until_ms: T0 + LOCK_MS,
+            ..State::default()
+        };
+        assert!(!locked.due(T0, INTERVAL_S * 1000));
+    }
+
+    #[test]
+    fn a_record_of_another_data_store_is_not_used() {
+        let host = FakeHost::at(T0);
+        let mut other = Discovery::new(
+            &Config::from_json(
+                br#"{"region":"eu-west-1","datastore_id":"d2","healthlake_host":"h"}"#,
+            )
+            .unwrap(),
+        );
+        fetch(&host, &mut other, 200, &statement(&["Patient"]));
+        assert_eq!(other.allows(Operation::Put, "Basic"), Some(false));
+        let mut d = Discovery::new(&config(INTERVAL_S));
+        d.tick(&host, None);
+        assert_eq!(d.allows(Operation::Put, "Basic"), None);
+    }
+
+    #[test]
+    fn an_answer_without_a_clock_changes_nothing() {
+        #[derive(Default)]
+        struct Clockless(FakeHost);
+        impl Host for Clockless {
+            fn now(&self) -> Option<SystemTime> {
+                None
+            }
+            fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+                self.0.shared_data(key)
+            }
+            fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+                self.0.set_shared_data(key, value, cas)
+            }
+            fn dispatch(&self, call: &Call, timeout: Duration) -> Result<u32, String> {
+                self.0.dispatch(call, timeout)
+            }
+            fn count(&self, event: Event) {
+                Host::count(&self.0, event)
+            }
+            fn in_use(&self, update_types: Option<usize>) {
+                self.0.in_use(update_types)
+            }
+        }
+        let host = FakeHost::at(T0);
+        let mut d = Discovery::new(&config(INTERVAL_S));
+        d.tick(&host, Some(&creds()));
+        let clockless = Clockless(host);
+        assert!(d.on_answer(&clockless, 1, 200, &statement(&["Patient"])));
+        assert!(!d.awaits(1));
+        assert!(clockless.0.shared_data(PUBLISHED_KEY).0.is_none());
+        assert_eq!(clockless.0.count(Event::Failed), 0);
     }
 }

@@ -91,6 +91,13 @@ pub fn decide(
     }
 }
 
+/// Whether a `400 not-supported` answer is recorded: when nothing is learned for the type, or
+/// what is was learned before the CapabilityStatement in use was read (`statement_read_at`, Unix
+/// seconds), which lists the type and would otherwise outweigh it: the refusal is the later word.
+pub fn records(learned_at: Option<u64>, statement_read_at: Option<u64>) -> bool {
+    learned_at.is_none_or(|at| statement_read_at.is_some_and(|read| at < read))
+}
+
 /// The shared-data key for a resource type.
 pub fn shared_key(resource_type: &str) -> String {
     format!("healthlake_relay.unsupported.{resource_type}")
@@ -101,13 +108,8 @@ pub fn encode(expires_at: u64) -> Vec<u8> {
     expires_at.to_string().into_bytes()
 }
 
-/// Whether a shared-data value marks the type as unsupported at `now` (Unix seconds).
-/// Absent, unreadable or expired entries do not.
-pub fn is_active(value: Option<&[u8]>, now: u64) -> bool {
-    expiry(value).is_some_and(|expires_at| now < expires_at)
-}
-
-/// When an entry still active at `now` was learned (Unix seconds), entries living `ttl` seconds.
+/// When an entry still active at `now` was learned (Unix seconds), entries living `ttl` seconds;
+/// `None` for absent, unreadable or expired entries.
 pub fn learned_at(value: Option<&[u8]>, now: u64, ttl: u64) -> Option<u64> {
     expiry(value)
         .filter(|expires_at| now < *expires_at)
@@ -128,11 +130,11 @@ mod tests {
     #[test]
     fn entries_expire() {
         let v = encode(1_000);
-        assert!(is_active(Some(&v), 999));
-        assert!(!is_active(Some(&v), 1_000));
-        assert!(!is_active(None, 0));
-        assert!(!is_active(Some(b""), 0));
-        assert!(!is_active(Some(b"x1"), 0));
+        assert!(learned_at(Some(&v), 999, 1).is_some());
+        assert!(learned_at(Some(&v), 1_000, 1).is_none());
+        assert!(learned_at(None, 0, 1).is_none());
+        assert!(learned_at(Some(b""), 0, 1).is_none());
+        assert!(learned_at(Some(b"x1"), 0, 1).is_none());
         assert_eq!(shared_key("Basic"), "healthlake_relay.unsupported.Basic");
     }
 
@@ -184,6 +186,21 @@ mod tests {
         assert_eq!(decide(false, None, learned(None)), None);
         assert_eq!(decide(false, listed(true), learned(None)), None);
         assert_eq!(asked.get(), 5);
+    }
+
+    #[test]
+    fn a_refusal_is_recorded_unless_a_later_one_is() {
+        assert!(records(None, None));
+        assert!(records(None, Some(100)));
+        assert!(
+            !records(Some(100), None),
+            "one worker records, repeats do not"
+        );
+        assert!(!records(Some(100), Some(100)));
+        assert!(
+            records(Some(99), Some(100)),
+            "the statement read since outweighed it"
+        );
     }
 
     #[test]

@@ -214,13 +214,44 @@ def test_metadata_is_a_valid_capability_statement_of_what_the_relay_accepts(emul
 
         # Queries are ignored, HEAD has no body, every other read is still dropped.
         assert send(relay.url, "GET", "/metadata?_format=json").json()["rest"] == doc["rest"]
-        head = send(relay.url, "HEAD", "/metadata")
-        assert (head.status, head.body) == (200, b"")
+        head = raw_head(relay, "/metadata")
+        assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n"), head
         assert verdict(send(relay.url, "GET", "/Patient/p1"))[:2] == (405, "read-dropped")
         entry = relay.wait_for_log(lambda e: e["path"] == "/metadata")
-        assert (entry["outcome"], entry["status"], entry["type_support"]) == (
-            "capabilities", 200, "capability-statement")
-        assert emulator.requests() == []  # answered by the relay itself
+        assert (entry["outcome"], entry["status"], entry["type_support"], entry["upstream_path"]) == (
+            "capabilities", 200, "capability-statement", None)
+        # Answered by the relay itself: HealthLake saw only the relay's one read of its own.
+        assert emulator.requests(metadata=True) == emulator.metadata_requests()
+        assert len(emulator.metadata_requests()) == 1
+    finally:
+        relay.stop()
+
+
+def raw_head(relay, path: str) -> bytes:
+    """Every byte of the answer to a HEAD (http.client never reads a body after HEAD)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
+        sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_statement_without_patient_is_not_trusted(emulator, tmp_path):
+    """A partial list (here: HealthLake's without Patient) would drop writes with a 2xx: the relay
+    refuses it and learns instead."""
+    emulator.reset()
+    emulator.set_faults(unsupported_types=["Patient"])
+    relay = start(tmp_path, emulator)
+    try:
+        stats = wait_for_stat(relay, "fetch_failed", lambda n: n >= 1, "the statement refused")
+        assert stats.get(STAT + "discovered") == 0
+        assert "does not list Patient with the update interaction" in envoy_log(relay)
+        # Basic is forwarded (and refused by HealthLake), not answered from the statement.
+        assert verdict(put(relay, "Basic", "b1")) == (200, "unsupported-type", "healthlake")
+        assert verdict(put(relay, "Observation", "o1"))[:2] == (201, "delivered")
     finally:
         relay.stop()
 

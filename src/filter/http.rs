@@ -432,11 +432,13 @@ impl RelayHttp {
     fn answer_capabilities(&mut self, shared: &Shared) -> Action {
         let now = super::shared::unix_now();
         let date = crate::credentials::refresh::rfc3339(now);
-        let discovered = shared
-            .discovery
-            .try_borrow()
-            .ok()
-            .and_then(|d| d.in_use().map(|s| (s.supported, s.fetched_at_ms)));
+        let (discovered, enabled) = match shared.discovery.try_borrow() {
+            Ok(d) => (
+                d.in_use().map(|s| (s.supported, s.fetched_at_ms)),
+                d.enabled(),
+            ),
+            Err(_) => (None, true),
+        };
         let (support, types_from) = match discovered {
             Some((_, at)) => (
                 "capability-statement",
@@ -447,9 +449,15 @@ impl RelayHttp {
             ),
             None => (
                 "learning",
-                "every R4 type but those the relay is configured to drop or HealthLake answered \
-                 400 not-supported recently (HealthLake's CapabilityStatement could not be read)"
-                    .to_owned(),
+                format!(
+                    "every R4 type but those the relay is configured to drop or HealthLake \
+                     answered 400 not-supported recently ({})",
+                    if enabled {
+                        "HealthLake's CapabilityStatement could not be read"
+                    } else {
+                        "reading HealthLake's CapabilityStatement is turned off"
+                    }
+                ),
             ),
         };
         let about = crate::capabilities::RelayStatement {
@@ -459,14 +467,23 @@ impl RelayHttp {
             types_from: &types_from,
         };
         let ttl = shared.config.unsupported_type_ttl_seconds;
+        // One shared-data read per type, not per type and interaction.
+        let learned = std::cell::RefCell::new(std::collections::HashMap::new());
         let body = crate::capabilities::relay_statement(&about, |op, t| {
             unsupported_types::decide(
                 shared.config.is_preset_unsupported(t),
-                discovered.map(|(s, at)| Listed {
-                    allows: s.allows(op, t),
-                    read_at: at / 1000,
+                discovered.and_then(|(s, at)| {
+                    s.says(op, t).map(|allows| Listed {
+                        allows,
+                        read_at: at / 1000,
+                    })
                 }),
-                || super::shared::learned_unsupported_at(t, ttl),
+                || match learned.try_borrow_mut() {
+                    Ok(mut seen) => *seen
+                        .entry(t.to_owned())
+                        .or_insert_with(|| super::shared::learned_unsupported_at(t, ttl)),
+                    Err(_) => super::shared::learned_unsupported_at(t, ttl),
+                },
             )
             .is_none()
         });

@@ -291,7 +291,11 @@ impl RelayHttp {
             .shared
             .as_ref()
             .map_or(3600, |s| s.config.unsupported_type_ttl_seconds);
-        if shared::learn_unsupported(&target.resource_type, ttl) {
+        let statement_read_at = self.shared.as_ref().and_then(|s| {
+            let discovery = s.discovery.try_borrow().ok()?;
+            discovery.in_use().map(|u| u.fetched_at_ms / 1000)
+        });
+        if shared::learn_unsupported(&target.resource_type, ttl, statement_read_at) {
             log::warn!(
                 "healthlake-relay: HealthLake does not support resource type {} (first seen with \
                  {}/{}): {diagnostics}. Writes of this type are answered 200 unsupported-type \

@@ -28,12 +28,15 @@ pub fn learned_unsupported_at(resource_type: &str, ttl: u64) -> Option<u64> {
 }
 
 /// Records that HealthLake does not support `resource_type`, for `ttl` seconds. True for the
-/// worker that recorded it first (the others, and repeats while it is active, get false).
-pub fn learn_unsupported(resource_type: &str, ttl: u64) -> bool {
+/// worker that recorded it first (the others, and repeats while it is active, get false). An
+/// entry learned before `statement_read_at` (the CapabilityStatement in use, which lists the
+/// type, is later) is recorded again: HealthLake's refusal is now the later word.
+pub fn learn_unsupported(resource_type: &str, ttl: u64, statement_read_at: Option<u64>) -> bool {
     let now = unix_now();
     let key = unsupported_types::shared_key(resource_type);
     let (value, cas) = host::shared_data(&key);
-    !unsupported_types::is_active(value.as_deref(), now)
+    let learned_at = unsupported_types::learned_at(value.as_deref(), now, ttl);
+    unsupported_types::records(learned_at, statement_read_at)
         && host::set_shared_data(
             &key,
             &unsupported_types::encode(now.saturating_add(ttl)),
