@@ -44,6 +44,8 @@ build: deps
 	# the relay's filter.
 	cargo build --release --locked --target wasm32-wasip1 $(FLOOR_CARGO)
 	cargo build --release --locked -p healthlake-emulator -p smile-standin
+	# The plugin configuration's checker, which scripts/relayctl.py calls (the filter's own code).
+	cargo build --release --locked -p healthlake-relay --features cli --bin healthlake-relay-config
 	@ls -l $(WASM) | awk '{print "relay wasm: " $$5 " bytes"}'
 
 # The tests' build that traps on purpose (x-relay-test-trap), to prove Envoy's failure_policy:
@@ -62,6 +64,7 @@ $(FHIR_READY):
 lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
+	cargo clippy --locked -p healthlake-relay --features cli --bins -- -D warnings
 	cargo clippy --locked -p healthlake-relay --target wasm32-wasip1 -- -D warnings
 	cargo clippy --locked -p healthlake-relay --target wasm32-wasip1 --features trap-for-tests \
 		--target-dir target/trap -- -D warnings
