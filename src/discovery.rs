@@ -10,12 +10,14 @@
 //! set last read stays in use until it is twice the refresh interval old, and without one the
 //! relay learns unsupported types from HealthLake's answers, as before discovery.
 
+use crate::calendar::rfc3339;
 use crate::capabilities::Supported;
 use crate::config::Config;
 use crate::credentials::call::{excerpt, Call};
 use crate::credentials::provider::Event;
-use crate::credentials::refresh::{rfc3339, unix_ms};
+use crate::credentials::refresh::unix_ms;
 use crate::credentials::Credentials;
+use crate::host::{Calls, Clock, SharedData};
 use crate::plan::Operation;
 use crate::signing::{sign_request, SigningInput, EMPTY_SHA256, HEALTHLAKE_SERVICE};
 use crate::unsupported_types::Listed;
@@ -36,19 +38,13 @@ const LOCK_MS: u64 = ABANDON_CALL_MS + 5_000;
 const BACKOFF_BASE_MS: u64 = 1_000;
 const BACKOFF_CAP_MS: u64 = 300_000;
 
-/// What discovery needs from its host.
-pub trait Host {
-    fn now(&self) -> Option<SystemTime>;
-    /// A shared-data value and its CAS token.
-    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
-    /// Writes a value only if it is still at `cas` (`None`: only if the key is still absent).
-    fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
-    /// Sends `call`; the answer comes back to [`Discovery::on_answer`] with the returned token.
-    fn dispatch(&self, call: &Call, timeout: Duration) -> Result<u32, String>;
-    /// Counts a fetch event.
-    fn count(&self, event: Event);
+/// What discovery needs from its host: the clock, shared data, calls (answered to
+/// [`Discovery::on_answer`]), and its stats.
+pub trait Host: Clock + SharedData + Calls {
+    /// Counts a read of the CapabilityStatement.
+    fn count_fetch(&self, event: Event);
     /// The set this worker uses now: how many types can be updated, `None` when none is in use.
-    fn in_use(&self, update_types: Option<usize>);
+    fn capabilities_in_use(&self, update_types: Option<usize>);
 }
 
 /// The supported set as published for every worker.
@@ -185,7 +181,7 @@ impl Discovery {
         {
             self.in_use = None;
         }
-        host.in_use(self.in_use.as_ref().map(|s| s.supported.update.len()));
+        host.capabilities_in_use(self.in_use.as_ref().map(|s| s.supported.update.len()));
     }
 
     /// The timer: read the set, and fetch it when due and this worker takes the lock.
@@ -220,7 +216,7 @@ impl Discovery {
         if !host.set_shared_data(STATE_KEY, &locked.encode(), cas) {
             return;
         }
-        host.count(Event::Attempted);
+        host.count_fetch(Event::Attempted);
         let call = match self.signed_call(credentials, now) {
             Ok(call) => call,
             Err(why) => return self.failed(host, now_ms, &why),
@@ -310,7 +306,7 @@ impl Discovery {
             failures: 0,
             next_attempt_ms: now_ms.saturating_add(self.interval_ms),
         });
-        host.count(Event::Succeeded);
+        host.count_fetch(Event::Succeeded);
         let before = old.and_then(|p| Supported::decode(&p.supported));
         log_change(before.as_ref(), &supported, self.interval_ms / 1000);
         self.sync(host, now_ms);
@@ -331,7 +327,7 @@ impl Discovery {
                 next_attempt_ms: now_ms.saturating_add(ceiling / 2 + spread),
             }
         });
-        host.count(Event::Failed);
+        host.count_fetch(Event::Failed);
         self.sync(host, now_ms);
         let meanwhile = match &self.in_use {
             Some(s) => format!(
@@ -453,10 +449,13 @@ mod tests {
         }
     }
 
-    impl Host for FakeHost {
+    impl Clock for FakeHost {
         fn now(&self) -> Option<SystemTime> {
             Some(SystemTime::UNIX_EPOCH + Duration::from_millis(self.now_ms.get()))
         }
+    }
+
+    impl SharedData for FakeHost {
         fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
             match self.data.borrow().get(key) {
                 Some((v, cas)) => (Some(v.clone()), Some(*cas)),
@@ -476,6 +475,15 @@ mod tests {
             data.insert(key.to_owned(), (value.to_vec(), self.next_cas.get()));
             true
         }
+        fn overwrite_shared_data(&self, key: &str, value: &[u8]) -> bool {
+            self.next_cas.set(self.next_cas.get() + 1);
+            let mut data = self.data.borrow_mut();
+            data.insert(key.to_owned(), (value.to_vec(), self.next_cas.get()));
+            true
+        }
+    }
+
+    impl Calls for FakeHost {
         fn dispatch(&self, call: &Call, _timeout: Duration) -> Result<u32, String> {
             if self.dispatch_fails.get() {
                 return Err("BadArgument".to_owned());
@@ -483,10 +491,13 @@ mod tests {
             self.calls.borrow_mut().push(call.clone());
             Ok(u32::try_from(self.calls.borrow().len()).unwrap())
         }
-        fn count(&self, event: Event) {
+    }
+
+    impl Host for FakeHost {
+        fn count_fetch(&self, event: Event) {
             self.events.borrow_mut().push(event);
         }
-        fn in_use(&self, update_types: Option<usize>) {
+        fn capabilities_in_use(&self, update_types: Option<usize>) {
             self.in_use.set(Some(update_types));
         }
     }
@@ -818,24 +829,33 @@ mod tests {
     fn an_answer_without_a_clock_changes_nothing() {
         #[derive(Default)]
         struct Clockless(FakeHost);
-        impl Host for Clockless {
+        impl Clock for Clockless {
             fn now(&self) -> Option<SystemTime> {
                 None
             }
+        }
+        impl SharedData for Clockless {
             fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
                 self.0.shared_data(key)
             }
             fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
                 self.0.set_shared_data(key, value, cas)
             }
+            fn overwrite_shared_data(&self, key: &str, value: &[u8]) -> bool {
+                self.0.overwrite_shared_data(key, value)
+            }
+        }
+        impl Calls for Clockless {
             fn dispatch(&self, call: &Call, timeout: Duration) -> Result<u32, String> {
                 self.0.dispatch(call, timeout)
             }
-            fn count(&self, event: Event) {
-                Host::count(&self.0, event)
+        }
+        impl Host for Clockless {
+            fn count_fetch(&self, event: Event) {
+                self.0.count_fetch(event)
             }
-            fn in_use(&self, update_types: Option<usize>) {
-                self.0.in_use(update_types)
+            fn capabilities_in_use(&self, update_types: Option<usize>) {
+                self.0.capabilities_in_use(update_types)
             }
         }
         let host = FakeHost::at(T0);

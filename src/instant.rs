@@ -1,6 +1,8 @@
 //! FHIR `instant` values (`meta.lastUpdated`): `YYYY-MM-DDThh:mm:ss[.fraction](Z|±hh:mm)`,
 //! turned into a comparable point in time.
 
+use crate::calendar;
+
 /// Nanoseconds since the Unix epoch (negative before 1970).
 pub type Nanos = i128;
 
@@ -10,26 +12,6 @@ fn digits(s: &str, range: std::ops::Range<usize>) -> Option<i64> {
         return None;
     }
     part.parse().ok()
-}
-
-/// Days from 1970-01-01 to the given civil date (proleptic Gregorian).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        _ if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        _ => 28,
-    }
 }
 
 /// Parses a FHIR instant; `None` if it is not one.
@@ -48,7 +30,7 @@ pub fn parse(s: &str) -> Option<Nanos> {
     let (hour, minute, second) = (digits(s, 11..13)?, digits(s, 14..16)?, digits(s, 17..19)?);
     if !(1..=12).contains(&month)
         || day < 1
-        || day > days_in_month(year, month)
+        || day > calendar::days_in_month(year, month)
         || hour > 23
         || minute > 59
         || second > 60
@@ -88,7 +70,7 @@ pub fn parse(s: &str) -> Option<Nanos> {
             sign * (oh * 3600 + om * 60)
         }
     };
-    let days = days_from_civil(year, month, day);
+    let days = calendar::days_from_civil(year, month, day);
     let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_seconds;
     Some(i128::from(seconds) * 1_000_000_000 + nanos)
 }

@@ -10,12 +10,15 @@
 //! worker. `unwrap`, `expect`, `panic!` and slice indexing are denied by clippy lints in Cargo.toml.
 
 pub mod body_budget;
+pub mod calendar;
 pub mod capabilities;
 pub mod config;
 pub mod credentials;
 pub mod discovery;
 pub mod fhir;
+pub mod flow;
 pub mod headers;
+pub mod host;
 pub mod host_encoding;
 pub mod inbound_auth;
 pub mod instant;
@@ -25,10 +28,12 @@ pub mod plan;
 pub mod readiness;
 pub mod request_head;
 pub mod resource;
+pub mod shared_data;
 pub mod signing;
 pub mod text;
 pub mod unsupported_types;
 pub mod versions;
+pub mod worker;
 
 #[cfg(all(target_arch = "wasm32", feature = "filter"))]
 pub mod filter;

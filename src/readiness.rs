@@ -80,6 +80,7 @@ mod tests {
     use crate::credentials::provider::Event;
     use crate::credentials::refresh::{Published, RefreshState, CREDENTIALS_KEY, STATE_KEY};
     use crate::credentials::{Credentials, Unavailable};
+    use crate::host::{Calls, Clock, SharedData};
     use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
     use std::time::{Duration, SystemTime};
@@ -127,11 +128,14 @@ mod tests {
         }
     }
 
-    impl Host for FakeHost {
+    impl Clock for FakeHost {
         fn now(&self) -> Option<SystemTime> {
             self.now_ms
                 .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
         }
+    }
+
+    impl SharedData for FakeHost {
         fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
             (self.data.borrow().get(key).cloned(), Some(1))
         }
@@ -143,11 +147,17 @@ mod tests {
             self.writes.set(self.writes.get() + 1);
             false
         }
+    }
+
+    impl Calls for FakeHost {
         fn dispatch(&self, _: &Call, _: Duration) -> Result<u32, String> {
             self.writes.set(self.writes.get() + 1);
             Err("a probe never calls out".into())
         }
-        fn count(&self, _: Event, _: Option<&'static str>) {}
+    }
+
+    impl Host for FakeHost {
+        fn count_refresh(&self, _: Event, _: Option<&'static str>) {}
         fn expiry_seconds(&self, _: u64) {}
     }
 

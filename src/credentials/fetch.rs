@@ -276,7 +276,7 @@ mod tests {
     }
 
     fn iso(t: SystemTime) -> String {
-        refresh::rfc3339(refresh::unix_ms(t) / 1000)
+        crate::calendar::rfc3339(refresh::unix_ms(t) / 1000)
     }
 
     fn json_creds(key: &str, expires: SystemTime) -> Vec<u8> {

@@ -22,23 +22,15 @@ pub use super::json_answer::MAX_ANSWER_BYTES;
 pub const ABANDON_CALL_MS: u64 = refresh::CALL_TIMEOUT_MS + 5_000;
 use super::refresh::{self, unix_ms, Published, RefreshState, CREDENTIALS_KEY, STATE_KEY};
 use super::Credentials;
+use crate::host::{Calls, Clock, SharedData};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
-/// What the provider needs from its host.
-pub trait Host {
-    /// The wall clock; `None` when the host cannot tell.
-    fn now(&self) -> Option<SystemTime>;
-    /// A shared-data value and its CAS token.
-    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
-    /// Writes a value only if it is still at `cas` (`None`: only if the key is still absent).
-    fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
-    /// Writes a value unconditionally.
-    fn overwrite_shared_data(&self, key: &str, value: &[u8]) -> bool;
-    /// Sends `call`; the answer comes back to [`Provider::on_answer`] with the returned token.
-    fn dispatch(&self, call: &Call, timeout: Duration) -> Result<u32, String>;
+/// What the provider needs from its host: the clock, shared data, calls (answered to
+/// [`Provider::on_answer`]), and its stats.
+pub trait Host: Clock + SharedData + Calls {
     /// Counts a refresh event: `source` `None` for the whole refresh, else one source's call(s).
-    fn count(&self, event: Event, source: Option<&'static str>);
+    fn count_refresh(&self, event: Event, source: Option<&'static str>);
     /// Seconds until the current credentials expire.
     fn expiry_seconds(&self, seconds: u64);
 }
@@ -92,6 +84,11 @@ impl<W> Provider<W> {
             fetch: None,
             waiting: Vec::new(),
         }
+    }
+
+    /// Where the credentials come from.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
     }
 
     /// Whether credentials are fetched (and a timer must drive [`Provider::tick`]).
@@ -244,7 +241,7 @@ impl<W> Provider<W> {
         {
             return;
         }
-        host.count(Event::Attempted, None);
+        host.count_refresh(Event::Attempted, None);
         match Fetch::start(&self.plan, now) {
             Ok((fetch, call)) => self.send(host, fetch, &call, now_ms, true),
             Err(e) => self.failed(host, now_ms, &e),
@@ -255,7 +252,7 @@ impl<W> Provider<W> {
     fn send(&mut self, host: &impl Host, fetch: Fetch, call: &Call, now_ms: u64, first: bool) {
         let source = fetch.source();
         if first {
-            host.count(Event::Attempted, Some(source));
+            host.count_refresh(Event::Attempted, Some(source));
         }
         match host.dispatch(call, Duration::from_millis(refresh::CALL_TIMEOUT_MS)) {
             Ok(token) => self.fetch = Some((token, fetch, now_ms)),
@@ -314,7 +311,7 @@ impl<W> Provider<W> {
             Ok(Next::Call(call)) => {
                 let next_source = fetch.source() != source;
                 if next_source {
-                    host.count(Event::Succeeded, Some(source));
+                    host.count_refresh(Event::Succeeded, Some(source));
                 }
                 // The lock covers the whole fetch: extended for each call.
                 set_state(host, |s| s.locked(now_ms));
@@ -323,7 +320,7 @@ impl<W> Provider<W> {
             Ok(Next::Done(creds)) => {
                 match refresh::check_issued(creds.expires_at.map(unix_ms), now_ms) {
                     Ok(()) => {
-                        host.count(Event::Succeeded, Some(source));
+                        host.count_refresh(Event::Succeeded, Some(source));
                         self.publish(host, &creds, now_ms);
                     }
                     Err(why) => self.failed(host, now_ms, &FetchError::new(source, why)),
@@ -372,13 +369,13 @@ impl<W> Provider<W> {
             }
         }
         set_state(host, |_| state.clone());
-        host.count(Event::Succeeded, None);
+        host.count_refresh(Event::Succeeded, None);
         let expires = published.expires_at_ms.map_or(0, |e| e / 1000);
         log::info!(
             "healthlake-relay: credentials from {label}: …{} (generation {generation}) expire at \
              {} (Unix {expires}), in {} s; refreshed from {} s before",
             creds.key_hint(),
-            refresh::rfc3339(expires),
+            crate::calendar::rfc3339(expires),
             expires.saturating_sub(now_ms / 1000),
             margin_ms / 1000
         );
@@ -388,9 +385,9 @@ impl<W> Provider<W> {
     fn failed(&mut self, host: &impl Host, now_ms: u64, why: &FetchError) {
         let seed = now_ms.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let next = set_state(host, |s| s.failed(now_ms, seed));
-        host.count(Event::Failed, None);
+        host.count_refresh(Event::Failed, None);
         if super::fetch::SOURCES.contains(&why.source) {
-            host.count(Event::Failed, Some(why.source));
+            host.count_refresh(Event::Failed, Some(why.source));
         }
         log::warn!(
             "healthlake-relay: no credentials from {} (attempt {}): {why}; next attempt in {} ms{}",
@@ -547,10 +544,13 @@ mod tests {
         }
     }
 
-    impl Host for FakeHost<'_> {
+    impl Clock for FakeHost<'_> {
         fn now(&self) -> Option<SystemTime> {
             Some(SystemTime::UNIX_EPOCH + Duration::from_millis(self.process.now_ms.get()))
         }
+    }
+
+    impl SharedData for FakeHost<'_> {
         fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
             match self.process.data.borrow().get(key) {
                 Some((v, cas)) => (Some(v.clone()), Some(*cas)),
@@ -576,6 +576,9 @@ mod tests {
             data.insert(key.to_owned(), (value.to_vec(), cas));
             true
         }
+    }
+
+    impl Calls for FakeHost<'_> {
         fn dispatch(&self, call: &Call, _timeout: Duration) -> Result<u32, String> {
             if self.refuse_dispatch.get() {
                 return Err("BadArgument".to_owned());
@@ -585,7 +588,10 @@ mod tests {
             self.calls.borrow_mut().push((token, call.clone()));
             Ok(token)
         }
-        fn count(&self, event: Event, source: Option<&'static str>) {
+    }
+
+    impl Host for FakeHost<'_> {
+        fn count_refresh(&self, event: Event, source: Option<&'static str>) {
             self.events.borrow_mut().push((event, source));
         }
         fn expiry_seconds(&self, seconds: u64) {
@@ -610,7 +616,7 @@ mod tests {
     fn json_creds(key: &str, expires_ms: u64) -> Vec<u8> {
         format!(
             r#"{{"AccessKeyId":"{key}","SecretAccessKey":"{SECRET}","Token":"{TOKEN}","Expiration":"{}"}}"#,
-            refresh::rfc3339(expires_ms / 1000)
+            crate::calendar::rfc3339(expires_ms / 1000)
         )
         .into_bytes()
     }
@@ -869,7 +875,7 @@ mod tests {
              <AccessKeyId>ASIAPAD</AccessKeyId><SecretAccessKey>s</SecretAccessKey>\
              <SessionToken>t</SessionToken><Expiration>{}</Expiration></Credentials>\
              </AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>",
-            refresh::rfc3339((T0 + HOUR) / 1000)
+            crate::calendar::rfc3339((T0 + HOUR) / 1000)
         );
         for (extra, accepted) in [(0, true), (1, false)] {
             let mut body = xml.clone().into_bytes();
@@ -1076,7 +1082,7 @@ mod tests {
             "<AssumeRoleResponse><AssumeRoleResult><Credentials><AccessKeyId>ASIAROLE</AccessKeyId>\
              <SecretAccessKey>s</SecretAccessKey><SessionToken>t</SessionToken><Expiration>{}\
              </Expiration></Credentials></AssumeRoleResult></AssumeRoleResponse>",
-            refresh::rfc3339((T0 + HOUR) / 1000)
+            crate::calendar::rfc3339((T0 + HOUR) / 1000)
         );
         w.on_answer(&h, token, 200, xml.as_bytes());
         assert_eq!(ready_key(&w, now).as_deref(), Some("ASIAROLE"));

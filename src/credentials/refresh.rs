@@ -67,7 +67,7 @@ pub fn check_issued(expires_at_ms: Option<u64>, now_ms: u64) -> Result<(), Strin
         Some(e) if e <= now_ms.saturating_add(MIN_REMAINING_MS) => Err(format!(
             "handed out credentials that expire at {} (Unix {}), {} s from now: too soon to use \
              (the relay's clock may be wrong)",
-            rfc3339(e / 1000),
+            crate::calendar::rfc3339(e / 1000),
             e / 1000,
             i128::from(e / 1000) - i128::from(now_ms / 1000)
         )),
@@ -517,77 +517,6 @@ mod tests {
         assert!(!published(Some(MIN_REMAINING_MS), 1, now).usable(None, now));
         assert!(published(Some(MIN_REMAINING_MS + 1), 1, now).usable(None, now));
         assert!(published(None, 1, now).usable(None, now));
-    }
-}
-
-/// `YYYY-MM-DDThh:mm:ssZ` for Unix seconds, for log lines.
-pub fn rfc3339(unix_seconds: u64) -> String {
-    let ((year, month, day), (hour, minute, second)) = civil(unix_seconds);
-    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z")
-}
-
-/// UTC ((year, month, day), (hour, minute, second)) of a Unix time (proleptic Gregorian).
-pub fn civil(unix_seconds: u64) -> ((i64, i64, i64), (u64, u64, u64)) {
-    let days = i64::try_from(unix_seconds / 86_400).unwrap_or(0);
-    let rem = unix_seconds % 86_400;
-    // Civil date from days since 1970-01-01.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    ((year, month, day), (rem / 3600, rem % 3600 / 60, rem % 60))
-}
-
-#[cfg(test)]
-mod time_tests {
-    #[test]
-    fn rfc3339_formats_known_instants() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(1_795_820_400), "2026-11-27T23:00:00Z");
-        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(super::rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
-        assert_eq!(super::rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
-    }
-
-    #[test]
-    fn time_of_day() {
-        assert_eq!(super::civil(3723), ((1970, 1, 1), (1, 2, 3)));
-        assert_eq!(super::civil(86_399), ((1970, 1, 1), (23, 59, 59)));
-        assert_eq!(super::civil(86_400), ((1970, 1, 2), (0, 0, 0)));
-        assert_eq!(super::civil(1_709_210_096), ((2024, 2, 29), (12, 34, 56)));
-    }
-
-    /// Counting days one by one through the Gregorian calendar from 1970-01-01 to 2800: every
-    /// Unix day is the date after the one before.
-    #[test]
-    fn every_day_follows_the_one_before() {
-        let leap = |y: i64| y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
-        let (mut year, mut month, mut day) = (1970, 1, 1);
-        for n in 0..303_000u64 {
-            // A different time of day each day, so the date never depends on it.
-            let second = n * 7919 % 86_400;
-            let (date, _) = super::civil(n * 86_400 + second);
-            assert_eq!(date, (year, month, day), "day {n}");
-            let length = match month {
-                2 if leap(year) => 29,
-                2 => 28,
-                4 | 6 | 9 | 11 => 30,
-                _ => 31,
-            };
-            day += 1;
-            if day > length {
-                (day, month) = (1, month + 1);
-                if month > 12 {
-                    (month, year) = (1, year + 1);
-                }
-            }
-        }
-        assert_eq!((year, month, day), (2799, 8, 3));
     }
 }
 

@@ -25,11 +25,6 @@ pub fn response_header(name: &str) -> Option<Vec<u8>> {
     abi::header(Map::Response, name.as_bytes()).ok().flatten()
 }
 
-/// A response header as text (bytes that are not UTF-8 replaced), for classification and logs.
-pub fn response_header_text(name: &str) -> Option<String> {
-    response_header(name).map(|v| String::from_utf8_lossy(&v).into_owned())
-}
-
 /// The response's status code (0 if absent or not a number).
 pub fn response_status() -> u16 {
     status_code(response_header(":status").as_deref())

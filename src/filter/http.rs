@@ -1,776 +1,98 @@
-//! One HTTP request through the relay: plan at the headers, hash the body as it arrives, sign at
-//! its end; then classify HealthLake's answer (see `response.rs`).
+//! Envoy's HTTP callbacks for one request, handed to the core's [`Request`] with Envoy as its
+//! host.
 
-use super::host;
-use super::shared::ShardRead;
-use super::Shared;
-use crate::body_budget::{Body, Refused};
-use crate::credentials::provider::ForSigning;
-use crate::host_encoding::HeaderPairs;
-use crate::inbound_auth::is_loopback_address;
-use crate::operation_outcome::{self, Severity, FHIR_JSON};
-use crate::outcome::{unsupported_body, Outcome, Verdict};
-use crate::plan::{
-    plan_request, Operation, Plan, Rejection, Target, ALLOWED_METHODS, READ_DIAGNOSTICS,
-};
-use crate::request_head::{logged_path, removed_before_signing, RequestHead};
-use crate::resource::{self, Version};
-use crate::signing::{
-    sign_request, sign_request_cached, PayloadHasher, Signed, SigningInput, EMPTY_SHA256,
-    HEALTHLAKE_SERVICE,
-};
-use crate::unsupported_types::{self, Listed, Unsupported, TYPE_SUPPORT_HEADER};
-use crate::versions::Decision;
+use super::envoy::WasmHost;
+use super::metrics::Metrics;
+use crate::flow::{Action, Request};
+use crate::worker::Worker;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
 use std::rc::Rc;
-use std::time::SystemTime;
-
-/// Response header carrying the relay's verdict.
-pub const OUTCOME_HEADER: &str = "x-healthlake-outcome";
-
-/// Filter-state keys, printed in the access log as `%FILTER_STATE(wasm.<key>:PLAIN)%`. (The
-/// outcome is logged from the [`OUTCOME_HEADER`] response header: one host call less.)
-pub mod state_key {
-    pub const METHOD: &str = "relay_method";
-    pub const PATH: &str = "relay_path";
-    pub const UPSTREAM_PATH: &str = "relay_upstream_path";
-    pub const RESOURCE_TYPE: &str = "relay_resource_type";
-    pub const RESOURCE_ID: &str = "relay_resource_id";
-    pub const UPSTREAM_STATUS: &str = "relay_upstream_status";
-    pub const ERROR_CODE: &str = "relay_error_code";
-}
-
-/// A request sent to HealthLake: what the response side needs to classify and explain it.
-pub struct Forwarded {
-    pub target: Target,
-    pub signed: Signed,
-    /// The version a PUT carried, recorded by the version guard once HealthLake accepts it,
-    /// and the guard's shard as read to check it.
-    pub version: Option<(Version, Option<ShardRead>)>,
-    /// The generation of the credentials it was signed with (0: the environment's).
-    pub generation: u64,
-    /// When it was signed (Unix seconds): the version guard's record time, so that recording
-    /// needs no clock call of its own.
-    pub signed_at: u64,
-}
-
-/// Which request headers already hold what is signed, so that rewriting them is skipped.
-#[derive(Clone, Copy, Default)]
-pub struct AsSigned {
-    /// `:method` is the target's (a PUT or DELETE, not a POST create).
-    pub method: bool,
-    /// `content-type` is exactly the one signed (or absent for a DELETE).
-    pub content_type: bool,
-}
-
-/// Everything needed to sign a request whose body has been checked.
-pub struct SignJob {
-    pub target: Target,
-    pub as_signed: AsSigned,
-    pub payload_sha256: String,
-    pub version: Option<(Version, Option<ShardRead>)>,
-}
-
-/// A request held until credentials exist (in the credentials provider's queue); the root
-/// context signs and resumes it, or answers it 503 once it has waited `first_fetch_wait_ms`.
-pub struct Waiter {
-    pub context_id: u32,
-    pub job: SignJob,
-}
-
-/// What a request whose body is awaited will become.
-pub enum Pending {
-    /// `PUT`/`DELETE /{type}/{id}`.
-    Write(Target),
-    /// `POST /{type}`: a PUT of the body's own id.
-    Create { resource_type: String },
-    /// `POST` to the base: answered with an explanation once the body says which.
-    BasePost,
-}
-
-pub enum Phase {
-    /// Headers not seen yet.
-    Start,
-    /// The relay answered the request itself, or the response is concluded.
-    Done,
-    /// Holding the headers while the body arrives: hashed chunk by chunk, and kept for the
-    /// resource checks.
-    Receiving {
-        pending: Pending,
-        hasher: PayloadHasher,
-        body: Body,
-    },
-    /// Held until credentials exist (see [`Waiter`]).
-    AwaitingCredentials,
-    /// Signed and sent to HealthLake; waiting for its answer.
-    Forwarded(Box<Forwarded>),
-    /// HealthLake answered an error whose body decides the outcome; reading it.
-    ReadingError {
-        forwarded: Box<Forwarded>,
-        status: u16,
-        error_type: Option<String>,
-    },
-    /// The verdict is known; the relay's own body replaces HealthLake's at its end.
-    Replacing {
-        forwarded: Box<Forwarded>,
-        status: u16,
-        verdict: Verdict,
-    },
-}
 
 pub struct RelayHttp {
-    pub(super) shared: Option<Rc<Shared>>,
-    pub(super) phase: Phase,
-    /// Request headers that need no rewriting for the signed request.
-    pub(super) as_signed: AsSigned,
-    /// The request's declared Content-Length (within the relay's limit).
-    pub(super) declared_length: Option<usize>,
-    /// The resource type, once the request passed planning (for per-type stats).
-    pub(super) resource_type: Option<String>,
-    pub(super) context_id: u32,
-}
-
-/// Records the outcome of the current request in the stats (the access log reads it from the
-/// [`OUTCOME_HEADER`] of the answer).
-pub fn record(shared: Option<&Shared>, outcome: Outcome, resource_type: Option<&str>) {
-    if let Some(shared) = shared {
-        shared.metrics.count(outcome, resource_type);
-    }
-}
-
-/// Answers the current request locally with `body` (a FHIR OperationOutcome).
-pub fn send_answer(
-    shared: Option<&Shared>,
-    resource_type: Option<&str>,
-    status: u16,
-    outcome: Outcome,
-    body: &[u8],
-    extra_headers: &[(&str, &str)],
-) {
-    record(shared, outcome, resource_type);
-    let mut headers = vec![
-        ("content-type", FHIR_JSON),
-        (OUTCOME_HEADER, outcome.as_str()),
-    ];
-    headers.extend_from_slice(extra_headers);
-    if !host::send_local_response(status, &headers, body) {
-        // Could not even answer: reset rather than let anything through.
-        host::reset_request();
-    }
-}
-
-fn no_credentials_body(why: &str) -> Vec<u8> {
-    operation_outcome::body(
-        Severity::Error,
-        "transient",
-        &format!("The relay has no usable AWS credentials ({why}); nothing was forwarded."),
-    )
-}
-
-const NO_CREDENTIALS_HEADERS: &[(&str, &str)] = &[("retry-after", "30")];
-
-/// Signs the current (held) request for `job.target` and rewrites it for HealthLake. On an error
-/// nothing has been sent and the caller answers instead.
-pub fn sign_and_rewrite(
-    shared: &Shared,
-    job: SignJob,
-    credentials: &crate::credentials::Credentials,
-    generation: u64,
-    now: SystemTime,
-) -> Result<Forwarded, &'static str> {
-    let target = job.target;
-    let input = signing_input(shared, &target, &job.payload_sha256, now);
-    let signed = match shared.signing_keys.try_borrow_mut() {
-        Ok(mut cache) => sign_request_cached(&input, credentials, &mut cache),
-        Err(_) => sign_request(&input, credentials),
-    };
-    let headers = signed.map_err(|e| {
-        host::log_error(&format!("healthlake-relay: {e}"));
-        "signing failed"
-    })?;
-    let mut ok = (job.as_signed.method || host::set_request_header(":method", Some(input.method)))
-        && host::set_request_header(":path", Some(&target.upstream_path))
-        && host::set_request_header(":authority", Some(&shared.config.healthlake_host))
-        && (job.as_signed.content_type
-            || host::set_request_header("content-type", input.content_type));
-    for (name, value) in &headers {
-        ok = ok && host::set_request_header(name, Some(value));
-    }
-    if !ok {
-        return Err("could not rewrite the request headers");
-    }
-    host::set_filter_state(state_key::UPSTREAM_PATH, &target.upstream_path);
-    let signed = Signed::from_headers(&headers, &job.payload_sha256);
-    Ok(Forwarded {
-        target,
-        signed,
-        version: job.version,
-        generation,
-        signed_at: now
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    })
-}
-
-/// The root context's part of waiting: signs and resumes the requests that can now be signed,
-/// and answers 503 those that have waited long enough.
-pub fn resolve_waiters(shared: &Shared) {
-    let Some(now) = host::now() else { return };
-    let decided = match shared.credentials.try_borrow_mut() {
-        Ok(mut provider) if provider.waiting() > 0 => provider.decided(now),
-        _ => return,
-    };
-    for (w, decision) in decided {
-        if !host::set_effective_context(w.context_id) {
-            continue; // The request is gone.
-        }
-        let resource_type = w.job.target.resource_type.clone();
-        let why = match decision {
-            ForSigning::Ready(creds, generation) => {
-                match sign_and_rewrite(shared, w.job, &creds, generation, now) {
-                    Ok(forwarded) => {
-                        if let Ok(mut resumed) = shared.resumed.try_borrow_mut() {
-                            resumed.insert(w.context_id, Box::new(forwarded));
-                        }
-                        if !host::resume_request() {
-                            host::reset_request();
-                        }
-                        continue;
-                    }
-                    Err(what) => what.to_owned(),
-                }
-            }
-            ForSigning::Fail(why) => why,
-            ForSigning::Wait => "the credentials are still coming".to_owned(),
-        };
-        send_answer(
-            Some(shared),
-            Some(&resource_type),
-            503,
-            Outcome::NoCredentials,
-            &no_credentials_body(&why),
-            NO_CREDENTIALS_HEADERS,
-        );
-    }
-}
-
-/// Checks the caller; `Some` is why it is refused.
-fn authenticate(shared: &Shared, authorization: Option<&[u8]>) -> Option<&'static str> {
-    match &shared.inbound {
-        super::Inbound::Open => {
-            // Without authentication the relay serves only connections made to a loopback
-            // address, which only this machine can reach: a listener opened to the network by
-            // mistake does not become an open signer. (The connection's local address, not the
-            // client's: with use_remote_address off, Envoy takes that from X-Forwarded-For.)
-            let local = host::property(&["destination", "address"]);
-            if local.as_deref().is_some_and(is_loopback_address) {
-                None
-            } else {
-                Some(
-                    "Inbound authentication is off (inbound_auth \"none\"), which the relay \
-                     allows only for connections to a loopback address.",
-                )
-            }
-        }
-        super::Inbound::Bearer(tokens) => {
-            tokens.check(authorization).err().map(|r| r.diagnostics())
-        }
-        super::Inbound::MutualTls => {
-            // Envoy's listener verified the client certificate; refuse if it did not (a listener
-            // left without TLS must not become an open signer).
-            let mtls = host::property(&["connection", "mtls"]);
-            match mtls.as_deref() {
-                Some([1, ..]) => None,
-                _ => Some("A client certificate is required (mutual TLS)."),
-            }
-        }
-    }
+    request: Request,
+    metrics: Rc<Metrics>,
 }
 
 impl RelayHttp {
-    pub fn new(shared: Option<Rc<Shared>>, context_id: u32) -> Self {
+    pub fn new(worker: Option<Rc<Worker>>, metrics: Rc<Metrics>, context_id: u32) -> RelayHttp {
         RelayHttp {
-            shared,
-            phase: Phase::Start,
-            as_signed: AsSigned::default(),
-            declared_length: None,
-            resource_type: None,
-            context_id,
+            request: Request::new(worker, context_id),
+            metrics,
         }
     }
+}
 
-    /// Records the outcome of this request.
-    pub(super) fn record(&self, outcome: Outcome) {
-        record(
-            self.shared.as_deref(),
-            outcome,
-            self.resource_type.as_deref(),
-        );
+fn action(a: Action) -> proxy_wasm::types::Action {
+    match a {
+        Action::Continue => proxy_wasm::types::Action::Continue,
+        Action::Pause => proxy_wasm::types::Action::Pause,
     }
+}
 
-    /// Answers the request locally with `body`. Always returns `Pause`: the request goes no
-    /// further.
-    fn answer_with(
+impl Context for RelayHttp {
+    fn on_done(&mut self) -> bool {
+        self.request.on_done();
+        true
+    }
+}
+
+impl HttpContext for RelayHttp {
+    fn on_http_request_headers(
         &mut self,
-        status: u16,
-        outcome: Outcome,
-        body: &[u8],
-        extra_headers: &[(&str, &str)],
-    ) -> Action {
-        self.phase = Phase::Done;
-        send_answer(
-            self.shared.as_deref(),
-            self.resource_type.as_deref(),
-            status,
-            outcome,
-            body,
-            extra_headers,
-        );
-        Action::Pause
+        _num_headers: usize,
+        end_of_stream: bool,
+    ) -> proxy_wasm::types::Action {
+        #[cfg(feature = "trap-for-tests")]
+        trap_for_tests();
+        let host = WasmHost {
+            metrics: &self.metrics,
+        };
+        action(self.request.on_request_headers(&host, end_of_stream))
     }
 
-    /// Answers the request locally with a one-issue OperationOutcome.
-    fn answer(
+    fn on_http_request_body(
         &mut self,
-        status: u16,
-        outcome: Outcome,
-        severity: Severity,
-        issue_code: &str,
-        diagnostics: &str,
-        extra_headers: &[(&str, &str)],
-    ) -> Action {
-        let body = operation_outcome::body(severity, issue_code, diagnostics);
-        self.answer_with(status, outcome, &body, extra_headers)
-    }
-
-    /// Answers with a rejection from the core's checks.
-    fn refuse(&mut self, r: &Rejection) -> Action {
-        let allow: &[(&str, &str)] = if r.allow {
-            &[("allow", ALLOWED_METHODS)]
-        } else {
-            &[]
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> proxy_wasm::types::Action {
+        let host = WasmHost {
+            metrics: &self.metrics,
         };
-        self.answer(
-            r.status,
-            r.outcome,
-            Severity::Error,
-            r.issue_code,
-            &r.diagnostics,
-            allow,
+        action(
+            self.request
+                .on_request_body(&host, body_size, end_of_stream),
         )
     }
 
-    fn internal_error(&mut self, what: &str) -> Action {
-        self.answer(
-            500,
-            Outcome::InvalidRequest,
-            Severity::Error,
-            "exception",
-            &format!("The relay could not process the request ({what}); nothing was forwarded."),
-            &[],
-        )
-    }
-
-    fn no_credentials(&mut self, why: &str) -> Action {
-        self.answer_with(
-            503,
-            Outcome::NoCredentials,
-            &no_credentials_body(why),
-            NO_CREDENTIALS_HEADERS,
-        )
-    }
-
-    /// Fails a write before its body is awaited when no credentials can come at all.
-    fn credentials_problem(&self) -> Option<String> {
-        let shared = self.shared.as_ref()?;
-        match shared.credentials.try_borrow() {
-            Ok(c) => c.hopeless(),
-            Err(_) => None,
-        }
-    }
-
-    /// Whether the target is answered `unsupported-type` without asking HealthLake, and on
-    /// whose word (see [`unsupported_types::decide`]).
-    fn known_unsupported(shared: &Shared, target: &Target) -> Option<Unsupported> {
-        let t = target.resource_type.as_str();
-        let listed = shared
-            .discovery
-            .try_borrow()
-            .ok()
-            .and_then(|d| d.listed(target.op, t));
-        let ttl = shared.config.unsupported_type_ttl_seconds;
-        unsupported_types::decide(shared.config.is_preset_unsupported(t), listed, || {
-            super::shared::learned_unsupported_at(t, ttl)
-        })
-    }
-
-    fn answer_unsupported(&mut self, target: &Target, source: Unsupported) -> Action {
-        log::debug!(
-            "healthlake-relay: {}/{} answered unsupported-type locally ({})",
-            target.resource_type,
-            target.id,
-            source.as_str()
-        );
-        host::set_filter_state(state_key::ERROR_CODE, "not-supported");
-        let body = unsupported_body(
-            target.op,
-            &target.resource_type,
-            &format!("{}/{}", target.resource_type, target.id),
-            source,
-        );
-        self.answer_with(
-            200,
-            Outcome::UnsupportedType,
-            &body,
-            &[(TYPE_SUPPORT_HEADER, source.as_str())],
-        )
-    }
-
-    /// `GET [base]/metadata`: the relay's CapabilityStatement, listing the types it would forward
-    /// now. Its `x-healthlake-type-support` says where that comes from.
-    fn answer_capabilities(&mut self, shared: &Shared) -> Action {
-        let now = super::shared::unix_now();
-        let date = crate::credentials::refresh::rfc3339(now);
-        let (discovered, enabled) = match shared.discovery.try_borrow() {
-            Ok(d) => (
-                d.in_use().map(|s| (s.supported, s.fetched_at_ms)),
-                d.enabled(),
-            ),
-            Err(_) => (None, true),
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> proxy_wasm::types::Action {
+        let host = WasmHost {
+            metrics: &self.metrics,
         };
-        let (support, types_from) = match discovered {
-            Some((_, at)) => (
-                "capability-statement",
-                format!(
-                    "those HealthLake's CapabilityStatement lists (read at {})",
-                    crate::credentials::refresh::rfc3339(at / 1000)
-                ),
-            ),
-            None => (
-                "learning",
-                format!(
-                    "every R4 type but those the relay is configured to drop or HealthLake \
-                     answered 400 not-supported recently ({})",
-                    if enabled {
-                        "HealthLake's CapabilityStatement could not be read"
-                    } else {
-                        "reading HealthLake's CapabilityStatement is turned off"
-                    }
-                ),
-            ),
-        };
-        let about = crate::capabilities::RelayStatement {
-            date: &date,
-            datastore_id: &shared.config.datastore_id,
-            region: &shared.config.region,
-            types_from: &types_from,
-        };
-        let ttl = shared.config.unsupported_type_ttl_seconds;
-        // One shared-data read per type, not per type and interaction.
-        let learned = std::cell::RefCell::new(std::collections::HashMap::new());
-        let body = crate::capabilities::relay_statement(&about, |op, t| {
-            unsupported_types::decide(
-                shared.config.is_preset_unsupported(t),
-                discovered.and_then(|(s, at)| {
-                    s.says(op, t).map(|allows| Listed {
-                        allows,
-                        read_at: at / 1000,
-                    })
-                }),
-                || match learned.try_borrow_mut() {
-                    Ok(mut seen) => *seen
-                        .entry(t.to_owned())
-                        .or_insert_with(|| super::shared::learned_unsupported_at(t, ttl)),
-                    Err(_) => super::shared::learned_unsupported_at(t, ttl),
-                },
-            )
-            .is_none()
-        });
-        self.answer_with(
-            200,
-            Outcome::Capabilities,
-            &body,
-            &[(TYPE_SUPPORT_HEADER, support)],
-        )
+        action(self.request.on_request_trailers(&host))
     }
 
-    /// Signs the held request with the body hash and lets it continue to HealthLake; without
-    /// credentials yet, holds it for the root context (see [`Waiter`]).
-    /// `now` is the host clock, read by the caller (`None` if unavailable).
-    fn sign_and_forward(
+    fn on_http_response_headers(
         &mut self,
-        target: Target,
-        payload_sha256: String,
-        version: Option<(Version, Option<ShardRead>)>,
-        now: Option<SystemTime>,
-    ) -> Action {
-        let Some(shared) = self.shared.clone() else {
-            return self.internal_error("the relay is not configured");
+        _num_headers: usize,
+        end_of_stream: bool,
+    ) -> proxy_wasm::types::Action {
+        let host = WasmHost {
+            metrics: &self.metrics,
         };
-        let Some(now) = now else {
-            return self.no_credentials("the host clock is unavailable");
-        };
-        let decision = match shared.credentials.try_borrow() {
-            Ok(c) => c.for_signing(now),
-            Err(_) => ForSigning::Wait,
-        };
-        let job = SignJob {
-            target,
-            as_signed: self.as_signed,
-            payload_sha256,
-            version,
-        };
-        match decision {
-            ForSigning::Ready(creds, generation) => {
-                match sign_and_rewrite(&shared, job, &creds, generation, now) {
-                    Ok(forwarded) => {
-                        self.phase = Phase::Forwarded(Box::new(forwarded));
-                        Action::Continue
-                    }
-                    Err(what) => self.internal_error(what),
-                }
-            }
-            ForSigning::Fail(why) => self.no_credentials(&why),
-            ForSigning::Wait => {
-                let waiter = Waiter {
-                    context_id: self.context_id,
-                    job,
-                };
-                match shared.credentials.try_borrow_mut() {
-                    Ok(mut provider) => provider.wait(waiter, now),
-                    Err(_) => return self.no_credentials("the credentials are being updated"),
-                }
-                self.phase = Phase::AwaitingCredentials;
-                Action::Pause
-            }
-        }
+        action(self.request.on_response_headers(&host, end_of_stream))
     }
 
-    /// Takes the newly buffered body bytes, up to `to`: room is made within the worker's budget
-    /// first, then they are copied in, hashed, and kept for the checks. `most` is what the body
-    /// can reach (its Content-Length, or the relay's limit).
-    fn receive_body(
-        hasher: &mut PayloadHasher,
-        body: &mut Body,
-        to: usize,
-        most: usize,
-    ) -> Result<(), Received> {
-        let from = body.len();
-        if to <= from {
-            return Ok(());
-        }
-        body.prepare(to, most).map_err(Received::Refused)?;
-        let chunk = host::request_body(from, to - from).ok_or(Received::HostError)?;
-        hasher.update(&chunk);
-        body.push(chunk);
-        Ok(())
-    }
-
-    fn end_of_body(&mut self) -> Action {
-        match std::mem::replace(&mut self.phase, Phase::Done) {
-            Phase::Receiving {
-                pending,
-                hasher,
-                body,
-            } => self.complete(pending, hasher, body.as_slice()),
-            other => {
-                self.phase = other;
-                Action::Continue
-            }
-        }
-    }
-
-    /// The whole body has arrived: check the resource, consult the version guard, sign.
-    fn complete(&mut self, pending: Pending, hasher: PayloadHasher, body: &[u8]) -> Action {
-        let Some(shared) = self.shared.clone() else {
-            return self.internal_error("the relay is not configured");
-        };
-        let (target, parsed) = match pending {
-            Pending::BasePost => return self.refuse(&resource::base_post_rejection(body)),
-            Pending::Write(target) if target.op == Operation::Delete => {
-                if !body.is_empty() {
-                    return self.delete_with_body();
-                }
-                return self.sign_and_forward(target, hasher.finish_hex(), None, host::now());
-            }
-            _ if body.is_empty() => return self.empty_put(),
-            Pending::Write(target) => match resource::parse(body).and_then(|r| {
-                resource::check_matches(&r, &target.resource_type, &target.id).map(|()| r)
-            }) {
-                Ok(r) => (target, r),
-                Err(r) => return self.refuse(&r),
-            },
-            Pending::Create { resource_type } => {
-                let (id, r) = match resource::parse(body)
-                    .and_then(|r| resource::id_for_create(&r, &resource_type).map(|id| (id, r)))
-                {
-                    Ok(found) => found,
-                    Err(r) => return self.refuse(&r),
-                };
-                host::set_filter_state(state_key::RESOURCE_ID, &id);
-                let target = Target::new(Operation::Put, &resource_type, &id, &shared.config);
-                if let Some(source) = Self::known_unsupported(&shared, &target) {
-                    return self.answer_unsupported(&target, source);
-                }
-                (target, r)
-            }
-        };
-        // One clock read for the version guard and the signature.
-        let now = host::now();
-        let record = match shared.config.version_guard {
-            Some(limits) => {
-                let at = now.map_or(0, |t| crate::credentials::refresh::unix_ms(t) / 1000);
-                match super::shared::version_decision(&target, &parsed.version, at, limits) {
-                    (Decision::Stale, _) => return self.answer_stale(&target),
-                    (Decision::Forward, read) => Some((parsed.version, Some(read))),
-                    (Decision::Unrecorded, _) => {
-                        untrusted_last_updated(&shared, &target);
-                        None
-                    }
-                }
-            }
-            None => Some((parsed.version, None)),
-        };
-        self.sign_and_forward(target, hasher.finish_hex(), record, now)
-    }
-
-    fn answer_stale(&mut self, target: &Target) -> Action {
-        log::debug!(
-            "healthlake-relay: {}/{} is older than the version HealthLake has; not forwarded",
-            target.resource_type,
-            target.id
-        );
-        self.answer(
-            200,
-            Outcome::StaleVersion,
-            Severity::Information,
-            "informational",
-            &format!(
-                "{}/{} was not sent to HealthLake: its meta.lastUpdated/versionId is older than \
-                 the version HealthLake already has (or than its deletion). Nothing to retry.",
-                target.resource_type, target.id
-            ),
-            &[],
-        )
-    }
-
-    /// Holds the headers until the body has arrived (needs allow_on_headers_stop_iteration).
-    fn receive(&mut self, pending: Pending) -> Action {
-        let Some(shared) = self.shared.as_ref() else {
-            return self.internal_error("the relay is not configured");
-        };
-        self.phase = Phase::Receiving {
-            pending,
-            hasher: PayloadHasher::new(),
-            body: Body::new(std::rc::Rc::clone(&shared.body_budget)),
-        };
-        Action::Pause
-    }
-
-    /// What is checked before a write's body is awaited: the content type of a resource, no
-    /// body on a DELETE, the declared size, usable credentials, and no client-supplied
-    /// credentials or conditionals left in the request. `Some` is the answer that ends the
-    /// request.
-    fn before_body(
+    fn on_http_response_body(
         &mut self,
-        headers: &HeaderPairs,
-        head: &RequestHead,
-        op: Operation,
-    ) -> Option<Action> {
-        let content_type = head.content_type_text();
-        if op == Operation::Put && !content_type.is_some_and(resource::is_fhir_json) {
-            return Some(self.refuse(&resource::unsupported_media_type(content_type)));
-        }
-        let declared = head.declared_length();
-        if op == Operation::Delete && declared.is_some_and(|len| len > 0) {
-            return Some(self.delete_with_body());
-        }
-        // Refuse a declared oversize body now: once the body streams in, Envoy defers a Wasm
-        // local reply and its own buffer limit may answer first, without an OperationOutcome.
-        let max = self.shared.as_ref().map_or(0, |s| s.config.max_body_bytes);
-        if declared.is_some_and(|len| len > max) {
-            return Some(self.too_large(max));
-        }
-        // Within the limit: it caps how far the body's room grows as the bytes arrive.
-        self.declared_length = declared.and_then(|len| usize::try_from(len).ok());
-        if let Some(why) = self.credentials_problem() {
-            return Some(self.no_credentials(&why));
-        }
-        for name in removed_before_signing(headers) {
-            if !host::remove_request_header(name) {
-                return Some(self.internal_error("could not remove a client-supplied header"));
-            }
-        }
-        None
-    }
-
-    /// A DELETE carries no body (HAPI sends none): one that does is refused rather than
-    /// forwarded with a body HealthLake has no use for.
-    fn delete_with_body(&mut self) -> Action {
-        self.answer(
-            400,
-            Outcome::InvalidRequest,
-            Severity::Error,
-            "invalid",
-            "A DELETE must not carry a body; the relay forwards DELETE /{type}/{id} as sent by a \
-             Smile CDR REST-hook subscription, without one.",
-            &[],
-        )
-    }
-
-    /// The worker holds as many bodies as its budget allows (or the VM is out of memory):
-    /// nothing is forwarded, and Smile CDR retries later.
-    fn overloaded(&mut self, why: Refused) -> Action {
-        let (retry_after, budget, held) = self.shared.as_ref().map_or((5, 0, 0), |s| {
-            (
-                s.config.retry_after_seconds,
-                s.config.body_budget_bytes,
-                s.body_budget.held(),
-            )
-        });
-        let cause = match why {
-            Refused::Budget => format!(
-                "the request bodies in flight on this worker ({held} bytes) leave no room for \
-                 this one within body_budget_bytes ({budget})"
-            ),
-            Refused::Memory => "the relay's Wasm VM could not allocate room for it".to_owned(),
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> proxy_wasm::types::Action {
+        let host = WasmHost {
+            metrics: &self.metrics,
         };
-        log::warn!("healthlake-relay: overloaded: {cause}; answered 503 with Retry-After");
-        let retry_after = retry_after.to_string();
-        let body = operation_outcome::body(
-            Severity::Error,
-            "transient",
-            &format!("The relay cannot hold this request's body now ({cause}); nothing was forwarded. Retry later."),
-        );
-        self.answer_with(
-            503,
-            Outcome::Overloaded,
-            &body,
-            &[("retry-after", retry_after.as_str())],
-        )
-    }
-
-    fn too_large(&mut self, max: u64) -> Action {
-        self.answer(
-            413,
-            Outcome::InvalidRequest,
-            Severity::Error,
-            "too-costly",
-            &format!("The request body is larger than the relay's limit of {max} bytes."),
-            &[],
-        )
-    }
-
-    fn empty_put(&mut self) -> Action {
-        self.answer(
-            400,
-            Outcome::InvalidRequest,
-            Severity::Error,
-            "required",
-            "A PUT must carry the resource as its body; set the Subscription's payload to \
-             application/fhir+json.",
-            &[],
+        action(
+            self.request
+                .on_response_body(&host, body_size, end_of_stream),
         )
     }
 }
@@ -778,206 +100,10 @@ impl RelayHttp {
 /// A test build's deliberate bug: a request with `x-relay-test-trap` traps the VM (what a panic
 /// ends in, with `panic = "abort"`), after saying so in the log.
 #[cfg(feature = "trap-for-tests")]
-fn trap_for_tests(headers: &HeaderPairs) {
-    if headers.iter().any(|(name, _)| name == b"x-relay-test-trap") {
+fn trap_for_tests() {
+    let trap = super::abi::header(super::abi::Map::Request, b"x-relay-test-trap");
+    if matches!(trap, Ok(Some(_))) {
         log::error!("healthlake-relay: x-relay-test-trap: trapping on purpose (test build)");
         core::arch::wasm32::unreachable();
-    }
-}
-
-/// Why a body chunk was not taken.
-enum Received {
-    /// No room within the worker's budget, or none the VM could allocate.
-    Refused(Refused),
-    /// The host would not hand the chunk over.
-    HostError,
-}
-
-/// A PUT whose `meta.lastUpdated` lies beyond the relay's clock plus the allowance: forwarded,
-/// not recorded by the version guard (see [`Decision::Unrecorded`]), and said so.
-fn untrusted_last_updated(shared: &Shared, target: &Target) {
-    host::set_filter_state(state_key::ERROR_CODE, "untrusted-last-updated");
-    log::warn!(
-        "healthlake-relay: {}/{} has a meta.lastUpdated more than {} s ahead of the relay's clock; \
-         forwarded, but the version guard does not record it (check the clocks of Smile CDR and \
-         the relay)",
-        target.resource_type,
-        target.id,
-        shared
-            .config
-            .version_guard
-            .map_or(0, |l| l.clock_skew_seconds)
-    );
-}
-
-/// The `content-type` sent (and signed) with `op`: FHIR JSON with a body, none without.
-fn signed_content_type(op: Operation) -> Option<&'static str> {
-    match op {
-        Operation::Put => Some(FHIR_JSON),
-        Operation::Delete => None,
-    }
-}
-
-/// What is signed for `target`; rebuilt on the response side for the troubleshooting log.
-pub fn signing_input<'a>(
-    shared: &'a Shared,
-    target: &'a Target,
-    payload_sha256: &'a str,
-    time: SystemTime,
-) -> SigningInput<'a> {
-    SigningInput {
-        method: target.op.method(),
-        host: &shared.config.healthlake_host,
-        path: &target.upstream_path,
-        content_type: signed_content_type(target.op),
-        payload_sha256,
-        region: &shared.config.region,
-        service: HEALTHLAKE_SERVICE,
-        time,
-    }
-}
-
-impl Context for RelayHttp {
-    fn on_done(&mut self) -> bool {
-        // A request that ends (client gone) while held must not be resumed later.
-        if let Some(shared) = &self.shared {
-            if let Ok(mut provider) = shared.credentials.try_borrow_mut() {
-                let id = self.context_id;
-                provider.retain_waiting(|w| w.context_id != id);
-            }
-            if let Ok(mut resumed) = shared.resumed.try_borrow_mut() {
-                resumed.remove(&self.context_id);
-            }
-        }
-        true
-    }
-}
-
-impl HttpContext for RelayHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let Some(shared) = self.shared.clone() else {
-            return self.internal_error("the relay is not configured");
-        };
-        let Some(headers) = host::request_headers() else {
-            return self.internal_error("could not read the request headers");
-        };
-        let head = RequestHead::read(&headers);
-        #[cfg(feature = "trap-for-tests")]
-        trap_for_tests(&headers);
-        host::set_filter_state(state_key::METHOD, &String::from_utf8_lossy(head.method));
-        host::set_filter_state(state_key::PATH, &logged_path(head.path));
-        if let Some(diagnostics) = authenticate(&shared, head.authorization) {
-            return self.answer(
-                401,
-                Outcome::Unauthorized,
-                Severity::Error,
-                "login",
-                diagnostics,
-                &[("www-authenticate", "Bearer realm=\"healthlake-relay\"")],
-            );
-        }
-
-        // A repeated content-type is rewritten to the one signed value, never passed on.
-        let content_type_as_signed = |op| {
-            head.content_types <= 1
-                && head.content_type == signed_content_type(op).map(str::as_bytes)
-        };
-        let target = match plan_request(head.method, head.path, &shared.config) {
-            Plan::Read => {
-                return self.answer(
-                    405,
-                    Outcome::ReadDropped,
-                    Severity::Information,
-                    "not-supported",
-                    READ_DIAGNOSTICS,
-                    &[("allow", ALLOWED_METHODS)],
-                )
-            }
-            Plan::Capabilities => return self.answer_capabilities(&shared),
-            Plan::Reject(r) => return self.refuse(&r),
-            Plan::BasePost if end_of_stream => {
-                return self.refuse(&resource::base_post_rejection(b""))
-            }
-            Plan::BasePost => {
-                return self.receive(Pending::BasePost);
-            }
-            Plan::Create { resource_type } => {
-                self.as_signed = AsSigned {
-                    method: false,
-                    content_type: content_type_as_signed(Operation::Put),
-                };
-                host::set_filter_state(state_key::RESOURCE_TYPE, &resource_type);
-                self.resource_type = Some(resource_type.clone());
-                if let Some(action) = self.before_body(&headers, &head, Operation::Put) {
-                    return action;
-                }
-                if end_of_stream {
-                    return self.empty_put();
-                }
-                return self.receive(Pending::Create { resource_type });
-            }
-            Plan::Forward(target) => target,
-        };
-        self.as_signed = AsSigned {
-            method: head.method == target.op.method().as_bytes(),
-            content_type: content_type_as_signed(target.op),
-        };
-        host::set_filter_state(state_key::RESOURCE_TYPE, &target.resource_type);
-        host::set_filter_state(state_key::RESOURCE_ID, &target.id);
-        self.resource_type = Some(target.resource_type.clone());
-
-        if let Some(source) = Self::known_unsupported(&shared, &target) {
-            return self.answer_unsupported(&target, source);
-        }
-        if let Some(action) = self.before_body(&headers, &head, target.op) {
-            return action;
-        }
-        if end_of_stream {
-            return match target.op {
-                Operation::Put => self.empty_put(),
-                Operation::Delete => {
-                    self.sign_and_forward(target, EMPTY_SHA256.to_owned(), None, host::now())
-                }
-            };
-        }
-        self.receive(Pending::Write(target))
-    }
-
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let max = self.shared.as_ref().map_or(0, |s| s.config.max_body_bytes);
-        let Phase::Receiving { hasher, body, .. } = &mut self.phase else {
-            return Action::Continue;
-        };
-        if body_size as u64 > max {
-            return self.too_large(max);
-        }
-        let most = self
-            .declared_length
-            .unwrap_or(usize::try_from(max).unwrap_or(usize::MAX));
-        match Self::receive_body(hasher, body, body_size, most) {
-            Ok(()) => {}
-            Err(Received::Refused(why)) => return self.overloaded(why),
-            Err(Received::HostError) => {
-                return self.internal_error("could not read the request body")
-            }
-        }
-        if end_of_stream {
-            self.end_of_body()
-        } else {
-            Action::Pause
-        }
-    }
-
-    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        // With trailers, the end of the body is signalled here instead of in the body callback.
-        self.end_of_body()
-    }
-
-    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        self.response_headers(end_of_stream)
-    }
-
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.response_body(body_size, end_of_stream)
     }
 }

@@ -4,16 +4,19 @@
 //! GET and HEAD is answered `405` on that listener, whatever the path.
 
 use super::abi::{self, Map};
-use super::credentials::WasmHost;
-use super::{host, Shared};
+use super::envoy::WasmHost;
+use super::host;
+use super::metrics::Metrics;
 use crate::operation_outcome::FHIR_JSON;
 use crate::readiness::{self, Readiness};
+use crate::worker::Worker;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
 
 pub struct ReadinessHttp {
-    pub shared: Option<Rc<Shared>>,
+    pub worker: Option<Rc<Worker>>,
+    pub metrics: Rc<Metrics>,
 }
 
 impl Context for ReadinessHttp {}
@@ -34,13 +37,13 @@ impl HttpContext for ReadinessHttp {
         if !readiness::is_probe(&path) {
             return Action::Continue;
         }
-        let verdict = match &self.shared {
+        let verdict = match &self.worker {
             None => Readiness::NotReady("the relay has no configuration".into()),
-            Some(shared) => match shared.credentials.try_borrow_mut() {
+            Some(worker) => match worker.credentials.try_borrow_mut() {
                 Ok(mut provider) => readiness::check(
                     &mut provider,
                     &WasmHost {
-                        metrics: &shared.metrics,
+                        metrics: &self.metrics,
                     },
                 ),
                 Err(_) => Readiness::NotReady("the credentials are being updated".into()),
