@@ -24,6 +24,7 @@ pub mod inbound_auth;
 pub mod instant;
 pub mod operation_outcome;
 pub mod outcome;
+pub mod percent;
 pub mod plan;
 pub mod readiness;
 pub mod request_head;

@@ -293,7 +293,7 @@ fn canonical_request(input: &SigningInput<'_>, headers: &[(&str, &str)]) -> Stri
         if i > 0 {
             out.push('/');
         }
-        uri_encode_into(&mut out, segment);
+        crate::percent::encode_into(&mut out, segment);
     }
     out.push_str("\n\n");
     for (name, value) in headers {
@@ -307,18 +307,6 @@ fn canonical_request(input: &SigningInput<'_>, headers: &[(&str, &str)]) -> Stri
     out.push('\n');
     out.push_str(input.payload_sha256);
     out
-}
-
-/// SigV4 URI encoding of one path segment, applied to the already-encoded path (AWS services
-/// other than S3 encode the path twice).
-fn uri_encode_into(out: &mut String, segment: &str) {
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
 }
 
 #[cfg(test)]

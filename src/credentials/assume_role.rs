@@ -27,17 +27,6 @@ pub struct AssumeRole {
     pub host: String,
 }
 
-/// `application/x-www-form-urlencoded` encoding of one value (RFC 3986 unreserved kept).
-pub fn form_encode(out: &mut String, value: &str) {
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-}
-
 /// `name=value&...`, each value form-encoded.
 pub fn form(params: &[(&str, &str)]) -> String {
     let mut body = String::with_capacity(256);
@@ -47,7 +36,7 @@ pub fn form(params: &[(&str, &str)]) -> String {
         }
         body.push_str(name);
         body.push('=');
-        form_encode(&mut body, value);
+        crate::percent::encode_into(&mut body, value);
     }
     body
 }
