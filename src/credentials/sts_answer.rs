@@ -38,22 +38,19 @@ struct Fields {
     message: Option<String>,
 }
 
-fn entity(name: &str) -> Option<char> {
-    match name {
-        "amp" => Some('&'),
-        "lt" => Some('<'),
-        "gt" => Some('>'),
-        "quot" => Some('"'),
-        "apos" => Some('\''),
-        _ => {
-            let code = name.strip_prefix('#')?;
-            let n = match code.strip_prefix('x') {
-                Some(hex) => u32::from_str_radix(hex, 16).ok()?,
-                None => code.parse().ok()?,
-            };
-            char::from_u32(n)
-        }
+/// The text an entity or character reference stands for: quick-xml resolves both (the five
+/// predefined entities, `&#...;` and `&#x...;`); anything else is not an STS document.
+fn resolve(reference: &quick_xml::events::BytesRef<'_>) -> Result<String, String> {
+    if let Some(c) = reference
+        .resolve_char_ref()
+        .map_err(|e| format!("a bad character reference ({e})"))?
+    {
+        return Ok(c.to_string());
     }
+    let name = reference.xml10_content();
+    quick_xml::escape::resolve_predefined_entity(&name)
+        .map(str::to_owned)
+        .ok_or_else(|| "an unknown XML entity".to_owned())
 }
 
 fn read_fields(xml: &str) -> Result<Fields, String> {
@@ -69,10 +66,7 @@ fn read_fields(xml: &str) -> Result<Fields, String> {
             }
             Ok(Event::Text(t)) => text.push_str(&t.xml10_content()),
             Ok(Event::CData(t)) => text.push_str(&t.xml10_content()),
-            Ok(Event::GeneralRef(r)) => match entity(&r.xml10_content()) {
-                Some(c) => text.push(c),
-                None => return Err("an unknown XML entity".to_owned()),
-            },
+            Ok(Event::GeneralRef(r)) => text.push_str(&resolve(&r)?),
             Ok(Event::End(_)) => {
                 let name = path.pop().unwrap_or_default();
                 let parent = path.last().map(String::as_str).unwrap_or("");
