@@ -9,104 +9,72 @@
 use crate::plan::Operation;
 use crate::unsupported_types::Unsupported;
 
-/// Every verdict the relay gives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
+/// Defines [`Outcome`] from one table: each verdict, the fixed string operators see (access
+/// log, `x-healthlake-outcome`), and its stat name (`_` for `-`).
+macro_rules! outcomes {
+    ($($(#[$doc:meta])* $variant:ident => $name:literal, $stat:literal;)*) => {
+        /// Every verdict the relay gives.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Outcome {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Outcome {
+            /// Every outcome, for defining one stat each.
+            pub const ALL: &'static [Outcome] = &[$(Outcome::$variant,)*];
+
+            /// The fixed string operators see.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Outcome::$variant => $name,)*
+                }
+            }
+
+            /// The same with `_` for `-`, for stat names.
+            pub const fn stat_name(self) -> &'static str {
+                match self {
+                    $(Outcome::$variant => $stat,)*
+                }
+            }
+        }
+    };
+}
+
+outcomes! {
     /// HealthLake accepted a PUT.
-    Delivered,
+    Delivered => "delivered", "delivered";
     /// HealthLake accepted a DELETE.
-    Deleted,
+    Deleted => "deleted", "deleted";
     /// HealthLake did not have the resource a DELETE named: the mirror already agrees.
-    AlreadyAbsent,
+    AlreadyAbsent => "already-absent", "already_absent";
     /// HealthLake does not support the resource type: handled, never retried.
-    UnsupportedType,
+    UnsupportedType => "unsupported-type", "unsupported_type";
     /// Older than the version HealthLake already has: not forwarded.
-    StaleVersion,
+    StaleVersion => "stale-version", "stale_version";
     /// HealthLake throttled the request.
-    Throttled,
+    Throttled => "throttled", "throttled";
     /// HealthLake refused the signature or the credentials.
-    AuthFailed,
+    AuthFailed => "auth-failed", "auth_failed";
     /// HealthLake (or the way to it) failed: 5xx, reset, timeout.
-    UpstreamError,
+    UpstreamError => "upstream-error", "upstream_error";
     /// HealthLake refused the request with another 4xx.
-    Rejected,
+    Rejected => "rejected", "rejected";
     /// A read (GET/HEAD) answered locally: reads are served by Smile CDR.
-    ReadDropped,
+    ReadDropped => "read-dropped", "read_dropped";
     /// `GET [base]/metadata`: the relay's own CapabilityStatement.
-    Capabilities,
+    Capabilities => "capabilities", "capabilities";
     /// No usable credentials: nothing was forwarded.
-    NoCredentials,
+    NoCredentials => "no-credentials", "no_credentials";
     /// The request was refused before anything was signed.
-    InvalidRequest,
+    InvalidRequest => "invalid-request", "invalid_request";
     /// The caller did not present an accepted credential.
-    Unauthorized,
+    Unauthorized => "unauthorized", "unauthorized";
     /// The worker holds as many request bodies as its memory budget allows: nothing was
     /// forwarded; Smile CDR retries after `Retry-After`.
-    Overloaded,
+    Overloaded => "overloaded", "overloaded";
 }
 
 impl Outcome {
-    /// Every outcome, for defining one stat each.
-    pub const ALL: [Outcome; 15] = [
-        Outcome::Delivered,
-        Outcome::Deleted,
-        Outcome::AlreadyAbsent,
-        Outcome::UnsupportedType,
-        Outcome::StaleVersion,
-        Outcome::Throttled,
-        Outcome::AuthFailed,
-        Outcome::UpstreamError,
-        Outcome::Rejected,
-        Outcome::ReadDropped,
-        Outcome::Capabilities,
-        Outcome::NoCredentials,
-        Outcome::InvalidRequest,
-        Outcome::Unauthorized,
-        Outcome::Overloaded,
-    ];
-
-    /// The fixed string operators see.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Delivered => "delivered",
-            Outcome::Deleted => "deleted",
-            Outcome::AlreadyAbsent => "already-absent",
-            Outcome::UnsupportedType => "unsupported-type",
-            Outcome::StaleVersion => "stale-version",
-            Outcome::Throttled => "throttled",
-            Outcome::AuthFailed => "auth-failed",
-            Outcome::UpstreamError => "upstream-error",
-            Outcome::Rejected => "rejected",
-            Outcome::ReadDropped => "read-dropped",
-            Outcome::Capabilities => "capabilities",
-            Outcome::NoCredentials => "no-credentials",
-            Outcome::InvalidRequest => "invalid-request",
-            Outcome::Unauthorized => "unauthorized",
-            Outcome::Overloaded => "overloaded",
-        }
-    }
-
-    /// The same with `_` for `-`, for stat names.
-    pub const fn stat_name(self) -> &'static str {
-        match self {
-            Outcome::Delivered => "delivered",
-            Outcome::Deleted => "deleted",
-            Outcome::AlreadyAbsent => "already_absent",
-            Outcome::UnsupportedType => "unsupported_type",
-            Outcome::StaleVersion => "stale_version",
-            Outcome::Throttled => "throttled",
-            Outcome::AuthFailed => "auth_failed",
-            Outcome::UpstreamError => "upstream_error",
-            Outcome::Rejected => "rejected",
-            Outcome::ReadDropped => "read_dropped",
-            Outcome::Capabilities => "capabilities",
-            Outcome::NoCredentials => "no_credentials",
-            Outcome::InvalidRequest => "invalid_request",
-            Outcome::Unauthorized => "unauthorized",
-            Outcome::Overloaded => "overloaded",
-        }
-    }
-
     /// Position in [`Outcome::ALL`], for per-outcome tables.
     pub const fn index(self) -> usize {
         self as usize
