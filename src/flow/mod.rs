@@ -207,8 +207,8 @@ impl Request {
         }
     }
 
-    /// Records the outcome of this request in the stats.
-    fn record(&self, host: &impl Host, outcome: Outcome) {
+    /// Counts the outcome of this request in the stats.
+    fn count(&self, host: &impl Host, outcome: Outcome) {
         host.count(outcome, self.resource_type.as_deref());
     }
 }

@@ -471,7 +471,7 @@ impl Request {
         };
         // One clock read for the version guard and the signature.
         let now = host.now();
-        let record = match worker.config.version_guard {
+        let guarded = match worker.config.version_guard {
             Some(limits) => {
                 let at = now.map_or(0, |t| crate::credentials::refresh::unix_ms(t) / 1000);
                 match shared_data::version_decision(host, &target, &parsed.version, at, limits) {
@@ -485,7 +485,7 @@ impl Request {
             }
             None => Some((parsed.version, None)),
         };
-        self.sign_and_forward(host, target, hasher.finish_hex(), record, now)
+        self.sign_and_forward(host, target, hasher.finish_hex(), guarded, now)
     }
 
     fn answer_stale(&mut self, host: &impl Host, target: &Target) -> Action {

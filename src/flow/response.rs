@@ -197,18 +197,42 @@ impl Request {
         if let Some(code) = &verdict.error_code {
             host.set_filter_state(state_key::ERROR_CODE, code);
         }
-        self.record(host, verdict.outcome);
-        self.remember(host, forwarded, verdict.outcome);
-        self.explain(host, forwarded, upstream_status, &verdict);
+        self.count(host, verdict.outcome);
+        self.learn(host, forwarded, &verdict);
+        self.log_verdict(host, forwarded, upstream_status, &verdict);
         action
     }
 
-    /// Tells the version guard what HealthLake now holds.
-    fn remember(&self, host: &impl Host, forwarded: &mut Forwarded, outcome: Outcome) {
+    /// What a verdict teaches beyond this request: the version guard learns what HealthLake now
+    /// holds, every worker that HealthLake does not support a type, and an expired token forces
+    /// a refresh of the credentials.
+    fn learn(&self, host: &impl Host, forwarded: &mut Forwarded, verdict: &Verdict) {
+        match verdict.outcome {
+            Outcome::UnsupportedType => {
+                let diagnostics = verdict
+                    .diagnostics
+                    .as_deref()
+                    .map_or_else(|| "(none)".to_owned(), |d| quoted(d, 500));
+                self.learn_unsupported(host, &forwarded.target, &diagnostics);
+            }
+            Outcome::AuthFailed
+                if verdict
+                    .error_code
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with("ExpiredToken")) =>
+            {
+                if let Some(worker) = &self.worker {
+                    if let Ok(mut provider) = worker.credentials.try_borrow_mut() {
+                        provider.force_refresh(host, forwarded.generation);
+                    }
+                }
+            }
+            _ => {}
+        }
         let Some(limits) = self.worker.as_ref().and_then(|s| s.config.version_guard) else {
             return;
         };
-        match (outcome, forwarded.version.as_mut()) {
+        match (verdict.outcome, forwarded.version.as_mut()) {
             (Outcome::Delivered, Some((version, read))) => {
                 if let Some(read) = read.take() {
                     shared_data::record_write(host, read, version, forwarded.signed_at, limits)
@@ -221,8 +245,8 @@ impl Request {
         }
     }
 
-    /// The troubleshooting log line for a verdict, and learning unsupported types.
-    fn explain(
+    /// The troubleshooting log line for a verdict (unsupported types are logged as learned).
+    fn log_verdict(
         &self,
         host: &impl Host,
         forwarded: &Forwarded,
@@ -247,19 +271,7 @@ impl Request {
             .response_header_text("x-amzn-requestid")
             .unwrap_or_default();
         match verdict.outcome {
-            Outcome::UnsupportedType => self.learn_unsupported(host, target, &diagnostics),
             Outcome::AuthFailed => {
-                if verdict
-                    .error_code
-                    .as_deref()
-                    .is_some_and(|c| c.starts_with("ExpiredToken"))
-                {
-                    if let Some(worker) = &self.worker {
-                        if let Ok(mut provider) = worker.credentials.try_borrow_mut() {
-                            provider.force_refresh(host, forwarded.generation);
-                        }
-                    }
-                }
                 let canonical = self.worker.as_ref().map(|worker| {
                     let input = signing_input(
                         worker,
