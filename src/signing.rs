@@ -3,8 +3,14 @@
 //! The body is hashed chunk by chunk as it arrives ([`PayloadHasher`]); the signature then covers
 //! a small fixed set of headers (`host`, `content-type` when there is a body, `x-amz-date`,
 //! `x-amz-content-sha256`, `x-amz-security-token` when present), so headers Envoy adds later
-//! (`x-request-id`, `x-forwarded-*`, ...) cannot break it. The signing itself is the `aws-sigv4`
-//! crate's; the emulator verifies it with an independent implementation.
+//! (`x-request-id`, `x-forwarded-*`, ...) cannot break it.
+//!
+//! Every write is signed by [`sign_request_cached`]: it builds the canonical request for that
+//! fixed header set itself and signs with the day's signing key, derived by the `aws-sigv4`
+//! crate once per credentials, date, region and service and kept as an HMAC already keyed with
+//! it ([`KeyCache`]). [`sign_request`], the `aws-sigv4` crate's whole signer, signs the relay's
+//! rare calls of its own (the CapabilityStatement), and a unit test proves both produce the same
+//! headers byte for byte; the emulator verifies them with an independent implementation.
 
 use crate::credentials::Credentials;
 use aws_credential_types::Credentials as AwsCredentials;
