@@ -25,7 +25,7 @@ help:
 	@echo "make bench-soak   the relay's memory after 100,000 and 1,000,000 requests"
 	@echo "make bench-instructions  instructions per 2 KB PUT under callgrind: plain, native, relay builds, floor"
 	@echo "make backfill     a 20,000-write historical backfill under faults, checked end to end"
-	@echo "make fuzz         fuzz the request/response handling for FUZZ_SECONDS (nightly toolchain)"
+	@echo "make fuzz         fuzz the core's parsers and the whole request flow, FUZZ_SECONDS each (nightly toolchain)"
 	@echo "make fuzz-envoy   hostile requests through the real Envoy and relay for FUZZ_ENVOY_SECONDS"
 	@echo "make mutants      mutation testing of the core: do its unit tests catch every change to it?"
 
@@ -166,6 +166,7 @@ fuzz: fixtures
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --version 0.13.2 --locked
 	$(PY) scripts/fuzz_seeds.py
 	cd fuzz && cargo +nightly fuzz run requests -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
+	cd fuzz && cargo +nightly fuzz run flow -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
 
 # Hostile requests over raw sockets through the real Envoy with the built .wasm, with a normal write
 # every 100 that must arrive, Envoy's log watched for Wasm VM crashes and its memory sampled
