@@ -793,6 +793,17 @@ pub fn verify(request: &Request<'_>, policy: &Policy<'_>) -> Verification {
     v
 }
 
+/// What step 4 computes from the bytes received.
+struct Computed {
+    /// Hex SHA-256 of the body received.
+    payload_hash: String,
+    canonical_request: Vec<u8>,
+    string_to_sign: String,
+}
+
+/// The steps of [`verify`], in order: the first that fails decides the outcome. What the steps
+/// compute (the parsed header, the canonical request, the string to sign) is kept in `v` as soon
+/// as it exists.
 fn verify_into(
     request: &Request<'_>,
     policy: &Policy<'_>,
@@ -801,19 +812,59 @@ fn verify_into(
     let index = HeaderIndex::new(request.headers);
 
     // 1. The Authorization header.
-    let auth_raw = single_header(&index, "authorization", Reason::MissingAuthorization)?;
+    let auth = authorization(&index)?;
+    v.access_key_id = Some(auth.access_key_id.clone());
+    v.signed_headers = Some(auth.signed_headers.clone());
+
+    // 2. x-amz-date.
+    let (amz_date, request_time) = request_date(&index)?;
+
+    // 3. Every signed header must be present.
+    check_signed_headers_present(&index, &auth)?;
+
+    // 4. Canonical request and string to sign, from the bytes actually received.
+    let computed = compute(request, &index, &auth, amz_date, policy.normalize_path);
+    v.canonical_request = Some(String::from_utf8_lossy(&computed.canonical_request).into_owned());
+    v.string_to_sign = Some(computed.string_to_sign.clone());
+
+    // 5. Headers that must be signed.
+    check_required_headers_signed(&index, &auth)?;
+
+    // 6. Credential scope.
+    check_credential_scope(&auth, amz_date, policy)?;
+
+    // 7. The access key and its session token.
+    let credential = credential(&index, &auth, policy.credentials)?;
+
+    // 8. Clock skew.
+    check_clock_skew(amz_date, request_time, policy)?;
+
+    // 9. x-amz-content-sha256 must describe the body received.
+    check_payload_hash(&index, &computed.payload_hash, request.body.len())?;
+
+    // 10. The signature, compared in constant time.
+    check_signature(credential, &auth, &computed.string_to_sign)?;
+
+    // 11. An expired temporary credential. Checked last, so a request is only reported as
+    // expired when it would otherwise have been accepted.
+    check_not_expired(credential, policy.now)
+}
+
+/// Step 1: the one `Authorization` header, parsed.
+fn authorization(index: &HeaderIndex<'_>) -> Result<Authorization, VerifyError> {
+    let auth_raw = single_header(index, "authorization", Reason::MissingAuthorization)?;
     let auth_str = std::str::from_utf8(auth_raw).map_err(|_| {
         err(
             Reason::MalformedAuthorization,
             "Authorization header is not valid UTF-8",
         )
     })?;
-    let auth = parse_authorization(auth_str)?;
-    v.access_key_id = Some(auth.access_key_id.clone());
-    v.signed_headers = Some(auth.signed_headers.clone());
+    parse_authorization(auth_str)
+}
 
-    // 2. x-amz-date.
-    let date_raw = single_header(&index, "x-amz-date", Reason::MissingDate)?;
+/// Step 2: the one `x-amz-date` header (trimmed) and the Unix seconds it names.
+fn request_date<'a>(index: &HeaderIndex<'a>) -> Result<(&'a str, i64), VerifyError> {
+    let date_raw = single_header(index, "x-amz-date", Reason::MissingDate)?;
     let amz_date = std::str::from_utf8(date_raw)
         .map(str::trim)
         .map_err(|_| err(Reason::MalformedDate, "x-amz-date is not valid UTF-8"))?;
@@ -823,8 +874,14 @@ fn verify_into(
             format!("x-amz-date '{amz_date}' is not in the ISO-8601 basic format YYYYMMDDTHHMMSSZ"),
         )
     })?;
+    Ok((amz_date, request_time))
+}
 
-    // 3. Every signed header must be present.
+/// Step 3: every header `SignedHeaders` lists is in the request.
+fn check_signed_headers_present(
+    index: &HeaderIndex<'_>,
+    auth: &Authorization,
+) -> Result<(), VerifyError> {
     for name in &auth.signed_headers {
         if index.get(name).is_empty() {
             return Err(err(
@@ -833,21 +890,39 @@ fn verify_into(
             ));
         }
     }
+    Ok(())
+}
 
-    // 4. Canonical request and string to sign, from the bytes actually received.
+/// Step 4: the payload hash, the canonical request and the string to sign, from the bytes
+/// actually received.
+fn compute(
+    request: &Request<'_>,
+    index: &HeaderIndex<'_>,
+    auth: &Authorization,
+    amz_date: &str,
+    normalize_path: bool,
+) -> Computed {
     let payload_hash = sha256_hex(request.body);
-    let canonical = canonical_request_indexed(
+    let canonical_request = canonical_request_indexed(
         request,
-        &index,
+        index,
         &auth.signed_headers,
-        policy.normalize_path,
+        normalize_path,
         &payload_hash,
     );
-    let sts = string_to_sign(amz_date, &auth.scope(), &canonical);
-    v.canonical_request = Some(String::from_utf8_lossy(&canonical).into_owned());
-    v.string_to_sign = Some(sts.clone());
+    let string_to_sign = string_to_sign(amz_date, &auth.scope(), &canonical_request);
+    Computed {
+        payload_hash,
+        canonical_request,
+        string_to_sign,
+    }
+}
 
-    // 5. Headers that must be signed.
+/// Step 5: `host`, `x-amz-date` and every `x-amz-*` header present are signed.
+fn check_required_headers_signed(
+    index: &HeaderIndex<'_>,
+    auth: &Authorization,
+) -> Result<(), VerifyError> {
     let signed = |name: &str| auth.signed_headers.iter().any(|h| h == name);
     for required in ["host", "x-amz-date"] {
         if !signed(required) {
@@ -866,8 +941,16 @@ fn verify_into(
             format!("header '{unsigned}' is present but not listed in SignedHeaders"),
         ));
     }
+    Ok(())
+}
 
-    // 6. Credential scope.
+/// Step 6: the credential scope names the date of `x-amz-date`, the policy's region and its
+/// service.
+fn check_credential_scope(
+    auth: &Authorization,
+    amz_date: &str,
+    policy: &Policy<'_>,
+) -> Result<(), VerifyError> {
     let date_part = amz_date.get(0..8).unwrap_or_default();
     if auth.scope_date != date_part {
         return Err(err(
@@ -896,10 +979,17 @@ fn verify_into(
             ),
         ));
     }
+    Ok(())
+}
 
-    // 7. The access key and its session token.
-    let credential = policy
-        .credentials
+/// Step 7: the accepted credential set of the access key id (the first with it), once the
+/// request's session token is the set's.
+fn credential<'c>(
+    index: &HeaderIndex<'_>,
+    auth: &Authorization,
+    credentials: &'c [Credential],
+) -> Result<&'c Credential, VerifyError> {
+    let credential = credentials
         .iter()
         .find(|c| c.access_key_id == auth.access_key_id)
         .ok_or_else(|| {
@@ -911,45 +1001,56 @@ fn verify_into(
                 ),
             )
         })?;
+    check_session_token(index, credential, &auth.access_key_id)?;
+    Ok(credential)
+}
+
+/// Step 7, continued: a temporary credential needs its own token in exactly one
+/// `x-amz-security-token` (compared in constant time); a long-term one needs none.
+fn check_session_token(
+    index: &HeaderIndex<'_>,
+    credential: &Credential,
+    access_key_id: &str,
+) -> Result<(), VerifyError> {
     let tokens = index.get("x-amz-security-token");
     match (&credential.session_token, tokens) {
-        (Some(_), []) => {
-            return Err(err(
-                Reason::MissingSecurityToken,
-                format!(
-                    "access key id '{}' is a temporary credential but the request has no x-amz-security-token",
-                    auth.access_key_id
-                ),
-            ))
-        }
+        (Some(_), []) => Err(err(
+            Reason::MissingSecurityToken,
+            format!(
+                "access key id '{access_key_id}' is a temporary credential but the request has no x-amz-security-token"
+            ),
+        )),
         (Some(expected), [got]) => {
             let got = trim_header_value(got);
-            if !bool::from(got.as_slice().ct_eq(expected.as_bytes())) {
-                return Err(err(
+            if bool::from(got.as_slice().ct_eq(expected.as_bytes())) {
+                Ok(())
+            } else {
+                Err(err(
                     Reason::WrongSecurityToken,
                     "The security token included in the request is invalid",
-                ));
+                ))
             }
         }
-        (Some(_), _) => {
-            return Err(err(
-                Reason::WrongSecurityToken,
-                "the request has more than one x-amz-security-token header",
-            ))
-        }
-        (None, []) => {}
-        (None, _) => {
-            return Err(err(
-                Reason::UnexpectedSecurityToken,
-                format!(
-                    "the request carries x-amz-security-token but access key id '{}' is a long-term credential without one",
-                    auth.access_key_id
-                ),
-            ))
-        }
+        (Some(_), _) => Err(err(
+            Reason::WrongSecurityToken,
+            "the request has more than one x-amz-security-token header",
+        )),
+        (None, []) => Ok(()),
+        (None, _) => Err(err(
+            Reason::UnexpectedSecurityToken,
+            format!(
+                "the request carries x-amz-security-token but access key id '{access_key_id}' is a long-term credential without one"
+            ),
+        )),
     }
+}
 
-    // 8. Clock skew.
+/// Step 8: `x-amz-date` is within `max_skew` of `now`, either way.
+fn check_clock_skew(
+    amz_date: &str,
+    request_time: i64,
+    policy: &Policy<'_>,
+) -> Result<(), VerifyError> {
     let now = timefmt::system_time_to_unix(policy.now);
     let skew = i64::try_from(policy.max_skew.as_secs()).unwrap_or(i64::MAX);
     if request_time < now.saturating_sub(skew) {
@@ -964,28 +1065,42 @@ fn verify_into(
             skew_message(amz_date, policy.now, policy.max_skew, false),
         ));
     }
+    Ok(())
+}
 
-    // 9. x-amz-content-sha256 must describe the body received.
+/// Step 9: an `x-amz-content-sha256` header, when present, is the one hash of the body received.
+fn check_payload_hash(
+    index: &HeaderIndex<'_>,
+    payload_hash: &str,
+    body_len: usize,
+) -> Result<(), VerifyError> {
     let content_hashes = index.get("x-amz-content-sha256");
-    if !content_hashes.is_empty() {
-        let claimed: Vec<String> = content_hashes
-            .iter()
-            .map(|h| String::from_utf8_lossy(&trim_header_value(h)).into_owned())
-            .collect();
-        if claimed.len() != 1 || claimed.first().map(String::as_str) != Some(payload_hash.as_str())
-        {
-            return Err(err(
-                Reason::PayloadHashMismatch,
-                format!(
-                    "body does not match x-amz-content-sha256: header says '{}', SHA-256 of the {} body bytes received is '{payload_hash}'",
-                    claimed.join(","),
-                    request.body.len()
-                ),
-            ));
-        }
+    if content_hashes.is_empty() {
+        return Ok(());
     }
+    let claimed: Vec<String> = content_hashes
+        .iter()
+        .map(|h| String::from_utf8_lossy(&trim_header_value(h)).into_owned())
+        .collect();
+    if claimed.len() != 1 || claimed.first().map(String::as_str) != Some(payload_hash) {
+        return Err(err(
+            Reason::PayloadHashMismatch,
+            format!(
+                "body does not match x-amz-content-sha256: header says '{}', SHA-256 of the {body_len} body bytes received is '{payload_hash}'",
+                claimed.join(","),
+            ),
+        ));
+    }
+    Ok(())
+}
 
-    // 10. The signature, compared in constant time.
+/// Step 10: the signature is the one the credential's secret gives the string to sign, compared
+/// in constant time.
+fn check_signature(
+    credential: &Credential,
+    auth: &Authorization,
+    string_to_sign: &str,
+) -> Result<(), VerifyError> {
     let key = signing_key(
         &credential.secret_access_key,
         &auth.scope_date,
@@ -1000,7 +1115,7 @@ fn verify_into(
     })?;
     let matches = match <HmacSha256 as KeyInit>::new_from_slice(&key) {
         Ok(mut mac) => {
-            mac.update(sts.as_bytes());
+            mac.update(string_to_sign.as_bytes());
             mac.verify_slice(&provided).is_ok()
         }
         Err(_) => false,
@@ -1011,10 +1126,12 @@ fn verify_into(
             "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Compare your canonical request and string to sign with the ones in this response.",
         ));
     }
+    Ok(())
+}
 
-    // 11. An expired temporary credential. Checked last, so a request is only reported as
-    // expired when it would otherwise have been accepted.
-    if credential.is_expired_at(policy.now) {
+/// Step 11: a temporary credential has not expired by `now`.
+fn check_not_expired(credential: &Credential, now: SystemTime) -> Result<(), VerifyError> {
+    if credential.is_expired_at(now) {
         return Err(err(Reason::ExpiredToken, EXPIRED_TOKEN_MESSAGE));
     }
     Ok(())

@@ -2,75 +2,60 @@
 //! milliseconds (FHIR `meta.lastUpdated`), the IMF-fixdate of `Last-Modified`, and the extended
 //! ISO-8601 timestamps STS writes as a credential's `Expiration`.
 //!
-//! Civil-date conversion uses the days-from-civil / civil-from-days algorithms for the proleptic
-//! Gregorian calendar, which are exact for every date these formats can express.
+//! A thin layer over the `time` crate: each format is one format description, used both to
+//! write and to read it. The calendar itself (days, months, leap years, weekdays) is `time`'s.
+//!
+//! Formatting shows times before 1970 as the epoch, and times after 9999-12-31T23:59:59.999999999Z
+//! as that instant: every format here has a four-digit year. Parsing takes four ASCII digits for
+//! a year, never a sign.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// A broken-down UTC timestamp.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Civil {
-    pub year: i64,
-    pub month: u32,
-    pub day: u32,
-    pub hour: u32,
-    pub minute: u32,
-    pub second: u32,
-    pub millis: u32,
-}
+use time::format_description::BorrowedFormatItem;
+use time::macros::{datetime, format_description};
+use time::parsing::Parsed;
+use time::{Date, OffsetDateTime, PrimitiveDateTime};
 
-/// Days since 1970-01-01 for a proleptic Gregorian date.
-pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400; // [0, 399]
-    let mp = i64::from((month + 9) % 12); // March = 0
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1; // [0, 365]
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy; // [0, 146096]
-    era * 146_097 + doe - 719_468
-}
+/// `2015-08-30T12:36:00.123Z`
+const RFC3339_MILLIS: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
 
-/// The proleptic Gregorian date of a day number counted from 1970-01-01.
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097; // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11]
-    let day = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
-    let month = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // Both values are in small, known ranges, so the conversions cannot fail.
-    (
-        year,
-        u32::try_from(month).unwrap_or(1),
-        u32::try_from(day).unwrap_or(1),
-    )
-}
+/// `2015-08-30T12:36:00Z`
+const RFC3339_SECONDS: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
 
-fn is_leap(year: i64) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-}
+/// `20150830T123600Z`
+const AMZ_DATE: &[BorrowedFormatItem<'static>] =
+    format_description!("[year][month][day]T[hour][minute][second]Z");
 
-/// Number of days in a month of a year (0 for an invalid month).
-pub fn days_in_month(year: i64, month: u32) -> u32 {
-    match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if is_leap(year) => 29,
-        2 => 28,
-        _ => 0,
-    }
-}
+/// `20150830`
+const YYYYMMDD: &[BorrowedFormatItem<'static>] = format_description!("[year][month][day]");
 
-/// Seconds since the Unix epoch of a UTC civil time (milliseconds ignored).
-pub fn unix_seconds(c: &Civil) -> i64 {
-    days_from_civil(c.year, c.month, c.day) * 86_400
-        + i64::from(c.hour) * 3600
-        + i64::from(c.minute) * 60
-        + i64::from(c.second)
-}
+/// `Sun, 30 Aug 2015 12:36:00 GMT`
+const HTTP_DATE: &[BorrowedFormatItem<'static>] = format_description!(
+    "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+);
+
+/// `2026-11-27T23:00:00Z`, `2026-11-27t23:00:00.5z`, `2026-11-28T00:30:00+01:30`,
+/// `2026-11-27T21:00:00-0200`: what [`parse_iso8601`] accepts.
+const ISO8601_EXTENDED: &[BorrowedFormatItem<'static>] = format_description!(
+    version = 2,
+    "[year]-[month]-[day][first [T] [t]][hour]:[minute]:[second]\
+     [optional [.[subsecond digits:1+]]]\
+     [first [Z] [z] [[offset_hour sign:mandatory]:[offset_minute]] \
+     [[offset_hour sign:mandatory][offset_minute]]]"
+);
+
+/// The latest instant the formats can show.
+const LATEST: OffsetDateTime = datetime!(9999-12-31 23:59:59.999_999_999 UTC);
+
+/// The fractional-second digits beyond nanoseconds are ignored, but `time` reads only so many of
+/// them: [`parse_iso8601`] drops them first.
+const NANOSECOND_DIGITS: usize = 9;
+
+/// The largest UTC offset hour [`parse_iso8601`] accepts (`time` takes up to 25).
+const MAX_OFFSET_HOUR: u8 = 23;
 
 /// Signed seconds since the Unix epoch of a `SystemTime`.
 pub fn system_time_to_unix(t: SystemTime) -> i64 {
@@ -91,145 +76,87 @@ pub fn unix_to_system_time(secs: i64) -> SystemTime {
     }
 }
 
-/// Breaks a `SystemTime` down into UTC civil time (times before 1970 are clamped to the epoch).
-pub fn to_civil(t: SystemTime) -> Civil {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = i64::try_from(d.as_secs()).unwrap_or(0);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    let rem = u32::try_from(rem).unwrap_or(0);
-    Civil {
-        year,
-        month,
-        day,
-        hour: rem / 3600,
-        minute: (rem % 3600) / 60,
-        second: rem % 60,
-        millis: d.subsec_millis(),
-    }
+/// A `SystemTime` in UTC, within what the formats can show (see the module documentation).
+fn utc(t: SystemTime) -> OffsetDateTime {
+    let since_epoch = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    time::Duration::try_from(since_epoch)
+        .ok()
+        .and_then(|d| OffsetDateTime::UNIX_EPOCH.checked_add(d))
+        .map_or(LATEST, |at| at.min(LATEST))
+}
+
+/// Writes `t` in a format. A description made of UTC date and time components cannot fail to
+/// format a UTC instant of a four-digit year, so the empty fallback is never used.
+fn format(t: SystemTime, description: &[BorrowedFormatItem<'_>]) -> String {
+    utc(t).format(description).unwrap_or_default()
 }
 
 /// `2015-08-30T12:36:00.123Z`
 pub fn format_rfc3339_millis(t: SystemTime) -> String {
-    let c = to_civil(t);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        c.year, c.month, c.day, c.hour, c.minute, c.second, c.millis
-    )
+    format(t, RFC3339_MILLIS)
 }
 
 /// `2015-08-30T12:36:00Z` (whole seconds, as AWS STS writes an `Expiration`).
 pub fn format_rfc3339_seconds(t: SystemTime) -> String {
-    let c = to_civil(t);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        c.year, c.month, c.day, c.hour, c.minute, c.second
-    )
+    format(t, RFC3339_SECONDS)
 }
 
 /// `20150830T123600Z`
 pub fn format_amz_date(t: SystemTime) -> String {
-    let c = to_civil(t);
-    format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-        c.year, c.month, c.day, c.hour, c.minute, c.second
-    )
+    format(t, AMZ_DATE)
 }
 
 /// `Sun, 30 Aug 2015 12:36:00 GMT` (RFC 9110 IMF-fixdate).
 pub fn format_http_date(t: SystemTime) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let c = to_civil(t);
-    let days = days_from_civil(c.year, c.month, c.day);
-    let weekday = usize::try_from(days.rem_euclid(7)).unwrap_or(0);
-    let wd = DAYS.get(weekday).copied().unwrap_or("Thu");
-    let mon = usize::try_from(c.month.saturating_sub(1))
-        .ok()
-        .and_then(|i| MONTHS.get(i))
-        .copied()
-        .unwrap_or("Jan");
-    format!(
-        "{wd}, {:02} {mon} {:04} {:02}:{:02}:{:02} GMT",
-        c.day, c.year, c.hour, c.minute, c.second
-    )
+    format(t, HTTP_DATE)
 }
 
-fn digits(s: &[u8]) -> Option<u32> {
-    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    s.iter().try_fold(0u32, |acc, b| {
-        acc.checked_mul(10)?.checked_add(u32::from(b - b'0'))
-    })
+/// `s` when it starts with a digit: `time` reads an optional sign before a year, these formats
+/// have none.
+fn unsigned(s: &str) -> Option<&str> {
+    s.starts_with(|c: char| c.is_ascii_digit()).then_some(s)
+}
+
+/// Unix seconds of a UTC date and time in a format without an offset.
+fn parse_utc_seconds(s: &str, description: &[BorrowedFormatItem<'_>]) -> Option<i64> {
+    let at = PrimitiveDateTime::parse(unsigned(s)?, description).ok()?;
+    Some(at.assume_utc().unix_timestamp())
 }
 
 /// Parses `YYYYMMDD` into (year, month, day), checking the calendar.
 pub fn parse_yyyymmdd(s: &str) -> Option<(i64, u32, u32)> {
-    let b = s.as_bytes();
-    if b.len() != 8 {
-        return None;
-    }
-    let year = i64::from(digits(b.get(0..4)?)?);
-    let month = digits(b.get(4..6)?)?;
-    let day = digits(b.get(6..8)?)?;
-    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
-        return None;
-    }
-    Some((year, month, day))
+    let date = Date::parse(unsigned(s)?, YYYYMMDD).ok()?;
+    Some((
+        i64::from(date.year()),
+        u32::from(u8::from(date.month())),
+        u32::from(date.day()),
+    ))
 }
 
 /// Parses the SigV4 `x-amz-date` format `YYYYMMDDTHHMMSSZ` strictly, returning Unix seconds.
 pub fn parse_amz_date(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() != 16 || b.get(8) != Some(&b'T') || b.get(15) != Some(&b'Z') {
-        return None;
-    }
-    let (year, month, day) = parse_yyyymmdd(s.get(0..8)?)?;
-    let hour = digits(b.get(9..11)?)?;
-    let minute = digits(b.get(11..13)?)?;
-    let second = digits(b.get(13..15)?)?;
-    if hour > 23 || minute > 59 || second > 59 {
-        return None;
-    }
-    Some(unix_seconds(&Civil {
-        year,
-        month,
-        day,
-        hour,
-        minute,
-        second,
-        millis: 0,
-    }))
+    parse_utc_seconds(s, AMZ_DATE)
 }
 
 /// Parses an RFC 3339 UTC timestamp of the form `YYYY-MM-DDTHH:MM:SSZ` (as used by the SigV4
 /// test suite's `context.json`), returning Unix seconds.
 pub fn parse_rfc3339_utc_seconds(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() != 20
-        || b.get(4) != Some(&b'-')
-        || b.get(7) != Some(&b'-')
-        || b.get(10) != Some(&b'T')
-        || b.get(13) != Some(&b':')
-        || b.get(16) != Some(&b':')
-        || b.get(19) != Some(&b'Z')
-    {
-        return None;
+    parse_utc_seconds(s, RFC3339_SECONDS)
+}
+
+/// `s` without the fractional-second digits beyond nanoseconds (`time` stops reading them after
+/// a few dozen).
+fn drop_excess_fraction_digits(s: &str) -> Cow<'_, str> {
+    let Some((whole, fraction)) = s.split_once('.') else {
+        return Cow::Borrowed(s);
+    };
+    let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+    match (fraction.get(..NANOSECOND_DIGITS), fraction.get(digits..)) {
+        (Some(kept), Some(rest)) if digits > NANOSECOND_DIGITS => {
+            Cow::Owned(format!("{whole}.{kept}{rest}"))
+        }
+        _ => Cow::Borrowed(s),
     }
-    let basic = format!(
-        "{}{}{}T{}{}{}Z",
-        s.get(0..4)?,
-        s.get(5..7)?,
-        s.get(8..10)?,
-        s.get(11..13)?,
-        s.get(14..16)?,
-        s.get(17..19)?
-    );
-    parse_amz_date(&basic)
 }
 
 /// Parses an extended ISO-8601 / RFC 3339 timestamp with a UTC offset, as STS writes a
@@ -237,72 +164,22 @@ pub fn parse_rfc3339_utc_seconds(s: &str) -> Option<i64> {
 /// digits; beyond nanoseconds they are ignored), then `Z`, `+HH:MM`, `-HH:MM`, `+HHMM` or
 /// `-HHMM`. `T`/`Z` may be lowercase.
 pub fn parse_iso8601(s: &str) -> Option<SystemTime> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b.get(4) != Some(&b'-')
-        || b.get(7) != Some(&b'-')
-        || !matches!(b.get(10), Some(b'T' | b't'))
-        || b.get(13) != Some(&b':')
-        || b.get(16) != Some(&b':')
-    {
+    let s = drop_excess_fraction_digits(unsigned(s)?);
+    let mut parsed = Parsed::new();
+    let rest = parsed.parse_items(s.as_bytes(), ISO8601_EXTENDED).ok()?;
+    if !rest.is_empty() {
         return None;
     }
-    let year = i64::from(digits(b.get(0..4)?)?);
-    let month = digits(b.get(5..7)?)?;
-    let day = digits(b.get(8..10)?)?;
-    let hour = digits(b.get(11..13)?)?;
-    let minute = digits(b.get(14..16)?)?;
-    let second = digits(b.get(17..19)?)?;
-    if !(1..=12).contains(&month)
-        || day == 0
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 59
-    {
-        return None;
+    match parsed.offset_hour() {
+        // `Z`: UTC.
+        None => parsed.set_offset_hour(0)?,
+        Some(hour) if hour.unsigned_abs() > MAX_OFFSET_HOUR => return None,
+        Some(_) => {}
     }
-    let mut rest = b.get(19..)?;
-    let mut nanos: u32 = 0;
-    if let Some((b'.', tail)) = rest.split_first() {
-        let count = tail.iter().take_while(|c| c.is_ascii_digit()).count();
-        if count == 0 {
-            return None;
-        }
-        let mut scale = 100_000_000u32;
-        for d in tail.get(..count)?.iter().take(9) {
-            nanos += u32::from(d - b'0') * scale;
-            scale /= 10;
-        }
-        rest = tail.get(count..)?;
-    }
-    let offset_seconds: i64 = match rest {
-        [b'Z' | b'z'] => 0,
-        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] | [sign @ (b'+' | b'-'), h1, h2, m1, m2] => {
-            let oh = digits(&[*h1, *h2])?;
-            let om = digits(&[*m1, *m2])?;
-            if oh > 23 || om > 59 {
-                return None;
-            }
-            let magnitude = i64::from(oh * 3600 + om * 60);
-            if *sign == b'-' {
-                -magnitude
-            } else {
-                magnitude
-            }
-        }
-        _ => return None,
-    };
-    let local = unix_seconds(&Civil {
-        year,
-        month,
-        day,
-        hour,
-        minute,
-        second,
-        millis: 0,
-    });
-    Some(unix_to_system_time(local - offset_seconds) + Duration::from_nanos(u64::from(nanos)))
+    let at = OffsetDateTime::try_from(parsed).ok()?;
+    Some(
+        unix_to_system_time(at.unix_timestamp()) + Duration::from_nanos(u64::from(at.nanosecond())),
+    )
 }
 
 #[cfg(test)]
@@ -311,15 +188,24 @@ mod tests {
 
     #[test]
     fn round_trips_days() {
-        for days in -800_000..800_000i64 {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+        // Days from 1970 to 9999 (every 53rd, so every day of the week and of the month, and
+        // every month, come up), at a time of day that moves through the day.
+        for day in (0..2_932_897i64).step_by(53) {
+            let secs = day * 86_400 + (day * 3_607) % 86_400;
+            let t = unix_to_system_time(secs);
+            assert_eq!(parse_amz_date(&format_amz_date(t)), Some(secs), "{secs}");
+            assert_eq!(
+                parse_rfc3339_utc_seconds(&format_rfc3339_seconds(t)),
+                Some(secs),
+                "{secs}"
+            );
+            assert_eq!(parse_iso8601(&format_rfc3339_millis(t)), Some(t), "{secs}");
         }
     }
 
     #[test]
     fn known_dates() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(parse_amz_date("19700101T000000Z"), Some(0));
         assert_eq!(parse_amz_date("20150830T123600Z"), Some(1_440_938_160));
         assert_eq!(
             parse_rfc3339_utc_seconds("2015-08-30T12:36:00Z"),
@@ -341,6 +227,67 @@ mod tests {
             "Sun, 06 Nov 1994 08:49:37 GMT"
         );
         assert_eq!(system_time_to_unix(unix_to_system_time(-5)), -5);
+    }
+
+    #[test]
+    fn formats_the_edges() {
+        // Milliseconds are truncated, not rounded.
+        let t = unix_to_system_time(1_440_938_160) + Duration::from_nanos(999_999_999);
+        assert_eq!(format_rfc3339_millis(t), "2015-08-30T12:36:00.999Z");
+        // Before the epoch: the epoch.
+        let before = unix_to_system_time(-86_400);
+        assert_eq!(format_rfc3339_millis(before), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_amz_date(before), "19700101T000000Z");
+        assert_eq!(
+            format_http_date(UNIX_EPOCH),
+            "Thu, 01 Jan 1970 00:00:00 GMT"
+        );
+        // Leap days, the turn of a year and the last four-digit year.
+        assert_eq!(
+            format_http_date(unix_to_system_time(951_825_600)),
+            "Tue, 29 Feb 2000 12:00:00 GMT"
+        );
+        assert_eq!(
+            format_rfc3339_seconds(unix_to_system_time(1_767_225_599)),
+            "2025-12-31T23:59:59Z"
+        );
+        let last = unix_to_system_time(253_402_300_799) + Duration::from_millis(999);
+        assert_eq!(format_rfc3339_millis(last), "9999-12-31T23:59:59.999Z");
+        assert_eq!(format_http_date(last), "Fri, 31 Dec 9999 23:59:59 GMT");
+        assert_eq!(
+            format_amz_date(last + Duration::from_secs(86_400)),
+            "99991231T235959Z"
+        );
+    }
+
+    #[test]
+    fn parses_scope_dates() {
+        assert_eq!(parse_yyyymmdd("20150830"), Some((2015, 8, 30)));
+        assert_eq!(parse_yyyymmdd("20000229"), Some((2000, 2, 29)));
+        assert_eq!(parse_yyyymmdd("00000101"), Some((0, 1, 1)));
+        for bad in [
+            "",
+            "2015083",
+            "201508300",
+            "20150230",
+            "19000229",
+            "20151301",
+            "20150800",
+            "+2015083",
+            "2015-830",
+            "2015O830",
+            "２０１５0830",
+        ] {
+            assert_eq!(parse_yyyymmdd(bad), None, "{bad}");
+        }
+        assert_eq!(parse_rfc3339_utc_seconds("2015-08-30T12:36:00z"), None);
+        assert_eq!(parse_rfc3339_utc_seconds("2015-08-30t12:36:00Z"), None);
+        assert_eq!(parse_rfc3339_utc_seconds("2015-08-30T12:36:60Z"), None);
+        assert_eq!(parse_rfc3339_utc_seconds("+015-08-30T12:36:00Z"), None);
+        assert_eq!(parse_amz_date("20150830T123660Z"), None);
+        assert_eq!(parse_amz_date("20150830T126000Z"), None);
+        assert_eq!(parse_amz_date("20150830T123600z"), None);
+        assert_eq!(parse_amz_date("20150830T123600Z "), None);
     }
 
     #[test]
@@ -378,6 +325,47 @@ mod tests {
             "2026-11-27T23:00:00+00",
             "2026-11-27T23:00:00ZZ",
             "20261127T230000Z",
+        ] {
+            assert_eq!(parse_iso8601(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn parses_sts_expiration_edges() {
+        let base = unix_to_system_time(1_795_820_400); // 2026-11-27T23:00:00Z
+        assert_eq!(parse_iso8601("2026-11-27T22:30:00-00:30"), Some(base));
+        assert_eq!(parse_iso8601("2026-11-28T22:59:00+23:59"), Some(base));
+        // Any number of fractional digits, beyond what `time` reads on its own.
+        let many = format!("2026-11-27T23:00:00.{}Z", "9".repeat(100));
+        assert_eq!(
+            parse_iso8601(&many),
+            Some(base + Duration::from_nanos(999_999_999))
+        );
+        // Before the epoch, and a year of zero.
+        assert_eq!(
+            parse_iso8601("1969-12-31T23:59:59.5Z"),
+            Some(unix_to_system_time(-1) + Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_iso8601("0000-01-01T00:00:00Z"),
+            Some(unix_to_system_time(-62_167_219_200))
+        );
+        for bad in [
+            "+2026-11-27T23:00:00Z",
+            "-2026-11-27T23:00:00Z",
+            "2026-11-27T23:00:60Z",
+            "2026-11-27T23:00:00+24:00",
+            "2026-11-27T23:00:00+01:60",
+            "2026-11-27T23:00:00+1:00",
+            "2026-11-27T23:00:00+01:0",
+            "2026-11-27T23:00:00+010",
+            "2026-11-27T23:00:00 +01:00",
+            "2026-11-27T23:00:00.5.5Z",
+            "2026-11-27T23:00:00,5Z",
+            "2026-11-27T23:00:00.5",
+            "2026-11-27X23:00:00Z",
+            "2026-13-27T23:00:00Z",
+            "2026-11-27T23:00Z",
         ] {
             assert_eq!(parse_iso8601(bad), None, "{bad}");
         }
