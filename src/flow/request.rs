@@ -228,11 +228,13 @@ impl Request {
         target: &Target,
     ) -> Option<Unsupported> {
         let t = target.resource_type.as_str();
-        let listed = worker
-            .discovery
-            .try_borrow()
-            .ok()
-            .and_then(|d| d.listed(target.op, t));
+        let listed = match worker.discovery.try_borrow_mut() {
+            Ok(mut d) => {
+                d.catch_up(host);
+                d.listed(target.op, t)
+            }
+            Err(_) => None,
+        };
         let ttl = worker.config.unsupported_type_ttl_seconds;
         unsupported_types::decide(worker.config.is_preset_unsupported(t), listed, || {
             shared_data::learned_unsupported_at(host, t, ttl)
@@ -272,11 +274,14 @@ impl Request {
     fn answer_capabilities(&mut self, host: &impl Host, worker: &Worker) -> Action {
         let now = shared_data::unix_now(host);
         let date = crate::calendar::rfc3339(now);
-        let (discovered, enabled) = match worker.discovery.try_borrow() {
-            Ok(d) => (
-                d.in_use().map(|s| (s.supported, s.fetched_at_ms)),
-                d.enabled(),
-            ),
+        let (discovered, enabled) = match worker.discovery.try_borrow_mut() {
+            Ok(mut d) => {
+                d.catch_up(host);
+                (
+                    d.in_use().map(|s| (s.supported, s.fetched_at_ms)),
+                    d.enabled(),
+                )
+            }
             Err(_) => (None, true),
         };
         let (support, types_from) = match discovered {
