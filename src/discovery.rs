@@ -631,6 +631,13 @@ mod tests {
             None,
             "b has not read it yet"
         );
+        // A request on another worker catches up at once, without waiting for its tick.
+        let mut c = Discovery::new(&config(INTERVAL_S));
+        c.catch_up(&host);
+        assert_eq!(c.allows(Operation::Put, "Basic"), Some(false));
+        let mut off = Discovery::new(&config(0));
+        off.catch_up(&host);
+        assert_eq!(off.allows(Operation::Put, "Basic"), None);
         host.advance(250);
         b.tick(&host, Some(&creds()));
         assert_eq!(b.allows(Operation::Put, "Basic"), Some(false));
