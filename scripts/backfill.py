@@ -269,7 +269,10 @@ EMU_LINE = re.compile(r"^healthlake-emulator: (PUT|DELETE|GET|POST|HEAD|PATCH) (
 
 def emulator_log_tally(path: Path) -> dict:
     """From the emulator's stderr (every lifetime, nothing lost in a restart): data-plane
-    requests, and rejections by reason code."""
+    requests, and rejections by reason code. The only complete source of these counts: the
+    request log (/_emulator/requests) goes with each emulator process, and the first lifetime's
+    requests answered after the last read of it (just before the stop) and until it exits
+    (503 while it saves its state) are nowhere else."""
     total = 0
     rejected = Counter()
     statuses = Counter()
@@ -427,6 +430,33 @@ class Check:
     name: str
     ok: bool
     detail: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a run left for `evaluate` to check, gathered once the stand-in has finished."""
+
+    # The stand-in: its summary (--summary-json), its exit status, what Smile CDR holds at the
+    # end (--truth: each resource's bytes, None if deleted) and how each delivery ended
+    # (--outcomes, plan order).
+    summary: dict
+    standin_rc: int
+    truth: dict[str, bytes | None]
+    outcomes: list[dict]
+    # The emulator: its listing (/_emulator/resources), each stored resource's exact bytes,
+    # the data-plane requests of both lifetimes (/_emulator/requests, the first read just before
+    # the restart) and the tally of its stderr (emulator_log_tally: every lifetime, complete).
+    listing: list[dict]
+    stored: dict[str, bytes]
+    records: list[dict]
+    emu_log: dict
+    # The relays: every access-log line (the front's too), and each relay Envoy's
+    # (name, stats, its own lines) for the lifetime alive at the end.
+    access: list[dict]
+    lifetimes: list[tuple[str, dict, list[dict]]]
+    # The run: the access key ids expired on purpose, and the plan's statistics.
+    expired_keys: set[str]
+    plan_stats: dict
 
 
 def run(args) -> int:
@@ -636,8 +666,10 @@ def run(args) -> int:
         emu_log = emulator_log_tally(emu_dir / "emulator.log")
         outcomes = [json.loads(line) for line in outcomes_path.read_text().splitlines()] if outcomes_path.exists() else []
 
-        checks = evaluate(summary, standin_rc, truth, listing, stored, records, emu_log, access, lifetimes, outcomes,
-                          expired_keys, events, plan_stats, report)
+        observed = Observed(summary=summary, standin_rc=standin_rc, truth=truth, outcomes=outcomes,
+                            listing=listing, stored=stored, records=records, emu_log=emu_log,
+                            access=access, lifetimes=lifetimes, expired_keys=expired_keys, plan_stats=plan_stats)
+        checks = evaluate(observed, report)
         calls = sts_calls_first + sts_second["calls"]
         assume = [c for c in calls if c["action"] == "AssumeRole"]
         report["credentials"] = {
@@ -705,8 +737,12 @@ def run(args) -> int:
     return 0
 
 
-def evaluate(summary, standin_rc, truth, listing, stored, records, emu_log, access, lifetimes, outcomes,
-             expired_keys, events, plan_stats, report) -> list[Check]:
+def evaluate(observed: Observed, report: dict) -> list[Check]:
+    """The checks every run makes, from what it observed; fills `report` in on the way."""
+    summary, standin_rc, truth, outcomes = observed.summary, observed.standin_rc, observed.truth, observed.outcomes
+    listing, stored, records, emu_log = observed.listing, observed.stored, observed.records, observed.emu_log
+    access, lifetimes, expired_keys = observed.access, observed.lifetimes, observed.expired_keys
+    plan_stats = observed.plan_stats
     checks: list[Check] = []
     unsupported = set(UNSUPPORTED)
 

@@ -129,7 +129,9 @@ fn parse_date(s: &str) -> Result<i64, String> {
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return Err(bad());
     }
-    Ok(days_from_civil(y, m, d) * 86_400_000)
+    let days = days_from_civil(y, m, d)
+        .ok_or_else(|| format!("--start: {s:?} is not in the years 0 to 9999"))?;
+    Ok(days * 86_400_000)
 }
 
 fn run_plan(args: PlanArgs) -> Result<(), String> {

@@ -412,7 +412,8 @@ pub fn generate(options: &Options, out: &Path) -> Result<Stats, String> {
                     last_event + i64::try_from(rng.range(1_000, 3_600_000)).unwrap_or(1_000)
                 };
                 last_event = at;
-                let last_updated = fhirtime::instant_from_unix_millis(when);
+                let last_updated = fhirtime::instant_from_unix_millis(when)
+                    .map_err(|e| format!("meta.lastUpdated of {name} (--start too late?): {e}"))?;
                 let line = match method {
                     Method::Put => {
                         let body = stamp(&t.raw, &id, version, &last_updated)?;
