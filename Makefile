@@ -14,7 +14,7 @@ FHIR_VER    := 4.0.1
 FHIR_DIR    := build/fhir
 FHIR_READY  := $(FHIR_DIR)/package/.complete
 
-.PHONY: help run test deps build test-wasm lint unit integration fixtures clean bench bench-soak bench-instructions bench-deps fuzz fuzz-envoy mutants image oci-deps deploy
+.PHONY: help run test deps build config-check test-wasm lint unit integration fixtures clean bench bench-soak bench-instructions bench-deps fuzz fuzz-envoy mutants image oci-deps deploy
 
 help:
 	@echo "make run          start the relay (Envoy + filter) on the local HealthLake emulator"
@@ -44,8 +44,7 @@ build: deps
 	# the relay's filter.
 	cargo build --release --locked --target wasm32-wasip1 $(FLOOR_CARGO)
 	cargo build --release --locked -p healthlake-emulator -p smile-standin
-	# The plugin configuration's checker, which scripts/relayctl.py calls (the filter's own code).
-	cargo build --release --locked -p healthlake-relay --features cli --bin healthlake-relay-config
+	$(MAKE) config-check
 	@ls -l $(WASM) | awk '{print "relay wasm: " $$5 " bytes"}'
 
 # The tests' build that traps on purpose (x-relay-test-trap), to prove Envoy's failure_policy:
@@ -103,7 +102,12 @@ image: build
 # Without DEPLOY_OUT: the shipped example in deploy/, from the fleet's defaults. With it (a new
 # directory): a complete copy of deploy/ for your settings, the variables of make run
 # (e.g. make deploy DEPLOY_OUT=../my-relay AWS_REGION=eu-west-1 HEALTHLAKE_DATASTORE_ID=...).
-deploy: deps
+# The plugin configuration's checker, which scripts/relayctl.py calls (the filter's own code):
+# every path that renders a configuration (run, render, deploy, the tests) needs it.
+config-check: deps
+	cargo build --release --locked -p healthlake-relay --features cli --bin healthlake-relay-config
+
+deploy: config-check
 	$(PY) scripts/deploy.py $(if $(DEPLOY_OUT),--out $(DEPLOY_OUT))
 
 # skopeo, umoci and a registry (Debian's docker-registry, binary /usr/bin/docker-registry) for the

@@ -523,19 +523,37 @@ def test_the_sdk_order_and_the_ecs_relative_uri(tmp_path):
     ({"AWS_ACCESS_KEY_ID": "AKIDX"}, "AWS_SECRET_ACCESS_KEY is not set"),
     ({"RELAY_CREDENTIALS_SOURCE": "sso"}, "RELAY_CREDENTIALS_SOURCE must be"),
     ({"RELAY_ASSUME_ROLE_ARN": ROLE, "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/other"}, "name different roles"),
-    ({"RELAY_ASSUME_ROLE_ARN": ROLE, "AWS_ROLE_DURATION_SECONDS": "7200"}, "at most 3600 with a role assumed on top"),
-    ({"AWS_ROLE_ARN": "arn:aws:iam::1:role/r", "AWS_ACCESS_KEY_ID": "A", "AWS_SECRET_ACCESS_KEY": "s"}, "IAM role ARN"),
+    # The plugin's own rules (its Config::from_json), in its words after the variable's name.
+    ({"RELAY_ASSUME_ROLE_ARN": ROLE, "AWS_ROLE_DURATION_SECONDS": "7200"},
+     'AWS_ROLE_DURATION_SECONDS: invalid plugin configuration: field "assume_role.duration_seconds": expected at '
+     'most 3600 seconds: the role is assumed with temporary credentials of another role (imds), and STS limits '
+     'such chained sessions to one hour'),
+    ({"AWS_ROLE_ARN": "arn:aws:iam::1:role/r", "AWS_ACCESS_KEY_ID": "A", "AWS_SECRET_ACCESS_KEY": "s"},
+     'AWS_ROLE_ARN: invalid plugin configuration: field "assume_role.role_arn": expected an IAM role ARN such as '
+     'arn:aws:iam::123456789012:role/name, got "arn:aws:iam::1:role/r"'),
     ({"RELAY_ASSUME_ROLE_ARN": "arn:aws:iam::\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669\u0660\u0661\u0662:role/r"},
-     "IAM role ARN"),
+     'RELAY_ASSUME_ROLE_ARN: invalid plugin configuration: field "assume_role.role_arn": expected an IAM role ARN'),
+    ({"AWS_WEB_IDENTITY_TOKEN_FILE": str(Path(__file__).resolve()),
+      "AWS_ROLE_ARN": "arn:aws:iam::123456789012:user/u"},
+     'AWS_ROLE_ARN: invalid plugin configuration: field "credentials.web_identity.role_arn": expected an IAM role ARN'),
     ({"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:99999/v1"}, "must be a URL"),
     ({"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:9/v1 credentials"}, "must be a URL"),
     ({"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:99999"}, "AWS_EC2_METADATA_SERVICE_ENDPOINT must be"),
     ({"AWS_ENDPOINT_URL_STS": "http://127.0.0.1:99999"}, "AWS_ENDPOINT_URL_STS must be"),
-    ({"RELAY_ASSUME_ROLE_ARN": ROLE, "AWS_ROLE_EXTERNAL_ID": "a b"}, "AWS_ROLE_EXTERNAL_ID must be"),
+    ({"RELAY_ASSUME_ROLE_ARN": ROLE, "AWS_ROLE_EXTERNAL_ID": "a b"},
+     'AWS_ROLE_EXTERNAL_ID: invalid plugin configuration: field "assume_role.external_id": expected 2 to 1224 '
+     'characters from letters, digits and +=,.@:/_-'),
+    ({"RELAY_ASSUME_ROLE_ARN": ROLE, "AWS_ROLE_SESSION_NAME": "a b"},
+     'AWS_ROLE_SESSION_NAME: invalid plugin configuration: field "assume_role.session_name": expected 2 to 64 '
+     'characters from letters, digits and +=,.@_-'),
+    ({"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/x", "RELAY_CREDENTIALS_WAIT_MS": "5s"},
+     'RELAY_CREDENTIALS_WAIT_MS: invalid plugin configuration: field "configuration": is not valid: invalid type: '
+     'string "5s", expected u64'),
 ])
 def test_bad_platform_variables_are_named(variables, message):
-    with pytest.raises(relayctl.SettingsError, match=message):
+    with pytest.raises(relayctl.SettingsError) as refused:
         settings(**variables)
+    assert message in str(refused.value)
 
 
 def test_a_valid_duration_never_conflicts_with_the_default_margin():
@@ -544,6 +562,10 @@ def test_a_valid_duration_never_conflicts_with_the_default_margin():
     s = settings(AWS_ACCESS_KEY_ID="AKIDX", AWS_SECRET_ACCESS_KEY="s", AWS_ROLE_ARN=ROLE, AWS_ROLE_DURATION_SECONDS="900")
     assert "refresh_margin_seconds" not in s.plugin_config()["credentials"]
     assert s.plugin_config()["assume_role"]["duration_seconds"] == 900
-    with pytest.raises(relayctl.SettingsError, match="less than AWS_ROLE_DURATION_SECONDS"):
+    with pytest.raises(relayctl.SettingsError) as refused:
         settings(AWS_ACCESS_KEY_ID="AKIDX", AWS_SECRET_ACCESS_KEY="s", AWS_ROLE_ARN=ROLE,
                  AWS_ROLE_DURATION_SECONDS="900", RELAY_CREDENTIALS_REFRESH_MARGIN_SECONDS="900")
+    assert str(refused.value) == (
+        'RELAY_CREDENTIALS_REFRESH_MARGIN_SECONDS: invalid plugin configuration: field '
+        '"credentials.refresh_margin_seconds": expected less than the duration_seconds of the roles assumed (900), '
+        'got 900')

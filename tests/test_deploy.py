@@ -127,10 +127,17 @@ def test_a_deployment_for_your_values_is_written_elsewhere_complete(tmp_path):
     shipped = {p.relative_to(ROOT / "deploy") for p in (ROOT / "deploy").rglob("*") if p.is_file()}
     written = {p.relative_to(out) for p in out.rglob("*") if p.is_file()}
     assert shipped <= written
-    # A bad value is named, as make run names it.
-    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "deploy.py"), "--out", str(tmp_path / "bad")],
-                         capture_output=True, text=True, env=relay_env(AWS_REGION="eu west"))
-    assert bad.returncode == 2 and "AWS_REGION" in bad.stderr
+    # A bad value is named, as make run names it, in the plugin's own words (its Config::from_json).
+    for variable, value, refusal in [
+        ("AWS_REGION", "eu west",
+         'field "region": expected an AWS region name such as us-east-1, got "eu west"'),
+        ("RELAY_UNSUPPORTED_TYPE_TTL_SECONDS", "0",
+         'field "unsupported_type_ttl_seconds": expected a number of seconds from 1 to 604800 (7 days)'),
+    ]:
+        bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "deploy.py"), "--out", str(tmp_path / "bad")],
+                             capture_output=True, text=True, env=relay_env(**{variable: value}))
+        assert (bad.returncode, bad.stderr) == (2, f"deploy: {variable}: invalid plugin configuration: {refusal}\n")
+        assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("recipe", ["istio/healthlake-relay.yaml", "envoy-gateway/healthlake-relay.yaml"])

@@ -203,10 +203,69 @@ def test_tokens_file_with_a_short_token_is_refused_without_echoing_it(tmp_path):
 
 def test_the_default_role_session_name_is_the_plugins(emulator):
     """make run and a configuration of one's own name the role session alike: relayctl leaves the
-    plugin's default (src/config.rs pins it) when AWS_ROLE_SESSION_NAME is not set."""
+    field out, so that the plugin's default applies (src/config/credentials.rs pins it), when
+    AWS_ROLE_SESSION_NAME is not set; the same for each plugin setting left unset."""
     settings = relayctl.Settings.from_env({"AWS_ENDPOINT_URL_HEALTHLAKE": emulator.url,
                                            "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/r"})
-    assert settings.plugin_config()["assume_role"]["session_name"] == "healthlake-relay"
+    config = settings.plugin_config()
+    assert "session_name" not in config["assume_role"] and "duration_seconds" not in config["assume_role"]
+    # Envoy's buffer limits are derived from max_body_bytes: the one default the renderer writes.
+    assert set(config) == {"inbound_auth", "region", "datastore_id", "healthlake_host", "max_body_bytes",
+                           "credentials", "assume_role"}
+    assert config["credentials"] == {"source": "imds", "imds": {"cluster": "imds", "host": "169.254.169.254"}}
+    named = relayctl.Settings.from_env({"AWS_ENDPOINT_URL_HEALTHLAKE": emulator.url,
+                                        "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/r",
+                                        "AWS_ROLE_SESSION_NAME": "relay-pod-0"})
+    assert named.plugin_config()["assume_role"]["session_name"] == "relay-pod-0"
+
+
+# --- a bad plugin setting: the plugin's own words, from make run, render and Envoy alike ---------
+
+def checker_line(config: dict) -> str:
+    """What the plugin's own check (healthlake-relay-config) prints for a configuration."""
+    done = subprocess.run([str(relayctl.CONFIG_CHECKER)], input=relayctl.plugin_json(config), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    return done.stderr.strip()
+
+
+@pytest.mark.parametrize("variable,field,value,json_value", [
+    ("RELAY_UNSUPPORTED_TYPE_TTL_SECONDS", "unsupported_type_ttl_seconds", "0", 0),
+    # Not a number: passed as the string it is, refused by the plugin's JSON reader.
+    ("RELAY_CAPABILITIES_REFRESH_SECONDS", "capabilities_refresh_seconds", "1h", "1h"),
+])
+def test_a_bad_plugin_setting_is_refused_in_the_plugins_words_everywhere(emulator, tmp_path, variable, field, value,
+                                                                         json_value):
+    """relayctl converts the variable and lets the plugin's own code judge it: the line Envoy logs
+    when it starts the plugin with that configuration is the line make run, relayctl.py render
+    and Settings give, after the variable's name."""
+    env = {"AWS_ENDPOINT_URL_HEALTHLAKE": emulator.url, "HEALTHLAKE_DATASTORE_ID": DATASTORE,
+           "AWS_ACCESS_KEY_ID": relayctl.DEMO_ACCESS_KEY_ID, "AWS_SECRET_ACCESS_KEY": relayctl.DEMO_SECRET_ACCESS_KEY}
+    good = relayctl.Settings.from_env(env)
+    bad_config = dict(good.plugin_config(), **{field: json_value})
+    line = checker_line(bad_config)
+    assert line.startswith("invalid plugin configuration: field ")
+    expected = f"{variable}: {line}"
+    # Settings (what start_relay, deploy.py and the scripts build).
+    with pytest.raises(relayctl.SettingsError) as refused:
+        relayctl.Settings.from_env({**env, variable: value})
+    assert str(refused.value) == expected
+    # make run and relayctl.py render, as a user runs them.
+    user_env = relay_env(RELAY_RUN_DIR=str(tmp_path / "run"), **env, **{variable: value})
+    for command in ("run", "render"):
+        done = subprocess.run([sys.executable, str(ROOT / "scripts" / "relayctl.py"), command], cwd=ROOT,
+                              env=user_env, capture_output=True, text=True, timeout=60)
+        assert (done.returncode, done.stdout, done.stderr) == (2, "", f"relay: {expected}\n"), command
+    # Envoy, starting the plugin with the same configuration (rendered as make run renders it).
+    path = relayctl.write_config(relayctl.render(good, bad_config), tmp_path / "envoy")
+    envoy = relayctl.start_envoy(path, tmp_path / "envoy", relay_env(**env), wait=False)
+    try:
+        relayctl.wait_until(lambda: not envoy.alive(), 60, "envoy to refuse the configuration")
+    finally:
+        envoy.stop()
+    logged = [entry for entry in (tmp_path / "envoy" / "envoy.log").read_text().splitlines()
+              if "invalid plugin configuration" in entry]
+    assert logged and all(entry.endswith(f": {line}") for entry in logged), logged
 
 
 # --- make run, as a user starts it: RELAY_CONCURRENCY, the printed curl, Ctrl-C ------------------
@@ -296,3 +355,24 @@ def test_make_run_with_replicas_puts_a_front_before_them_and_follows_every_log(t
         assert entry["replica"] in ("relay-1", "relay-2", "relay-3")
     finally:
         assert stop_make_run(proc) == 0
+
+
+def test_make_run_shows_the_last_write_before_ctrl_c(tmp_path):
+    """Envoy writes its access log every 200 ms, and what it still holds as it exits: make run
+    prints those last lines too, after Envoy stopped, before it returns."""
+    proc, port, _ = start_make_run(tmp_path)
+    try:
+        r = send(f"http://127.0.0.1:{port}", "PUT", "/Patient/last-before-ctrl-c", body("last-before-ctrl-c"), FHIR)
+        assert (r.status, r.header("x-healthlake-outcome")) == (201, "delivered"), r.body
+    finally:
+        assert stop_make_run(proc) == 0  # at once: the line is still in Envoy's buffer
+    lines = [json.loads(line) for line in (tmp_path / "run.stdout").read_text().splitlines() if line.startswith("{")]
+    assert [(e["path"], e["outcome"]) for e in lines] == [("/Patient/last-before-ctrl-c", "delivered")]
+
+
+def test_without_the_plugins_check_settings_say_to_run_make_build(monkeypatch, tmp_path):
+    import relay_settings
+
+    monkeypatch.setattr(relay_settings, "CONFIG_CHECKER", tmp_path / "healthlake-relay-config")
+    with pytest.raises(relayctl.SettingsError, match=r"healthlake-relay-config is missing: run make build"):
+        relayctl.Settings.from_env({"AWS_ENDPOINT_URL_HEALTHLAKE": "http://127.0.0.1:8080"})
