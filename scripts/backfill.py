@@ -605,7 +605,10 @@ def run(args) -> int:
                     f"its version guard empty")
                 killed = True
             if not restarted and n >= restart_at:
-                # What the first lifetime recorded, just before it goes (the request log is not kept).
+                # What the first lifetime recorded, just before it goes (the request log is not
+                # kept). Frozen first, as its shutdown would: writes from now on get 503 and come
+                # back after the restart, so the log read holds every write it stored.
+                emu.post("/_emulator/freeze")
                 sts_calls_first = emu.get_json("/_emulator/sts")["calls"]
                 requests_first = emu.requests()
                 t0 = time.monotonic()

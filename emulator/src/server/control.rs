@@ -57,6 +57,7 @@ impl App {
             | ["_emulator", "sts"]
             | ["_emulator", "credentials"] => vec![Method::GET],
             ["_emulator", "reset"]
+            | ["_emulator", "freeze"]
             | ["_emulator", "sts", "expire"]
             | ["_emulator", "credentials", "expire"] => vec![Method::POST],
             ["_emulator", "credentials", "settings"] => vec![Method::GET, Method::PUT],
@@ -99,6 +100,13 @@ impl App {
                     capabilities::Listing::Full,
                 );
                 json_response(StatusCode::OK, &statement)
+            }
+            (["_emulator", "freeze"], _) => {
+                // As at shutdown, before the state is saved: from now on writes are answered
+                // 503 (and retried by their sender), so that the request log read next holds
+                // every write this process stored.
+                self.lock().frozen = true;
+                text(StatusCode::OK, "ok")
             }
             (["_emulator", "reset"], _) => {
                 // The STS ledger is kept: issued credentials stay valid until they expire, as
