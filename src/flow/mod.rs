@@ -17,13 +17,15 @@ pub mod waiters;
 use crate::body_budget::Body;
 use crate::host::{Clock, SharedData};
 use crate::host_encoding::HeaderPairs;
+use crate::operation_outcome::FHIR_JSON;
 use crate::outcome::{Outcome, Verdict};
-use crate::plan::Target;
+use crate::plan::{Operation, Target};
 use crate::resource::Version;
 use crate::shared_data::ShardRead;
-use crate::signing::{PayloadHasher, Signed};
+use crate::signing::{PayloadHasher, Signed, SigningInput, HEALTHLAKE_SERVICE};
 use crate::worker::Worker;
 use std::rc::Rc;
+use std::time::SystemTime;
 
 /// What a request needs from its host, besides what the credentials provider needs (a write
 /// that finds expired credentials forces their refresh).
@@ -210,6 +212,34 @@ impl Request {
     /// Counts the outcome of this request in the stats.
     fn count(&self, host: &impl Host, outcome: Outcome) {
         host.count(outcome, self.resource_type.as_deref());
+    }
+}
+
+/// The `content-type` sent (and signed) with `op`: FHIR JSON with a body, none without.
+pub(crate) fn signed_content_type(op: Operation) -> Option<&'static str> {
+    match op {
+        Operation::Put => Some(FHIR_JSON),
+        Operation::Delete => None,
+    }
+}
+
+/// What is signed for `target` (the request side signs it; the response side rebuilds it for the
+/// troubleshooting log of an `auth-failed`).
+pub fn signing_input<'a>(
+    worker: &'a Worker,
+    target: &'a Target,
+    payload_sha256: &'a str,
+    time: SystemTime,
+) -> SigningInput<'a> {
+    SigningInput {
+        method: target.op.method(),
+        host: &worker.config.healthlake_host,
+        path: &target.upstream_path,
+        content_type: signed_content_type(target.op),
+        payload_sha256,
+        region: &worker.config.region,
+        service: HEALTHLAKE_SERVICE,
+        time,
     }
 }
 

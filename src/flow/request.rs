@@ -2,8 +2,8 @@
 //! end (or hold it for credentials); or answer the request locally.
 
 use super::{
-    state_key, Action, AsSigned, Forwarded, Host, Pending, Phase, Request, SignJob, Waiter,
-    OUTCOME_HEADER,
+    signed_content_type, signing_input, state_key, Action, AsSigned, Forwarded, Host, Pending,
+    Phase, Request, SignJob, Waiter, OUTCOME_HEADER,
 };
 use crate::body_budget::{Body, Refused};
 use crate::credentials::provider::ForSigning;
@@ -17,9 +17,7 @@ use crate::plan::{
 use crate::request_head::{logged_path, removed_before_signing, RequestHead};
 use crate::resource::{self, Version};
 use crate::shared_data::{self, ShardRead};
-use crate::signing::{
-    sign_request_cached, PayloadHasher, Signed, SigningInput, EMPTY_SHA256, HEALTHLAKE_SERVICE,
-};
+use crate::signing::{sign_request_cached, PayloadHasher, Signed, EMPTY_SHA256};
 use crate::unsupported_types::{self, Listed, Unsupported, TYPE_SUPPORT_HEADER};
 use crate::versions::Decision;
 use crate::worker::{Inbound, Worker};
@@ -662,34 +660,7 @@ fn untrusted_last_updated(host: &impl Host, worker: &Worker, target: &Target) {
     );
 }
 
-/// The `content-type` sent (and signed) with `op`: FHIR JSON with a body, none without.
-fn signed_content_type(op: Operation) -> Option<&'static str> {
-    match op {
-        Operation::Put => Some(FHIR_JSON),
-        Operation::Delete => None,
-    }
-}
-
-/// What is signed for `target`; rebuilt on the response side for the troubleshooting log.
-pub fn signing_input<'a>(
-    worker: &'a Worker,
-    target: &'a Target,
-    payload_sha256: &'a str,
-    time: SystemTime,
-) -> SigningInput<'a> {
-    SigningInput {
-        method: target.op.method(),
-        host: &worker.config.healthlake_host,
-        path: &target.upstream_path,
-        content_type: signed_content_type(target.op),
-        payload_sha256,
-        region: &worker.config.region,
-        service: HEALTHLAKE_SERVICE,
-        time,
-    }
-}
-
-/// Envoy's request and response callbacks.
+/// Envoy's request callbacks.
 impl Request {
     pub fn on_request_headers(&mut self, host: &impl Host, end_of_stream: bool) -> Action {
         let Some(worker) = self.worker.clone() else {
@@ -811,18 +782,5 @@ impl Request {
     pub fn on_request_trailers(&mut self, host: &impl Host) -> Action {
         // With trailers, the end of the body is signalled here instead of in the body callback.
         self.end_of_body(host)
-    }
-
-    pub fn on_response_headers(&mut self, host: &impl Host, end_of_stream: bool) -> Action {
-        self.response_headers(host, end_of_stream)
-    }
-
-    pub fn on_response_body(
-        &mut self,
-        host: &impl Host,
-        body_size: usize,
-        end_of_stream: bool,
-    ) -> Action {
-        self.response_body(host, body_size, end_of_stream)
     }
 }

@@ -1,8 +1,7 @@
 //! The response side: classify HealthLake's answer, rewrite it for Smile CDR when the verdict
 //! calls for it, and make the verdict visible (header, access log, stats, troubleshooting log).
 
-use super::request::signing_input;
-use super::{state_key, Action, Forwarded, Host, Phase, Request, OUTCOME_HEADER};
+use super::{signing_input, state_key, Action, Forwarded, Host, Phase, Request, OUTCOME_HEADER};
 use crate::operation_outcome::FHIR_JSON;
 use crate::outcome::{
     classify_body, classify_headers, AtHeaders, Outcome, Reply, Verdict, MAX_ERROR_BODY_BYTES,
@@ -14,7 +13,7 @@ use crate::unsupported_types::{Unsupported, TYPE_SUPPORT_HEADER};
 use std::time::SystemTime;
 
 impl Request {
-    pub(super) fn response_headers(&mut self, host: &impl Host, end_of_stream: bool) -> Action {
+    pub fn on_response_headers(&mut self, host: &impl Host, end_of_stream: bool) -> Action {
         let mut forwarded = match std::mem::replace(&mut self.phase, Phase::Done) {
             Phase::Forwarded(f) => f,
             Phase::AwaitingCredentials => {
@@ -69,7 +68,7 @@ impl Request {
         }
     }
 
-    pub(super) fn response_body(
+    pub fn on_response_body(
         &mut self,
         host: &impl Host,
         body_size: usize,
