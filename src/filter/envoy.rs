@@ -19,6 +19,12 @@ pub struct WasmHost<'a> {
     pub metrics: &'a Metrics,
 }
 
+impl WasmHost<'_> {
+    pub fn new(metrics: &Metrics) -> WasmHost<'_> {
+        WasmHost { metrics }
+    }
+}
+
 impl Clock for WasmHost<'_> {
     fn now(&self) -> Option<SystemTime> {
         host::now()

@@ -44,9 +44,7 @@ impl HttpContext for RelayHttp {
     ) -> proxy_wasm::types::Action {
         #[cfg(feature = "trap-for-tests")]
         trap_for_tests();
-        let host = WasmHost {
-            metrics: &self.metrics,
-        };
+        let host = WasmHost::new(&self.metrics);
         action(self.request.on_request_headers(&host, end_of_stream))
     }
 
@@ -55,9 +53,7 @@ impl HttpContext for RelayHttp {
         body_size: usize,
         end_of_stream: bool,
     ) -> proxy_wasm::types::Action {
-        let host = WasmHost {
-            metrics: &self.metrics,
-        };
+        let host = WasmHost::new(&self.metrics);
         action(
             self.request
                 .on_request_body(&host, body_size, end_of_stream),
@@ -65,9 +61,7 @@ impl HttpContext for RelayHttp {
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> proxy_wasm::types::Action {
-        let host = WasmHost {
-            metrics: &self.metrics,
-        };
+        let host = WasmHost::new(&self.metrics);
         action(self.request.on_request_trailers(&host))
     }
 
@@ -76,9 +70,7 @@ impl HttpContext for RelayHttp {
         _num_headers: usize,
         end_of_stream: bool,
     ) -> proxy_wasm::types::Action {
-        let host = WasmHost {
-            metrics: &self.metrics,
-        };
+        let host = WasmHost::new(&self.metrics);
         action(self.request.on_response_headers(&host, end_of_stream))
     }
 
@@ -87,9 +79,7 @@ impl HttpContext for RelayHttp {
         body_size: usize,
         end_of_stream: bool,
     ) -> proxy_wasm::types::Action {
-        let host = WasmHost {
-            metrics: &self.metrics,
-        };
+        let host = WasmHost::new(&self.metrics);
         action(
             self.request
                 .on_response_body(&host, body_size, end_of_stream),
