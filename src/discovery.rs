@@ -108,6 +108,8 @@ pub struct Discovery {
     in_use: Option<InUse>,
     /// The CAS token of the published record last read: unchanged, it is not decoded again.
     seen: Option<u32>,
+    /// A request caught up since the last tick (see [`Discovery::catch_up`]).
+    caught_up: bool,
     /// The call this worker has in flight, and when it was sent (Unix ms).
     call: Option<(u32, u64)>,
 }
@@ -122,6 +124,7 @@ impl Discovery {
             interval_ms: config.capabilities_refresh_seconds.saturating_mul(1000),
             in_use: None,
             seen: None,
+            caught_up: false,
             call: None,
         }
     }
@@ -164,9 +167,11 @@ impl Discovery {
 
     /// For a request, when this worker uses no set yet: reads the one published since its last
     /// tick, so that every worker uses a set as soon as one worker has read it (between ticks
-    /// otherwise, for up to 250 ms). One shared-data read per request while there is none.
+    /// otherwise, for up to 250 ms). At most once between two ticks: while HealthLake's
+    /// statement cannot be read, requests do not pay for a shared-data read each.
     pub fn catch_up(&mut self, host: &(impl Clock + SharedData)) {
-        if self.enabled() && self.in_use.is_none() {
+        if self.enabled() && self.in_use.is_none() && !self.caught_up {
+            self.caught_up = true;
             if let Some(now) = host.now() {
                 self.sync(host, unix_ms(now));
             }
@@ -205,6 +210,7 @@ impl Discovery {
         if !self.enabled() {
             return;
         }
+        self.caught_up = false;
         let Some(now) = host.now() else { return };
         let now_ms = unix_ms(now);
         let (raw_state, cas) = host.shared_data(STATE_KEY);
@@ -631,10 +637,21 @@ mod tests {
             None,
             "b has not read it yet"
         );
-        // A request on another worker catches up at once, without waiting for its tick.
+        // A request on another worker catches up at once, without waiting for its tick; once
+        // between two ticks.
         let mut c = Discovery::new(&config(INTERVAL_S));
         c.catch_up(&host);
         assert_eq!(c.allows(Operation::Put, "Basic"), Some(false));
+        let mut late = Discovery::new(&config(INTERVAL_S));
+        late.caught_up = true;
+        late.catch_up(&host);
+        assert_eq!(
+            late.allows(Operation::Put, "Basic"),
+            None,
+            "already caught up"
+        );
+        late.tick(&host, None);
+        assert_eq!(late.allows(Operation::Put, "Basic"), Some(false));
         let mut off = Discovery::new(&config(0));
         off.catch_up(&host);
         assert_eq!(off.allows(Operation::Put, "Basic"), None);
