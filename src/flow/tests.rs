@@ -1,7 +1,8 @@
 //! The request flow driven without Envoy: a fake host holds one request's headers and bodies, the
 //! response, the local answer, filter state, stats and shared data, so that every outcome, a
 //! credential wait that times out, compare-and-swap conflicts, a local answer that fails and the
-//! rewriting of HealthLake's answers are each proven here.
+//! rewriting of HealthLake's answers are each proven here. Compiled for tests only
+//! (`#[cfg(test)] mod tests;` in `flow/mod.rs`).
 
 use super::*;
 use crate::credentials::call::Call;
