@@ -4,6 +4,7 @@
     scripts/instructions.py                          (a) plain, (b) native, (c) the relay as built, (d) floor
     scripts/instructions.py --revs 6c29ba3,c333b8e   and the relay built from those git revisions
     scripts/instructions.py --setups relay --requests 1000
+    scripts/instructions.py --probes                 and the cost of one host call, kind by kind
 
 Instruction counts do not depend on what else the machine runs, unlike timings: they compare builds
 of the relay on a busy machine. The set-ups are those of scripts/bench.py (the same rendered
@@ -23,6 +24,12 @@ keep-alive connection, each answered 2xx, then `callgrind_control --dump`: the d
 (instructions executed by every thread of that Envoy, its main thread's timers included) divided by
 the measured requests is the figure. The stub upstream (a second Envoy) runs natively and is not
 counted. Only loopback is used; Envoy gets AWS_EC2_METADATA_DISABLED=true and the demo credentials.
+
+--probes adds rows of the floor with one kind of host call made --probe-repeat (10) more times at
+each request's headers (bench/floor's `probe` setting): (row - floor) / repeat is what one such call
+costs, Envoy's side and the VM's together. Every row's instructions are also split by where they
+ran: Envoy's binary (V8's runtime included), code without a file (what V8 compiled: the .wasm and V8's
+own builtins), and the C library.
 
 Writes build/instructions/<time>/ (configurations, Envoy and build logs, callgrind dumps) and, unless
 --out is given, bench/results/instructions.md and instructions.json: the command, date, machine,
@@ -71,6 +78,19 @@ VALGRIND = "valgrind"
 CALLGRIND_CONTROL = "callgrind_control"
 
 DEFAULT_SETUPS = ("plain", "native", "relay", "floor")
+# bench/floor's `probe` kinds (its enum Probe), and what each call is.
+PROBES = {
+    "clock": "the clock (`proxy_get_current_time_nanoseconds`): nothing returned",
+    "header-absent": "an absent request header: looked up, nothing returned",
+    "header-present": "a request header (`content-type`): the host allocates it in the VM (a call into it) and copies",
+    "property": "the `destination.address` property (read by the relay without inbound authentication)",
+    "shared-data-absent": "an absent shared-data key",
+    "shared-data-present": "a shared-data value of 784 bytes (a version-guard shard of 16 entries)",
+    "set-header": "one request header replaced",
+    "filter-state": "a new filter-state value (as each of the relay's access-log values)",
+    "metric": "a counter incremented",
+}
+DEFAULT_PROBE_REPEAT = 10
 DEFAULT_WARMUP = 200
 DEFAULT_REQUESTS = 500
 # Envoy under callgrind starts V8 and compiles the .wasm at 20-50 times its native pace.
@@ -203,6 +223,42 @@ def relay_target(ctx: bench.Context, stub_url: str, build: Build, folder: Path) 
                 + f": {path} does not validate:\n{checked.stderr[-3000:]}")
         left_out.append(unknown.group(1))
         del values[unknown.group(1)]
+
+
+def probe_target(ctx: bench.Context, stub_url: str, kind: str, repeat: int, folder: Path) -> bench.Target:
+    """Set-up (d) with bench/floor's `probe` setting: `kind` of host call, `repeat` more times per request."""
+    settings = bench.settings_for(stub_url, ctx.wasm)
+    config = bench.setup_config("floor", settings, ctx.env, ctx.floor_wasm)
+    floor = next(f for f in bench.http_connection_manager(config)["http_filters"] if f["name"] == bench.RELAY_FILTER)
+    plugin = floor["typed_config"]["config"]["configuration"]
+    values = json.loads(plugin["value"])
+    values.update(probe=kind, probe_repeat=repeat)
+    plugin["value"] = json.dumps(values, sort_keys=True)
+    workdir = folder / f"probe-{kind}"
+    path = relayctl.write_config(yaml.safe_dump(config, sort_keys=False), workdir)
+    checked = relayctl.validate_config(path, ctx.env)
+    if checked.returncode != 0:
+        raise InstructionsError(f"the floor's probe {kind} configuration ({path}) does not validate:\n"
+                                f"{checked.stderr[-3000:]}")
+    return bench.Target("floor", path, workdir, settings.datastore_id)
+
+
+def split_by_object(dump: Path, requests: int) -> dict[str, float]:
+    """Instructions per request of one dump by where they ran: Envoy's binary (V8's runtime
+    included), code without a file (V8's compiled Wasm and builtins), the C library, the rest."""
+    done = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", "--auto=no", str(dump)],
+                          capture_output=True, text=True, timeout=REQUEST_TIMEOUT_S, check=False)
+    parts = {"envoy": 0, "no_file": 0, "libc": 0, "other": 0}
+    for line in done.stdout.splitlines():
+        m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*?)(?: \[(.*)\])?$", line)
+        if not m or "PROGRAM TOTALS" in line:
+            continue
+        obj = m.group(3) or ""
+        name = Path(obj).name
+        key = ("no_file" if obj == "???" else "envoy" if name == "envoy"
+               else "libc" if name.startswith("libc.so") else "other")
+        parts[key] += int(m.group(1).replace(",", ""))
+    return {k: v / requests for k, v in parts.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,7 +402,9 @@ def measure(target: bench.Target, env: dict[str, str], body: bench.Body, options
     finally:
         client.close()
         stop_envoy(envoy)
+    where = split_by_object(dump, options.requests) if shutil.which("callgrind_annotate") else {}
     return {
+        "where": where,
         "ir_total": total,
         "requests": options.requests,
         "instructions_per_request": total / options.requests,
@@ -390,6 +448,11 @@ def measure_all(ctx: bench.Context, builds: list[Build], options: argparse.Names
                 if row["config_left_out"]:
                     print(f"instructions: {row['name']} refuses today's plugin settings "
                           f"{', '.join(row['config_left_out'])}: left out for it", flush=True)
+        for kind in options.probes:
+            key = f"probe:{kind}"
+            targets[key] = probe_target(ctx, stub_url, kind, options.probe_repeat, ctx.out / "envoy")
+            rows.append({"key": key, "setup": "floor", "probe": kind, "build": None, "runs": [],
+                         "name": f"(d) floor + {options.probe_repeat} x {kind}"})
         for round_no in range(1, options.rounds + 1):
             for row in rows:
                 target = targets.get(row["key"])
@@ -413,6 +476,9 @@ def measure_all(ctx: bench.Context, builds: list[Build], options: argparse.Names
             per_request = [r["instructions_per_request"] for r in row["runs"]]
             row["instructions_per_request"] = statistics.median(per_request)
             row["min"], row["max"] = min(per_request), max(per_request)
+            wheres = [r["where"] for r in row["runs"] if r.get("where")]
+            if wheres:
+                row["where"] = {k: statistics.median(w[k] for w in wheres) for k in wheres[0]}
     return rows
 
 
@@ -475,6 +541,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     table = []
     previous = None  # the relay row above, for the step-by-step change
     for r in rows:
+        if r.get("probe"):
+            continue
         build = r["build"] or {}
         label = f"`{build['describe']}`" if build else ""
         size = f"{build['wasm_bytes']:,}" if build.get("wasm_bytes") else ""
@@ -522,6 +590,42 @@ def markdown(meta: dict, rows: list[dict]) -> str:
                      ": serde's \"unknown field\"), so they were left out of its configuration and its own "
                      "defaults apply; the rest of the configuration is today's")
         notes.append(text + ".")
+    floor = by_key.get("floor", {}).get("instructions_per_request")
+    probes = [r for r in rows if r.get("probe") and r.get("instructions_per_request")]
+    probe_section = ""
+    if probes and floor:
+        repeat = o.get("probe_repeat", DEFAULT_PROBE_REPEAT)
+        probe_rows = [[f"`{r['probe']}`", PROBES[r["probe"]], _count(r["instructions_per_request"]),
+                       _count(r["instructions_per_request"] - floor),
+                       f"**{_count((r['instructions_per_request'] - floor) / repeat)}**"] for r in probes]
+        probe_section = f"""
+## The cost of one host call
+
+Set-up (d) with bench/floor's `probe` setting: one kind of host call made {repeat} more times at each
+request's headers; (row − floor) ÷ {repeat} is what one such call costs, Envoy's side and the VM's
+together (floor: {_count(floor)}).
+
+{bench_report._table(["probe", "the call", "instructions per request", "− floor", "per call"], probe_rows,
+                     ["l", "l", "r", "r", "r"])}
+"""
+    wheres = [r for r in rows if r.get("where")]
+    where_section = ""
+    if wheres:
+        where_rows = [[r["name"], _count(r["instructions_per_request"]), _count(r["where"]["envoy"]),
+                       _count(r["where"]["no_file"]), _count(r["where"]["libc"]), _count(r["where"]["other"])]
+                      for r in wheres]
+        where_section = f"""
+## Where the instructions run
+
+Each row's instructions per request (medians) by the code that ran them, from `callgrind_annotate`:
+Envoy's binary (its C++ and V8's runtime, including the host side of every Wasm host call); code
+without a file (what V8 compiled: the `.wasm`'s functions and V8's own builtins, such as the
+wrappers that enter and leave the VM; a few tens of thousands run even without Wasm); the C library
+(memory copies, allocation).
+
+{bench_report._table(["row", "instructions per request", "Envoy binary", "code without a file", "libc", "other"],
+                     where_rows, ["l", "r", "r", "r", "r", "r"])}
+"""
     failures = "".join(f"\n**{r['name']}** was not measured:\n\n```\n{r['error'].strip()}\n```\n"
                        for r in rows if r.get("error") and r.get("instructions_per_request") is None)
     runs = "\n".join(
@@ -560,7 +664,7 @@ same figures and every run. Command{made}:
 Relay builds:
 
 {chr(10).join(notes) if notes else "- none measured"}
-{failures}
+{failures}{probe_section}{where_section}
 ## Method
 
 Envoy {m['envoy_version']} with `--concurrency 1` (one worker) under `valgrind --tool=callgrind
@@ -608,6 +712,14 @@ def setup_list(text: str) -> list[str]:
     return setups
 
 
+def probe_list(text: str) -> list[str]:
+    probes = bench.comma_list(str)(text.lower())
+    unknown = [p for p in probes if p not in PROBES]
+    if unknown or not probes:
+        raise argparse.ArgumentTypeError(f"probes are among {', '.join(PROBES)}; got {text!r}")
+    return probes
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setups", type=setup_list, default=list(DEFAULT_SETUPS),
@@ -619,6 +731,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="uncounted PUTs first (default 200)")
     parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, help="counted PUTs (default 500)")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each row, interleaved (default 1)")
+    parser.add_argument("--probes", type=probe_list, nargs="?", const=list(PROBES), default=[],
+                        help=f"also the floor with one host call repeated: among {','.join(PROBES)} (default all)")
+    parser.add_argument("--probe-repeat", type=int, default=DEFAULT_PROBE_REPEAT,
+                        help="extra calls per request for --probes (1 to 16, default 10)")
     parser.add_argument("--out", type=Path, help="output folder (default build/instructions/<time>, then "
                                                  "also bench/results/instructions.*)")
     options = parser.parse_args(argv)
@@ -628,6 +744,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--no-worktree needs --revs")
     if options.revs and "relay" not in options.setups:
         options.setups.append("relay")
+    if not 1 <= options.probe_repeat <= 16:
+        parser.error("--probe-repeat is 1 to 16")
+    if options.probes and "floor" not in options.setups:
+        options.setups.append("floor")
     return options
 
 
@@ -673,7 +793,8 @@ def main(argv: list[str]) -> int:
             "machine": machine_description(),
             "command": bench.command_line(),
             "run_by_make": bool(os.environ.get("MAKELEVEL")),
-            "options": {k: getattr(options, k) for k in ("setups", "revs", "warmup", "requests", "rounds")},
+            "options": {k: getattr(options, k)
+                        for k in ("setups", "revs", "warmup", "requests", "rounds", "probes", "probe_repeat")},
             "body": {"label": body.label, "bytes": body.size, "source": body.source},
             "source": bench.source_version(),
             "source_changes": bench.source_changes(),

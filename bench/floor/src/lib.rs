@@ -8,12 +8,16 @@
 //! the price of those, and what this costs beyond Envoy's native signer is the price of signing
 //! in a Wasm VM at all. `make bench` runs it as set-up (d), with the relay's own plugin
 //! configuration (`region`, `datastore_id`, `healthlake_host`) and the AWS_* environment.
+//!
+//! `make bench-instructions INSTRUCTIONS_ARGS="--probes"` also runs it with `probe` and
+//! `probe_repeat` in that configuration: one kind of host call made `probe_repeat` times more at
+//! each request's headers, so that the difference in instructions is the cost of one such call.
 
 use healthlake_relay::credentials::Credentials;
 use healthlake_relay::signing::{sign_request_cached, KeyCache, PayloadHasher, SigningInput};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -29,7 +33,43 @@ struct PluginConfig {
     region: String,
     datastore_id: String,
     healthlake_host: String,
+    #[serde(default)]
+    probe: Option<Probe>,
+    #[serde(default)]
+    probe_repeat: usize,
 }
+
+/// A host call whose cost `--probes` measures (scripts/instructions.py).
+#[derive(serde::Deserialize, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+enum Probe {
+    /// `proxy_get_current_time_nanoseconds`: a call that returns no data.
+    Clock,
+    /// A request header that is absent: the lookup, nothing returned.
+    HeaderAbsent,
+    /// `content-type`: the host allocates the value in the VM (a call back into it) and copies.
+    HeaderPresent,
+    /// The `destination.address` property (the relay reads it without inbound authentication).
+    Property,
+    /// A shared-data key that is absent.
+    SharedDataAbsent,
+    /// A shared-data key of 784 bytes (a version-guard shard of 16 entries).
+    SharedDataPresent,
+    /// One request header replaced.
+    SetHeader,
+    /// A new filter-state value each time (as the relay's access-log values).
+    FilterState,
+    /// A counter incremented.
+    Metric,
+}
+
+/// Filter-state keys for [`Probe::FilterState`]: each call sets a new one.
+const PROBE_KEYS: [&str; 16] = [
+    "probe_0", "probe_1", "probe_2", "probe_3", "probe_4", "probe_5", "probe_6", "probe_7",
+    "probe_8", "probe_9", "probe_10", "probe_11", "probe_12", "probe_13", "probe_14", "probe_15",
+];
+const PROBE_SHARED_KEY: &str = "relay_floor_probe";
+const PROBE_SHARED_BYTES: usize = 784;
 
 struct Setup {
     region: String,
@@ -37,6 +77,9 @@ struct Setup {
     prefix: String,
     credentials: Credentials,
     keys: RefCell<KeyCache>,
+    probe: Option<Probe>,
+    probe_repeat: usize,
+    probe_metric: u32,
 }
 
 struct Root {
@@ -57,12 +100,31 @@ impl RootContext for Root {
         let Ok(credentials) = Credentials::from_env(|name| std::env::var(name).ok()) else {
             return false;
         };
+        let mut probe_metric = 0;
+        match config.probe {
+            Some(Probe::SharedDataPresent) => {
+                let value = vec![b'x'; PROBE_SHARED_BYTES];
+                if hostcalls::set_shared_data(PROBE_SHARED_KEY, Some(&value), None).is_err() {
+                    return false;
+                }
+            }
+            Some(Probe::Metric) => {
+                match hostcalls::define_metric(MetricType::Counter, "relay_floor_probe") {
+                    Ok(id) => probe_metric = id,
+                    Err(_) => return false,
+                }
+            }
+            _ => {}
+        }
         self.setup = Some(Rc::new(Setup {
             region: config.region,
             host: config.healthlake_host,
             prefix: format!("/datastore/{}/r4", config.datastore_id),
             credentials,
             keys: RefCell::new(KeyCache::default()),
+            probe: config.probe,
+            probe_repeat: config.probe_repeat.min(PROBE_KEYS.len()),
+            probe_metric,
         }));
         true
     }
@@ -124,8 +186,58 @@ impl Floor {
     }
 }
 
+/// The probe's host call, `repeat` times; results are passed to `black_box` so that none is
+/// optimised away.
+fn probe(setup: &Setup) {
+    let Some(probe) = setup.probe else {
+        return;
+    };
+    for key in PROBE_KEYS.iter().take(setup.probe_repeat) {
+        match probe {
+            Probe::Clock => {
+                std::hint::black_box(hostcalls::get_current_time().ok());
+            }
+            Probe::HeaderAbsent | Probe::HeaderPresent => {
+                let name = match probe {
+                    Probe::HeaderPresent => "content-type",
+                    _ => "x-relay-floor-probe-absent",
+                };
+                std::hint::black_box(
+                    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok(),
+                );
+            }
+            Probe::Property => {
+                std::hint::black_box(hostcalls::get_property(vec!["destination", "address"]).ok());
+            }
+            Probe::SharedDataAbsent | Probe::SharedDataPresent => {
+                let key = match probe {
+                    Probe::SharedDataPresent => PROBE_SHARED_KEY,
+                    _ => "relay_floor_probe_absent",
+                };
+                std::hint::black_box(hostcalls::get_shared_data(key).ok());
+            }
+            Probe::SetHeader => {
+                let _ = hostcalls::set_map_value(
+                    MapType::HttpRequestHeaders,
+                    "x-relay-floor-probe",
+                    Some("1"),
+                );
+            }
+            Probe::FilterState => {
+                let _ = hostcalls::set_property(vec![*key], Some(b"PUT"));
+            }
+            Probe::Metric => {
+                let _ = hostcalls::increment_metric(setup.probe_metric, 1);
+            }
+        }
+    }
+}
+
 impl HttpContext for Floor {
     fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
+        if let Some(setup) = &self.setup {
+            probe(setup);
+        }
         if end_of_stream {
             return self.refuse(); // The floor only signs PUTs with a body.
         }
