@@ -143,7 +143,8 @@ bench-soak: build fixtures bench-deps
 
 # Instructions per 2 KB PUT through Envoy (one worker) under valgrind's callgrind, unaffected by other
 # load unlike timings: plain, native, the relay and the floor, and the relay built from other git
-# revisions (scripts/instructions.py --help; e.g. INSTRUCTIONS_ARGS="--revs 6c29ba3,c333b8e").
+# revisions (scripts/instructions.py --help; e.g. INSTRUCTIONS_ARGS="--revs 6c29ba3,c333b8e"), and with
+# INSTRUCTIONS_ARGS="--probes" what one host call of each kind costs.
 # Latest figures in bench/results/instructions.md; valgrind from Debian, installed here if missing.
 bench-instructions: build fixtures
 	@command -v callgrind_control >/dev/null || (apt-get update && apt-get install -y valgrind)

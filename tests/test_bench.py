@@ -49,3 +49,33 @@ def test_quick_benchmark_measures_every_setup(tmp_path):
     checks = json.loads((tmp_path / "results.json").read_text())["signing_check"]
     assert {c["setup"]: c["verified"] for c in checks} == {
         "native": [True], "relay": [True], "floor": [True]}, checks
+
+
+def test_floor_probes_make_their_host_calls_and_still_sign(tmp_path):
+    """`make bench-instructions INSTRUCTIONS_ARGS=--probes` runs the floor with each `probe`: every
+    one must load, still answer the PUT through to the upstream, and make its call the configured
+    number of times (seen for the counter, the one probe Envoy's stats show)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench
+    import instructions
+    import relayctl
+
+    env = bench.envoy_environment()
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    ctx = bench.Context(tmp_path, env, relayctl.WASM, bench.FLOOR_WASM)
+    body = bench.make_bodies(["2k"], tmp_path / "bodies")["2k"]
+    stub, stub_url = bench.start_stub(ctx)
+    try:
+        for kind in instructions.PROBES:
+            target = instructions.probe_target(ctx, stub_url, kind, 3, tmp_path / "envoy")
+            envoy = relayctl.start_envoy(target.config_path, target.workdir, env, concurrency=1)
+            try:
+                for _ in range(2):
+                    status, answer = bench.put(envoy.url, target.request_path(body), body.file.read_bytes())
+                    assert status == 200, (kind, status, answer[:300])
+                if kind == "metric":
+                    assert bench.stat_value(envoy, "wasmcustom.relay_floor_probe") == 6
+            finally:
+                envoy.stop()
+    finally:
+        stub.stop()
