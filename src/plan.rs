@@ -233,7 +233,7 @@ impl Target {
             op,
             resource_type: resource_type.to_owned(),
             id: id.to_owned(),
-            upstream_path: [config.upstream_prefix.as_str(), "/", resource_type, "/", id].concat(),
+            upstream_path: format!("{}/{resource_type}/{id}", config.upstream_prefix),
         }
     }
 }

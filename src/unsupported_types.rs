@@ -100,7 +100,7 @@ pub fn records(learned_at: Option<u64>, statement_read_at: Option<u64>) -> bool 
 
 /// The shared-data key for a resource type.
 pub fn shared_key(resource_type: &str) -> String {
-    ["healthlake_relay.unsupported.", resource_type].concat()
+    format!("healthlake_relay.unsupported.{resource_type}")
 }
 
 /// The shared-data value for an entry that expires at `expires_at` (Unix seconds).
