@@ -45,6 +45,8 @@ build: deps
 	cargo build --release --locked --target wasm32-wasip1 $(FLOOR_CARGO)
 	cargo build --release --locked -p healthlake-emulator -p smile-standin
 	$(MAKE) config-check
+	@# .cargo/config.toml's +simd128 is replaced by a RUSTFLAGS variable: the module must say it uses SIMD.
+	@grep -q simd128 $(WASM) || (echo "$(WASM) was built without Wasm SIMD (RUSTFLAGS set?): unset RUSTFLAGS" >&2; exit 1)
 	@ls -l $(WASM) | awk '{print "relay wasm: " $$5 " bytes"}'
 
 # The tests' build that traps on purpose (x-relay-test-trap), to prove Envoy's failure_policy:
