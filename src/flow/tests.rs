@@ -42,7 +42,8 @@ struct Fake {
     /// Compare-and-swap writes to refuse, as if another worker always wrote first.
     conflicts: Cell<u32>,
     /// Every call the flow made to its host, in order (the filter makes one host call for each,
-    /// except `count`: one `increment_metric` per counter).
+    /// except `count`: one `increment_metric` per counter), but for the credentials provider's
+    /// own (`dispatch`, `count_refresh`, `expiry_seconds`), which a request never makes.
     calls: RefCell<Vec<String>>,
 }
 
@@ -164,9 +165,17 @@ impl SharedData for Fake {
         if self.data.borrow().get(key).map(|(_, c)| *c) != cas {
             return false;
         }
-        self.overwrite_shared_data(key, value)
+        self.store(key, value)
     }
     fn overwrite_shared_data(&self, key: &str, value: &[u8]) -> bool {
+        self.note(&format!("overwrite_shared_data {key}"));
+        self.store(key, value)
+    }
+}
+
+impl Fake {
+    /// Writes a shared-data value with a new CAS token.
+    fn store(&self, key: &str, value: &[u8]) -> bool {
         self.next_cas.set(self.next_cas.get() + 1);
         self.data
             .borrow_mut()
@@ -264,6 +273,7 @@ impl Host for Fake {
         self.resets.set(self.resets.get() + 1);
     }
     fn set_effective_context(&self, context_id: u32) -> bool {
+        self.note("set_effective_context");
         !self.gone.borrow().contains(&context_id)
     }
     fn resume_request(&self) -> bool {
@@ -922,10 +932,12 @@ fn an_unconfigured_relay_answers_500() {
 }
 
 /// Every host call is a crossing between the VM and Envoy, and costs whatever the work behind it
-/// (`make bench-instructions INSTRUCTIONS_ARGS="--probes"`: about 1,200 instructions for a call
-/// that returns nothing, 10,500-12,000 for one that returns bytes, which Envoy allocates in the
-/// VM). These are the calls of a delivered PUT, callback by callback, as the README's
-/// Performance section counts them: a new one must be worth its price.
+/// (`make bench-instructions INSTRUCTIONS_ARGS="--probes"`, bench/results/instructions.md: about
+/// 1,000 to 4,200 instructions for a call that returns nothing, a header or filter-state write
+/// at the top of that range; 10,500 to 12,100 for one that returns bytes, which Envoy allocates
+/// in the VM). These are the calls of a delivered PUT, callback by callback, as the README's
+/// Performance section counts them: a new one must be worth its price. (`count` is one
+/// `increment_metric` per counter, and a `define_metric` the first time a counter is used.)
 #[test]
 fn a_delivered_put_makes_these_host_calls() {
     let host = Fake::new();
