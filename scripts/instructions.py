@@ -246,8 +246,16 @@ def probe_target(ctx: bench.Context, stub_url: str, kind: str, repeat: int, fold
 def split_by_object(dump: Path, requests: int) -> dict[str, float]:
     """Instructions per request of one dump by where they ran: Envoy's binary (V8's runtime
     included), code without a file (V8's compiled Wasm and builtins), the C library, the rest."""
-    done = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", "--auto=no", str(dump)],
-                          capture_output=True, text=True, timeout=REQUEST_TIMEOUT_S, check=False)
+    try:
+        done = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", "--auto=no", str(dump)],
+                              capture_output=True, text=True, timeout=REQUEST_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        print(f"instructions: callgrind_annotate {dump}: {e}; no split for it", file=sys.stderr)
+        return {}
+    if done.returncode != 0:
+        print(f"instructions: callgrind_annotate {dump} failed: {done.stderr[-500:]}; no split for it",
+              file=sys.stderr)
+        return {}
     parts = {"envoy": 0, "no_file": 0, "libc": 0, "other": 0}
     for line in done.stdout.splitlines():
         m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*?)(?: \[(.*)\])?$", line)
@@ -259,6 +267,17 @@ def split_by_object(dump: Path, requests: int) -> dict[str, float]:
                else "libc" if name.startswith("libc.so") else "other")
         parts[key] += int(m.group(1).replace(",", ""))
     return {k: v / requests for k, v in parts.items()}
+
+
+def checked_split(where: dict[str, float], per_request: float) -> dict[str, float]:
+    """`where` if its parts add up to the dump's total (within 1 %), else nothing: a split that
+    misread callgrind_annotate's output is not reported."""
+    if not where or abs(sum(where.values()) - per_request) > per_request / 100:
+        if where:
+            print(f"instructions: the split by object adds up to {sum(where.values()):,.0f}, not "
+                  f"{per_request:,.0f}: not reported", file=sys.stderr)
+        return {}
+    return where
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,7 +423,7 @@ def measure(target: bench.Target, env: dict[str, str], body: bench.Body, options
         stop_envoy(envoy)
     where = split_by_object(dump, options.requests) if shutil.which("callgrind_annotate") else {}
     return {
-        "where": where,
+        "where": checked_split(where, total / options.requests),
         "ir_total": total,
         "requests": options.requests,
         "instructions_per_request": total / options.requests,
@@ -617,7 +636,8 @@ together (floor: {_count(floor)}).
         where_section = f"""
 ## Where the instructions run
 
-Each row's instructions per request (medians) by the code that ran them, from `callgrind_annotate`:
+Each row's instructions per request by the code that ran them, from `callgrind_annotate` (each
+part the median of its runs, so that the parts may not add up to the row's median exactly):
 Envoy's binary (its C++ and V8's runtime, including the host side of every Wasm host call); code
 without a file (what V8 compiled: the `.wasm`'s functions and V8's own builtins, such as the
 wrappers that enter and leave the VM; a few tens of thousands run even without Wasm); the C library
@@ -675,7 +695,8 @@ fresh Envoy: {o['warmup']} PUTs of warm-up (not counted), then `callgrind_contro
 Envoy's threads, its main thread's timers included) ÷ {o['requests']}. The body is
 {meta['body']['source']} ({meta['body']['bytes']:,} bytes), sent as `scripts/bench.py` sends it; the
 upstream is bench.py's stub (a second Envoy answering 200, run natively and not counted); the four
-configurations are bench.py's (access log off), rendered from today's `envoy.yaml` and
+configurations are bench.py's (access log off; the probe rows are the floor's with `probe` and
+`probe_repeat` added to its plugin configuration), rendered from today's `envoy.yaml` and
 `scripts/relayctl.py` for every build{sources}. Each revision's relay is built in a temporary `git worktree`
 with `cargo build --release --locked --target wasm32-wasip1 -p healthlake-relay --target-dir
 target/instructions/<commit>`. Only loopback is used; Envoy runs with the demo credentials and
