@@ -45,7 +45,8 @@ pub fn civil(unix_seconds: u64) -> ((i64, i64, i64), (u64, u64, u64)) {
     ((year, month, day), (rem / 3600, rem % 3600 / 60, rem % 60))
 }
 
-/// `YYYYMMDDTHHMMSSZ` (SigV4's `x-amz-date`) for a time.
+/// `YYYYMMDDTHHMMSSZ` (SigV4's `x-amz-date`) for a time. Four digits of year: the host's clock
+/// (nanoseconds in a u64) ends in 2554.
 pub fn amz_date(time: std::time::SystemTime) -> String {
     let secs = time
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
